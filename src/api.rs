@@ -1,0 +1,550 @@
+//! The `TenantMigration` resource: spec and status types.
+//!
+//! These are plain data. The CLI reads them from a manifest (`-f`), the controller
+//! reads and writes them through the API server, and the engine is fed a spec and
+//! reports progress in the status shapes defined here. Nothing in this module talks
+//! to a store or to Kubernetes.
+
+use std::fmt;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A tenant id as LightRAG's server accepts it: `[A-Za-z0-9_]{1,64}`.
+///
+/// Validated on deserialisation, so a manifest with a bad id fails to parse
+/// before anything is connected to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, JsonSchema)]
+#[serde(transparent)]
+pub struct TenantId(#[schemars(regex(pattern = r"^[A-Za-z0-9_]{1,64}$"))] String);
+
+/// Why a string is not a tenant id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidTenantId {
+    #[error("tenant id is empty")]
+    Empty,
+    #[error("tenant id {0:?} is longer than 64 characters")]
+    TooLong(String),
+    #[error("tenant id {id:?} contains {ch:?}; only letters, digits and '_' are allowed")]
+    BadCharacter { id: String, ch: char },
+}
+
+impl TenantId {
+    pub const MAX_LEN: usize = 64;
+
+    pub fn new(id: impl Into<String>) -> Result<Self, InvalidTenantId> {
+        let id = id.into();
+        if id.is_empty() {
+            return Err(InvalidTenantId::Empty);
+        }
+        if id.chars().count() > Self::MAX_LEN {
+            return Err(InvalidTenantId::TooLong(id));
+        }
+        if let Some(ch) = id
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '_'))
+        {
+            return Err(InvalidTenantId::BadCharacter { id, ch });
+        }
+        Ok(Self(id))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for TenantId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        TenantId::new(s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Move renames the tenant (sources removed once the target is verified);
+/// Copy clones it and leaves the source untouched.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Mode {
+    #[default]
+    Move,
+    Copy,
+}
+
+/// What to do when the target already holds a different item under the same name.
+/// An identical item is never a conflict: it counts as already migrated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum OnConflict {
+    /// Refuse in preflight, before anything is written.
+    #[default]
+    Fail,
+    /// Keep the target's item and count the source item as skipped.
+    Skip,
+    /// Replace the target's item with the source's.
+    Overwrite,
+}
+
+/// A key of a Kubernetes Secret in the migration's namespace. The CLI reads the
+/// value from an environment variable instead (see the README).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    pub name: String,
+    /// Key inside the Secret whose value is the credential.
+    pub key: String,
+}
+
+/// A Secret holding `username` and `password` keys.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretRef {
+    /// Name of the Secret.
+    pub name: String,
+}
+
+/// HTTP method used to create the target tenant's config.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum CreateMethod {
+    #[default]
+    Post,
+    Put,
+}
+
+fn enabled() -> bool {
+    true
+}
+
+/// The tenant-config HTTP API.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfigSpec {
+    /// Run this phase.
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+    /// Base URL of the API; the phase uses `{url}/tenants/{id}/config`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Bearer token for the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret_ref: Option<SecretKeyRef>,
+    /// Method that creates the target's config (POST or PUT).
+    #[serde(default)]
+    pub method: CreateMethod,
+    /// What to do when the target already has a different config.
+    #[serde(default)]
+    pub on_conflict: OnConflict,
+}
+
+impl Default for ConfigSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            url: None,
+            token_secret_ref: None,
+            method: CreateMethod::Post,
+            on_conflict: OnConflict::Fail,
+        }
+    }
+}
+
+/// Redis or DragonflyDB.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RedisSpec {
+    /// Run this phase.
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+    /// `redis://host:port/db`; a password in the URL is refused (use the Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Password (and optionally `username` via the URL) for AUTH.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+    /// What to do when a target key already exists with a different value.
+    #[serde(default)]
+    pub on_conflict: OnConflict,
+    /// Key prefix templates that belong to a tenant, each containing `{tenant}`
+    /// once. Empty means LightRAG's layout (see the README).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_prefixes: Vec<String>,
+    /// Keys per batch (SCAN COUNT and pipeline size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub batch_size: Option<u32>,
+}
+
+impl Default for RedisSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            url: None,
+            password_secret_ref: None,
+            on_conflict: OnConflict::Fail,
+            key_prefixes: Vec::new(),
+            batch_size: None,
+        }
+    }
+}
+
+/// How Qdrant point ids are handled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum PointIdScheme {
+    /// Re-key every point to the id LightRAG computes for the target tenant.
+    #[default]
+    LightRAG,
+    /// Keep ids; rewrite the tenant field in place.
+    Keep,
+}
+
+fn workspace_id() -> String {
+    "workspace_id".to_owned()
+}
+
+/// Qdrant (gRPC).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QdrantSpec {
+    /// Run this phase.
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+    /// gRPC URL, e.g. `http://rag-qdrant:6334`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// API key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_secret_ref: Option<SecretKeyRef>,
+    /// Collections to migrate; empty means every collection holding source points.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub collections: Vec<String>,
+    /// Payload field naming the tenant.
+    #[serde(default = "workspace_id")]
+    pub tenant_field: String,
+    /// Re-key points the LightRAG way, or keep their ids.
+    #[serde(default)]
+    pub point_ids: PointIdScheme,
+}
+
+impl Default for QdrantSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            url: None,
+            api_key_secret_ref: None,
+            collections: Vec::new(),
+            tenant_field: workspace_id(),
+            point_ids: PointIdScheme::LightRAG,
+        }
+    }
+}
+
+/// Memgraph (Bolt).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MemgraphSpec {
+    /// Run this phase.
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+    /// Bolt URI, e.g. `bolt://rag-memgraph:7687`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    /// Secret with `username` and `password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretRef>,
+}
+
+impl Default for MemgraphSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            uri: None,
+            credentials_secret_ref: None,
+        }
+    }
+}
+
+/// Moves (or copies) one tenant's data to a new tenant id across the tenant-config
+/// API, Redis/DragonflyDB, Qdrant and Memgraph.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "tenancy.dev",
+    version = "v1alpha1",
+    kind = "TenantMigration",
+    plural = "tenantmigrations",
+    shortname = "tm",
+    namespaced,
+    status = "TenantMigrationStatus",
+    printcolumn = r#"{"name":"Source","type":"string","jsonPath":".spec.source"}"#,
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.target"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Progress","type":"string","jsonPath":".status.progress"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TenantMigrationSpec {
+    /// Tenant id whose data is migrated.
+    pub source: TenantId,
+    /// New tenant id.
+    pub target: TenantId,
+    /// Move (rename) or Copy (clone).
+    #[serde(default)]
+    pub mode: Mode,
+    /// Plan only: count what would move and find conflicts; write nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Pause at the next batch boundary; resume when false.
+    #[serde(default)]
+    pub suspend: bool,
+    /// Tenant-config API phase.
+    #[serde(default)]
+    pub config: ConfigSpec,
+    /// Redis / DragonflyDB phase.
+    #[serde(default)]
+    pub redis: RedisSpec,
+    /// Qdrant phase.
+    #[serde(default)]
+    pub qdrant: QdrantSpec,
+    /// Memgraph phase.
+    #[serde(default)]
+    pub memgraph: MemgraphSpec,
+}
+
+/// The four stores, in the order their phases run.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Store {
+    Config,
+    Redis,
+    Qdrant,
+    Memgraph,
+}
+
+impl Store {
+    pub const ALL: [Store; 4] = [Store::Config, Store::Redis, Store::Qdrant, Store::Memgraph];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Store::Config => "config",
+            Store::Redis => "redis",
+            Store::Qdrant => "qdrant",
+            Store::Memgraph => "memgraph",
+        }
+    }
+
+    /// What one item of this store is called in messages.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Store::Config => "configs",
+            Store::Redis => "keys",
+            Store::Qdrant => "points",
+            Store::Memgraph => "nodes",
+        }
+    }
+}
+
+impl fmt::Display for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Overall state of a migration.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum MigrationPhase {
+    #[default]
+    Pending,
+    Running,
+    Suspended,
+    Succeeded,
+    Failed,
+}
+
+/// State of one store's phase.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum PhaseState {
+    #[default]
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Skipped,
+}
+
+/// Where a phase is inside its run; each stage is a pass over the store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Stage {
+    /// Writing target items.
+    #[default]
+    Copy,
+    /// Counting source and target; nothing has been removed yet.
+    Verify,
+    /// Move only: removing source items whose target is verified.
+    RemoveSource,
+    /// Move only: checking that no source item is left.
+    VerifyRemoved,
+    /// Verified and finished.
+    Done,
+}
+
+/// Where to continue a phase after a restart.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Checkpoint {
+    /// Stage that was running.
+    pub stage: Stage,
+    /// Store-specific position inside the stage (a SCAN cursor for Redis); empty at the start.
+    #[serde(default)]
+    pub cursor: String,
+    /// Batches completed in this stage.
+    #[serde(default)]
+    pub batch: u64,
+}
+
+/// Progress and result of one store's phase.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PhaseStatus {
+    /// Pending, Running, Succeeded, Failed or Skipped.
+    pub state: PhaseState,
+    /// Items of the source planned to migrate.
+    #[serde(default)]
+    pub total: u64,
+    /// Items migrated (or found already identical in the target).
+    #[serde(default)]
+    pub done: u64,
+    /// Items left alone because of `onConflict: Skip`.
+    #[serde(default)]
+    pub skipped: u64,
+    /// Items that could not be migrated.
+    #[serde(default)]
+    pub failed: u64,
+    /// Where to resume after a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Checkpoint>,
+    /// When the phase started (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    /// When the phase ended (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<String>,
+    /// Human-readable result or error: which store, which batch, which error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// One entry per store, in run order.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PhaseStatuses {
+    /// Tenant-config API.
+    #[serde(default)]
+    pub config: PhaseStatus,
+    /// Redis / DragonflyDB.
+    #[serde(default)]
+    pub redis: PhaseStatus,
+    /// Qdrant.
+    #[serde(default)]
+    pub qdrant: PhaseStatus,
+    /// Memgraph.
+    #[serde(default)]
+    pub memgraph: PhaseStatus,
+}
+
+impl PhaseStatuses {
+    pub fn get(&self, store: Store) -> &PhaseStatus {
+        match store {
+            Store::Config => &self.config,
+            Store::Redis => &self.redis,
+            Store::Qdrant => &self.qdrant,
+            Store::Memgraph => &self.memgraph,
+        }
+    }
+
+    pub fn get_mut(&mut self, store: Store) -> &mut PhaseStatus {
+        match store {
+            Store::Config => &mut self.config,
+            Store::Redis => &mut self.redis,
+            Store::Qdrant => &mut self.qdrant,
+            Store::Memgraph => &mut self.memgraph,
+        }
+    }
+}
+
+/// Observed state of a TenantMigration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantMigrationStatus {
+    /// Generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Pending, Running, Suspended, Succeeded or Failed.
+    #[serde(default)]
+    pub phase: MigrationPhase,
+    /// Items done over items planned, across stores (e.g. `12000/91000`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+    /// When the migration started (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    /// When the migration ended (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<String>,
+    /// One entry per store, in run order.
+    #[serde(default)]
+    pub phases: PhaseStatuses,
+    /// Ready, Progressing and Degraded, in metav1.Condition shape.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_ids_follow_lightrag_rules() {
+        for ok in ["siraya", "tenant_76920508", "A", &"x".repeat(64)] {
+            assert!(TenantId::new(ok).is_ok(), "{ok}");
+        }
+        let cases = [
+            ("", "empty"),
+            (&"x".repeat(65) as &str, "longer than 64"),
+            ("sir*ya", "contains '*'"),
+            ("a b", "contains ' '"),
+            ("ten-ant", "contains '-'"),
+            ("t[1]", "contains '['"),
+            ("tënant", "contains 'ë'"),
+        ];
+        for (id, want) in cases {
+            let err = TenantId::new(id).expect_err(id).to_string();
+            assert!(err.contains(want), "{id:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn spec_rejects_unknown_fields_and_bad_ids() {
+        let unknown: Result<TenantMigrationSpec, _> =
+            serde_yaml::from_str("source: a\ntarget: b\nmodee: Copy\n");
+        assert!(
+            unknown
+                .unwrap_err()
+                .to_string()
+                .contains("unknown field `modee`")
+        );
+        let bad: Result<TenantMigrationSpec, _> = serde_yaml::from_str("source: 'a*'\ntarget: b\n");
+        assert!(bad.unwrap_err().to_string().contains("contains '*'"));
+        let spec: TenantMigrationSpec = serde_yaml::from_str("source: a\ntarget: b\n").unwrap();
+        assert_eq!(spec.mode, Mode::Move);
+        assert!(spec.redis.enabled && spec.config.enabled);
+        assert_eq!(spec.redis.on_conflict, OnConflict::Fail);
+    }
+}

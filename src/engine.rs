@@ -1,0 +1,678 @@
+//! Runs the phases of one migration: preflight of every enabled store, then
+//! config → redis → qdrant → memgraph, each through Copy → Verify, and for Move
+//! RemoveSource → VerifyRemoved. Batches are retried with backoff; every batch
+//! ends in a checkpoint handed to [`Progress`], which the shells persist (the
+//! controller in status, the CLI in a state file).
+//!
+//! The engine knows nothing of Kubernetes or terminals, and nothing of store
+//! protocols: it talks to stores only through [`Phase`].
+
+use std::error::Error as StdError;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::Secret;
+use crate::api::{
+    Checkpoint, Mode, OnConflict, PhaseState, PhaseStatus, PhaseStatuses, Stage, Store,
+    TenantMigrationSpec,
+};
+use crate::stores::config::{ConfigPhase, ConfigSettings};
+use crate::stores::redis::{RedisPhase, RedisSettings};
+use crate::stores::{Phase, PhasePlan, StoreFailure, Verified};
+
+/// Credentials resolved by a shell (from Secrets or the environment).
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    pub config_token: Option<Secret>,
+    pub redis_password: Option<Secret>,
+}
+
+/// Knobs of a run that are not part of the resource.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Attempts per batch before the phase fails.
+    pub max_attempts: u32,
+    /// Wait before the first retry; doubles each time up to `max_backoff`.
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Redis keys per batch when the spec does not say.
+    pub redis_batch_size: usize,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(5),
+            redis_batch_size: 1000,
+        }
+    }
+}
+
+/// Where a running stage is, for progress displays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StageProgress {
+    pub stage: Stage,
+    /// Items handled in this stage so far.
+    pub processed: u64,
+    /// Items the stage will handle.
+    pub total: u64,
+}
+
+/// What the shells implement to follow a run. Called at every batch boundary.
+pub trait Progress: Send {
+    /// Preflight of one store finished with this plan.
+    fn planned(&mut self, _store: Store, _plan: &PhasePlan) {}
+
+    /// A phase changed (started, finished a batch or a stage, ended). `phases`
+    /// holds the checkpoints to persist.
+    fn update(&mut self, store: Store, stage: StageProgress, phases: &PhaseStatuses);
+
+    /// A batch failed and will be tried again after `wait`.
+    fn retrying(
+        &mut self,
+        _store: Store,
+        _batch: u64,
+        _attempt: u32,
+        _error: &str,
+        _wait: Duration,
+    ) {
+    }
+
+    /// Asked at every batch boundary: `true` stops the run there (suspend, SIGINT).
+    fn should_stop(&mut self) -> bool {
+        false
+    }
+}
+
+/// Why a run did not succeed. Each variant names the store, and the batch where one applies.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum EngineError {
+    #[error("invalid migration: {0}")]
+    InvalidSpec(String),
+    #[error("preflight failed, nothing was written: {}", join_failures(.failures))]
+    Preflight { failures: Vec<StoreMessage> },
+    #[error("{store}: {stage:?} batch {batch} failed after {attempts} attempt(s): {message}")]
+    Batch {
+        store: Store,
+        stage: Stage,
+        batch: u64,
+        attempts: u32,
+        message: String,
+    },
+    #[error("{store}: {message}")]
+    Verify { store: Store, message: String },
+    #[error(
+        "stopped at a batch boundary before {store} finished; run again to resume from the checkpoint"
+    )]
+    Stopped { store: Store },
+}
+
+/// A message about one store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StoreMessage {
+    pub store: Store,
+    pub message: String,
+}
+
+fn join_failures(f: &[StoreMessage]) -> String {
+    f.iter()
+        .map(|m| format!("{}: {}", m.store, m.message))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// An error and its causes in one line, for people who act on it.
+pub fn describe(e: &(dyn StdError + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+/// Result of one store's phase.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PhaseReport {
+    pub store: Store,
+    pub state: PhaseState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PhasePlan>,
+    pub status: PhaseStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified: Option<Verified>,
+    pub seconds: f64,
+}
+
+/// What a run did, store by store; `error` is set when it did not succeed.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub source: String,
+    pub target: String,
+    pub mode: Mode,
+    pub dry_run: bool,
+    pub phases: Vec<PhaseReport>,
+    pub seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<EngineError>,
+}
+
+impl Report {
+    pub fn succeeded(&self) -> bool {
+        self.error.is_none()
+    }
+}
+
+fn now() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// The stores' phases of one migration, built from a spec.
+struct Phases {
+    config: Option<ConfigPhase>,
+    redis: Option<RedisPhase>,
+}
+
+fn build(
+    spec: &TenantMigrationSpec,
+    creds: &Credentials,
+    opts: &RunOptions,
+) -> Result<Phases, EngineError> {
+    if spec.source == spec.target {
+        return Err(EngineError::InvalidSpec(format!(
+            "source and target are the same tenant ({})",
+            spec.source
+        )));
+    }
+    let required = |store: Store, url: &Option<String>| {
+        url.clone()
+            .filter(|u| !u.trim().is_empty())
+            .ok_or_else(|| EngineError::InvalidSpec(format!("{store}: no URL given")))
+    };
+    let invalid =
+        |store: Store| move |e: &dyn StdError| EngineError::InvalidSpec(format!("{store}: {e}"));
+    let config = if spec.config.enabled {
+        let settings = ConfigSettings {
+            url: required(Store::Config, &spec.config.url)?,
+            token: creds.config_token.clone(),
+            source: spec.source.clone(),
+            target: spec.target.clone(),
+            method: spec.config.method,
+            on_conflict: spec.config.on_conflict,
+        };
+        Some(ConfigPhase::new(settings).map_err(|e| invalid(Store::Config)(&e))?)
+    } else {
+        None
+    };
+    let redis = if spec.redis.enabled {
+        let settings = RedisSettings {
+            url: required(Store::Redis, &spec.redis.url)?,
+            password: creds.redis_password.clone(),
+            source: spec.source.clone(),
+            target: spec.target.clone(),
+            on_conflict: spec.redis.on_conflict,
+            key_prefixes: spec.redis.key_prefixes.clone(),
+            batch_size: spec
+                .redis
+                .batch_size
+                .map_or(opts.redis_batch_size, |b| b as usize),
+        };
+        Some(RedisPhase::new(settings).map_err(|e| invalid(Store::Redis)(&e))?)
+    } else {
+        None
+    };
+    Ok(Phases { config, redis })
+}
+
+fn enabled(spec: &TenantMigrationSpec, store: Store) -> bool {
+    match store {
+        Store::Config => spec.config.enabled,
+        Store::Redis => spec.redis.enabled,
+        Store::Qdrant => spec.qdrant.enabled,
+        Store::Memgraph => spec.memgraph.enabled,
+    }
+}
+
+fn on_conflict(spec: &TenantMigrationSpec, store: Store) -> OnConflict {
+    match store {
+        Store::Config => spec.config.on_conflict,
+        Store::Redis => spec.redis.on_conflict,
+        Store::Qdrant | Store::Memgraph => OnConflict::Fail,
+    }
+}
+
+/// Runs one migration. `resume` holds the phase statuses of an earlier run of the
+/// same migration (from status or the CLI's state file), or defaults for a new one.
+pub async fn run(
+    spec: &TenantMigrationSpec,
+    creds: &Credentials,
+    resume: &PhaseStatuses,
+    opts: &RunOptions,
+    progress: &mut dyn Progress,
+) -> Report {
+    let started = Instant::now();
+    let mut run = Run {
+        spec,
+        opts,
+        progress,
+        phases: resume.clone(),
+        reports: Vec::new(),
+    };
+    let error = match build(spec, creds, opts) {
+        Ok(mut phases) => run.execute(&mut phases).await.err(),
+        Err(e) => Some(e),
+    };
+    Report {
+        source: spec.source.to_string(),
+        target: spec.target.to_string(),
+        mode: spec.mode,
+        dry_run: spec.dry_run,
+        phases: run.reports,
+        seconds: started.elapsed().as_secs_f64(),
+        error,
+    }
+}
+
+struct Run<'a> {
+    spec: &'a TenantMigrationSpec,
+    opts: &'a RunOptions,
+    progress: &'a mut dyn Progress,
+    phases: PhaseStatuses,
+    reports: Vec<PhaseReport>,
+}
+
+/// Whether a phase's earlier run wrote, so the target may hold this migration's
+/// own items and, for Move, the source may be partly removed.
+fn has_started(status: &PhaseStatus) -> bool {
+    status
+        .checkpoint
+        .as_ref()
+        .is_some_and(|c| c.stage != Stage::Copy || c.batch > 0)
+}
+
+fn finished(status: &PhaseStatus) -> bool {
+    status.state == PhaseState::Succeeded
+        && status
+            .checkpoint
+            .as_ref()
+            .is_some_and(|c| c.stage == Stage::Done)
+}
+
+impl Run<'_> {
+    async fn execute(&mut self, phases: &mut Phases) -> Result<(), EngineError> {
+        // Preflight every enabled store before the first write.
+        let mut plans: Vec<(Store, PhasePlan)> = Vec::new();
+        let mut failures = Vec::new();
+        for store in Store::ALL {
+            let status = self.phases.get(store);
+            if !enabled(self.spec, store) || finished(status) {
+                continue;
+            }
+            let resuming = has_started(status);
+            let result = match store {
+                Store::Config => preflight(phases.config.as_mut(), resuming).await,
+                Store::Redis => preflight(phases.redis.as_mut(), resuming).await,
+                Store::Qdrant | Store::Memgraph => Err(format!(
+                    "the {store} phase is not available in this version yet; disable it (--skip-{store}, or spec.{store}.enabled: false)"
+                )),
+            };
+            match result {
+                Ok(plan) => {
+                    self.progress.planned(store, &plan);
+                    plans.push((store, plan));
+                }
+                Err(message) => failures.push(StoreMessage { store, message }),
+            }
+        }
+        if !failures.is_empty() {
+            return Err(EngineError::Preflight { failures });
+        }
+
+        for store in Store::ALL {
+            let started = Instant::now();
+            let plan = plans
+                .iter()
+                .find(|(s, _)| *s == store)
+                .map(|(_, p)| p.clone());
+            let status = self.phases.get(store).clone();
+            let Some(plan) = plan else {
+                // Disabled, or verified by an earlier run.
+                let state = if enabled(self.spec, store) {
+                    status.state
+                } else {
+                    PhaseState::Skipped
+                };
+                if state == PhaseState::Skipped {
+                    self.phases.get_mut(store).state = PhaseState::Skipped;
+                }
+                self.report(store, state, None, None, started);
+                continue;
+            };
+            if self.spec.dry_run {
+                let st = self.phases.get_mut(store);
+                st.total = plan.total;
+                st.message = Some(plan_summary(store, &plan));
+                self.report(store, PhaseState::Pending, Some(plan), None, started);
+                continue;
+            }
+            let result = match store {
+                Store::Config => self.phase(store, phases.config.as_mut(), &plan).await,
+                Store::Redis => self.phase(store, phases.redis.as_mut(), &plan).await,
+                Store::Qdrant | Store::Memgraph => Ok(None),
+            };
+            match result {
+                Ok(verified) => {
+                    self.report(store, PhaseState::Succeeded, Some(plan), verified, started)
+                }
+                Err(e) => {
+                    let st = self.phases.get_mut(store);
+                    if !matches!(e, EngineError::Stopped { .. }) {
+                        st.state = PhaseState::Failed;
+                        st.message = Some(e.to_string());
+                        st.completion_time = Some(now());
+                    }
+                    let state = st.state;
+                    self.progress
+                        .update(store, self.stage_of(store), &self.phases);
+                    self.report(store, state, Some(plan), None, started);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn stage_of(&self, store: Store) -> StageProgress {
+        let st = self.phases.get(store);
+        StageProgress {
+            stage: st.checkpoint.as_ref().map_or(Stage::Copy, |c| c.stage),
+            processed: st.done + st.skipped,
+            total: st.total,
+        }
+    }
+
+    fn report(
+        &mut self,
+        store: Store,
+        state: PhaseState,
+        plan: Option<PhasePlan>,
+        verified: Option<Verified>,
+        started: Instant,
+    ) {
+        self.reports.push(PhaseReport {
+            store,
+            state,
+            plan,
+            status: self.phases.get(store).clone(),
+            verified,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
+
+    /// Runs one store's phase from its checkpoint to Done.
+    async fn phase<P: Phase>(
+        &mut self,
+        store: Store,
+        phase: Option<&mut P>,
+        plan: &PhasePlan,
+    ) -> Result<Option<Verified>, EngineError> {
+        let Some(phase) = phase else { return Ok(None) };
+        let skip_policy = on_conflict(self.spec, store) == OnConflict::Skip;
+        {
+            let st = self.phases.get_mut(store);
+            if !has_started(st) {
+                *st = PhaseStatus::default();
+                st.checkpoint = Some(Checkpoint::default());
+            }
+            st.state = PhaseState::Running;
+            st.total = plan.total.max(st.total);
+            st.message = None;
+            st.start_time.get_or_insert_with(now);
+        }
+        self.progress
+            .update(store, self.stage_of(store), &self.phases);
+        let mut repaired = false;
+        let mut verified = None;
+        loop {
+            let cp = self
+                .phases
+                .get(store)
+                .checkpoint
+                .clone()
+                .unwrap_or_default();
+            let next = match cp.stage {
+                Stage::Copy | Stage::RemoveSource => {
+                    let after = if cp.stage == Stage::Copy {
+                        Stage::Verify
+                    } else {
+                        Stage::VerifyRemoved
+                    };
+                    self.batches(store, phase, plan, cp).await?;
+                    after
+                }
+                Stage::Verify | Stage::VerifyRemoved => {
+                    let removed = cp.stage == Stage::VerifyRemoved;
+                    match self.verify(store, phase, plan, removed).await {
+                        Ok(v) => {
+                            let st = self.phases.get_mut(store);
+                            // Verification, not the batch counters, decides the final numbers.
+                            st.skipped = if skip_policy { plan.conflicts } else { 0 };
+                            st.done = plan.total - st.skipped.min(plan.total);
+                            verified = Some(v);
+                            match (removed, self.spec.mode) {
+                                (false, Mode::Move) => Stage::RemoveSource,
+                                _ => Stage::Done,
+                            }
+                        }
+                        Err(Incomplete(message)) if !repaired => {
+                            // A scan cut short (the store restarted under us): copy again;
+                            // items already in the target count as identical.
+                            tracing::warn!(%store, %message, "verification found missing items; running the copy pass again");
+                            repaired = true;
+                            Stage::Copy
+                        }
+                        Err(Incomplete(message)) | Err(Failed(message)) => {
+                            return Err(EngineError::Verify { store, message });
+                        }
+                        Err(Fatal(e)) => return Err(e),
+                    }
+                }
+                Stage::Done => break,
+            };
+            let st = self.phases.get_mut(store);
+            st.checkpoint = Some(Checkpoint {
+                stage: next,
+                cursor: String::new(),
+                batch: 0,
+            });
+            if next == Stage::Done {
+                st.state = PhaseState::Succeeded;
+                st.completion_time = Some(now());
+                st.message = Some(done_summary(store, self.spec.mode, plan, st));
+            }
+            self.progress
+                .update(store, self.stage_of(store), &self.phases);
+        }
+        Ok(verified)
+    }
+
+    /// Runs the batches of a Copy or RemoveSource stage from `cp`.
+    async fn batches<P: Phase>(
+        &mut self,
+        store: Store,
+        phase: &mut P,
+        plan: &PhasePlan,
+        mut cp: Checkpoint,
+    ) -> Result<(), EngineError> {
+        let mut processed = 0u64;
+        loop {
+            if self.progress.should_stop() {
+                return Err(EngineError::Stopped { store });
+            }
+            let batch = cp.batch + 1;
+            let outcome = self
+                .retrying(store, batch, cp.stage, async || {
+                    phase.step(cp.stage, &cp.cursor, plan).await
+                })
+                .await?;
+            processed += outcome.done + outcome.skipped;
+            let st = self.phases.get_mut(store);
+            if cp.stage == Stage::Copy {
+                // SCAN may return a key twice and resumed batches recount: cap at the plan.
+                st.done = (st.done + outcome.done).min(plan.total);
+                st.skipped = (st.skipped + outcome.skipped).min(plan.total - st.done);
+            }
+            cp = Checkpoint {
+                stage: cp.stage,
+                cursor: outcome.next.clone().unwrap_or_default(),
+                batch,
+            };
+            st.checkpoint = Some(cp.clone());
+            let stage = StageProgress {
+                stage: cp.stage,
+                processed: processed.min(plan.total),
+                total: plan.total,
+            };
+            self.progress.update(store, stage, &self.phases);
+            if outcome.next.is_none() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Calls `op` until it succeeds, fails with a permanent error, or runs out of attempts.
+    async fn retrying<T, E: StoreFailure>(
+        &mut self,
+        store: Store,
+        batch: u64,
+        stage: Stage,
+        mut op: impl AsyncFnMut() -> Result<T, E>,
+    ) -> Result<T, EngineError> {
+        let mut wait = self.opts.initial_backoff;
+        let mut attempt = 1;
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_transient() && attempt < self.opts.max_attempts => {
+                    let message = describe(&e);
+                    tracing::warn!(%store, batch, attempt, error = %message, "batch failed; retrying");
+                    self.progress
+                        .retrying(store, batch, attempt, &message, wait);
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(self.opts.max_backoff);
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(EngineError::Batch {
+                        store,
+                        stage,
+                        batch,
+                        attempts: attempt,
+                        message: describe(&e),
+                    });
+                }
+            }
+        }
+    }
+
+    async fn verify<P: Phase>(
+        &mut self,
+        store: Store,
+        phase: &mut P,
+        plan: &PhasePlan,
+        removed: bool,
+    ) -> Result<Verified, VerifyFailure> {
+        let stage = if removed {
+            Stage::VerifyRemoved
+        } else {
+            Stage::Verify
+        };
+        let result = self
+            .retrying(store, 1, stage, async || {
+                match phase.verify(plan, removed).await {
+                    Ok(v) => Ok(Ok(v)),
+                    // Permanent outcomes are data, not errors to retry.
+                    Err(e) if !e.is_transient() => Ok(Err((e.is_incomplete(), describe(&e)))),
+                    Err(e) => Err(e),
+                }
+            })
+            .await;
+        match result {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err((true, m))) => Err(Incomplete(m)),
+            Ok(Err((false, m))) => Err(Failed(m)),
+            Err(e) => Err(Fatal(e)),
+        }
+    }
+}
+
+use VerifyFailure::{Failed, Fatal, Incomplete};
+
+enum VerifyFailure {
+    /// Source items without a target: worth one more copy pass.
+    Incomplete(String),
+    /// Counts disagree.
+    Failed(String),
+    /// The store could not be asked.
+    Fatal(EngineError),
+}
+
+async fn preflight<P: Phase>(phase: Option<&mut P>, resuming: bool) -> Result<PhasePlan, String> {
+    match phase {
+        Some(p) => p.plan(resuming).await.map_err(|e| describe(&e)),
+        None => Err("phase not configured".into()),
+    }
+}
+
+/// One line describing a plan.
+pub fn plan_summary(store: Store, plan: &PhasePlan) -> String {
+    let unit = store.unit();
+    let mut s = format!("{} {unit} to migrate", plan.total);
+    if plan.identical > 0 {
+        s.push_str(&format!(", {} already in the target", plan.identical));
+    }
+    if plan.conflicts > 0 {
+        s.push_str(&format!(
+            ", {} conflicts (e.g. {})",
+            plan.conflicts,
+            plan.conflict_examples.join(", ")
+        ));
+    }
+    if plan.extra > 0 {
+        s.push_str(&format!(
+            ", {} target {unit} without a source counterpart",
+            plan.extra
+        ));
+    }
+    s
+}
+
+fn done_summary(store: Store, mode: Mode, plan: &PhasePlan, st: &PhaseStatus) -> String {
+    let verb = match mode {
+        Mode::Move => "moved",
+        Mode::Copy => "copied",
+    };
+    let mut s = format!(
+        "{} of {} {} {verb} and verified",
+        st.done,
+        plan.total,
+        store.unit()
+    );
+    if st.skipped > 0 {
+        s.push_str(&format!(", {} skipped (onConflict: Skip)", st.skipped));
+    }
+    s
+}

@@ -1,0 +1,57 @@
+//! The `tenant-migrator` binary: `migrate` (the CLI shell), `crd`, and `controller`.
+
+use clap::{Parser, Subcommand};
+use kube::CustomResourceExt;
+
+use tenant_migrator::api::TenantMigration;
+use tenant_migrator::cli::{self, MigrateArgs};
+use tenant_migrator::telemetry;
+
+#[derive(Parser)]
+#[command(
+    name = "tenant-migrator",
+    version,
+    about = "Move one tenant's data to a new tenant id"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Migrate a tenant without Kubernetes (flag-compatible with migrate_tenant.py).
+    Migrate(MigrateArgs),
+    /// Print the TenantMigration CustomResourceDefinition as YAML.
+    Crd,
+    /// Run the operator (not available in this version yet).
+    Controller,
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Migrate(args) => {
+            telemetry::init("warn");
+            cli::migrate(args).await
+        }
+        Command::Crd => match serde_yaml::to_string(&TenantMigration::crd()) {
+            Ok(yaml) => {
+                print!("{yaml}");
+                0
+            }
+            Err(e) => {
+                eprintln!("error: cannot render the CRD: {e}");
+                1
+            }
+        },
+        Command::Controller => {
+            eprintln!(
+                "error: the controller is not available in this version yet; use `tenant-migrator migrate`"
+            );
+            2
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,351 @@
+//! The tenant-config API phase (HTTP, JSON).
+//!
+//! GET `{url}/tenants/{source}/config`, then create `{url}/tenants/{target}/config`
+//! with the same body (POST by default, or PUT). A target whose body equals the
+//! source's counts as already migrated; a different one follows `onConflict`
+//! (Overwrite replaces it with PUT). Move deletes the source config once the
+//! target is verified. The bearer token is sent, never logged.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use super::{GroupCount, Phase, PhasePlan, StepOutcome, StoreFailure, Verified};
+use crate::Secret;
+use crate::api::{CreateMethod, OnConflict, Stage, TenantId};
+
+/// Everything the config phase needs, resolved by the engine.
+#[derive(Clone, Debug)]
+pub struct ConfigSettings {
+    pub url: String,
+    pub token: Option<Secret>,
+    pub source: TenantId,
+    pub target: TenantId,
+    pub method: CreateMethod,
+    pub on_conflict: OnConflict,
+}
+
+/// Errors of the config phase, each naming the request that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigStoreError {
+    #[error("invalid config API settings: {0}")]
+    Settings(String),
+    #[error("{method} {url} failed: {source}")]
+    Request {
+        method: Method,
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{method} {url} was refused with {status}: check the API token")]
+    Unauthorized {
+        method: Method,
+        url: String,
+        status: StatusCode,
+    },
+    #[error("{method} {url} answered {status}: {body}")]
+    Status {
+        method: Method,
+        url: String,
+        status: StatusCode,
+        body: String,
+    },
+    #[error("{url} answered with a body that is not JSON: {detail}")]
+    BadBody { url: String, detail: String },
+    #[error("source tenant has no config: GET {url} answered 404")]
+    SourceMissing { url: String },
+    #[error("target tenant already has a different config at {url} (onConflict: Fail)")]
+    Conflict { url: String },
+    #[error("verification failed: {0}")]
+    Mismatch(String),
+}
+
+impl StoreFailure for ConfigStoreError {
+    fn is_transient(&self) -> bool {
+        match self {
+            Self::Request { source, .. } => {
+                source.is_connect() || source.is_timeout() || source.is_request()
+            }
+            Self::Status { status, .. } => {
+                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The config phase of one migration.
+pub struct ConfigPhase {
+    settings: ConfigSettings,
+    http: reqwest::Client,
+    source_url: String,
+    target_url: String,
+}
+
+impl ConfigPhase {
+    pub fn new(settings: ConfigSettings) -> Result<Self, ConfigStoreError> {
+        let base = settings.url.trim_end_matches('/');
+        let parsed = reqwest::Url::parse(base)
+            .map_err(|e| ConfigStoreError::Settings(format!("URL {base:?}: {e}")))?;
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(ConfigStoreError::Settings(format!(
+                "URL {base:?} carries credentials; pass the token through a Secret or TENANT_API_TOKEN"
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| ConfigStoreError::Settings(e.to_string()))?;
+        Ok(Self {
+            source_url: format!("{base}/tenants/{}/config", settings.source),
+            target_url: format!("{base}/tenants/{}/config", settings.target),
+            settings,
+            http,
+        })
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, String), ConfigStoreError> {
+        let mut req = self.http.request(method.clone(), url);
+        if let Some(t) = &self.settings.token {
+            req = req.bearer_auth(t.expose());
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let err = |source| ConfigStoreError::Request {
+            method: method.clone(),
+            url: url.to_owned(),
+            source,
+        };
+        let resp = req.send().await.map_err(err)?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(err)?;
+        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            return Err(ConfigStoreError::Unauthorized {
+                method,
+                url: url.to_owned(),
+                status,
+            });
+        }
+        Ok((status, text))
+    }
+
+    /// GET a tenant's config: `None` on 404.
+    async fn get(&self, url: &str) -> Result<Option<Value>, ConfigStoreError> {
+        let (status, text) = self.send(Method::GET, url, None).await?;
+        match status {
+            StatusCode::NOT_FOUND => Ok(None),
+            s if s.is_success() => {
+                serde_json::from_str(&text)
+                    .map(Some)
+                    .map_err(|e| ConfigStoreError::BadBody {
+                        url: url.to_owned(),
+                        detail: e.to_string(),
+                    })
+            }
+            s => Err(unexpected(Method::GET, url, s, &text)),
+        }
+    }
+
+    /// Writes `body` to the target with `method`; Ok(false) when the API says it exists.
+    async fn write_target(&self, method: Method, body: &Value) -> Result<bool, ConfigStoreError> {
+        let (status, text) = self
+            .send(method.clone(), &self.target_url, Some(body))
+            .await?;
+        match status {
+            s if s.is_success() => Ok(true),
+            StatusCode::CONFLICT => Ok(false),
+            s => Err(unexpected(method, &self.target_url, s, &text)),
+        }
+    }
+}
+
+impl ConfigPhase {
+    /// The target exists (or `None`: vanished): count it as done, skip it, overwrite it or fail.
+    async fn resolve(
+        &self,
+        source: &Value,
+        target: Option<&Value>,
+    ) -> Result<(u64, u64), ConfigStoreError> {
+        match target {
+            Some(t) if t == source => Ok((1, 0)),
+            _ if self.settings.on_conflict == OnConflict::Skip && target.is_some() => Ok((0, 1)),
+            _ if self.settings.on_conflict == OnConflict::Fail && target.is_some() => {
+                Err(ConfigStoreError::Conflict {
+                    url: self.target_url.clone(),
+                })
+            }
+            _ => {
+                self.write_target(Method::PUT, source).await?;
+                Ok((1, 0))
+            }
+        }
+    }
+}
+
+fn unexpected(method: Method, url: &str, status: StatusCode, body: &str) -> ConfigStoreError {
+    let mut body: String = body.chars().take(200).collect();
+    if body.is_empty() {
+        body = "(empty body)".into();
+    }
+    ConfigStoreError::Status {
+        method,
+        url: url.to_owned(),
+        status,
+        body,
+    }
+}
+
+impl Phase for ConfigPhase {
+    type Error = ConfigStoreError;
+
+    async fn plan(&mut self, resuming: bool) -> Result<PhasePlan, ConfigStoreError> {
+        let source = self.get(&self.source_url).await?;
+        let target = self.get(&self.target_url).await?;
+        let mut plan = PhasePlan::default();
+        match (&source, &target) {
+            (None, None) => {
+                return Err(ConfigStoreError::SourceMissing {
+                    url: self.source_url.clone(),
+                });
+            }
+            (None, Some(_)) if resuming => {
+                plan.notes
+                    .push("source config already removed by this migration".into());
+            }
+            (None, Some(_)) => {
+                return Err(ConfigStoreError::SourceMissing {
+                    url: self.source_url.clone(),
+                });
+            }
+            (Some(_), None) => plan.total = 1,
+            (Some(s), Some(t)) => {
+                plan.total = 1;
+                if s == t {
+                    plan.identical = 1;
+                } else {
+                    plan.conflicts = 1;
+                    plan.conflict_examples.push(self.target_url.clone());
+                    if self.settings.on_conflict == OnConflict::Fail {
+                        return Err(ConfigStoreError::Conflict {
+                            url: self.target_url.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        plan.groups.push(GroupCount {
+            name: "config".into(),
+            source: plan.total,
+            target: u64::from(target.is_some()),
+            extra: u64::from(source.is_none() && target.is_some()),
+        });
+        plan.extra = plan.groups[0].extra;
+        Ok(plan)
+    }
+
+    async fn step(
+        &mut self,
+        stage: Stage,
+        _cursor: &str,
+        _plan: &PhasePlan,
+    ) -> Result<StepOutcome, ConfigStoreError> {
+        let source = self.get(&self.source_url).await?;
+        let target = self.get(&self.target_url).await?;
+        let (done, skipped) = match (stage, source, target) {
+            // Resumed after the source was removed: nothing left to do.
+            (_, None, Some(_)) => (1, 0),
+            (_, None, None) => {
+                return Err(ConfigStoreError::SourceMissing {
+                    url: self.source_url.clone(),
+                });
+            }
+            (Stage::Copy, Some(s), None) => {
+                let method = match self.settings.method {
+                    CreateMethod::Post => Method::POST,
+                    CreateMethod::Put => Method::PUT,
+                };
+                if self.write_target(method, &s).await? {
+                    (1, 0)
+                } else {
+                    // Created by someone else between our GET and create.
+                    let t = self.get(&self.target_url).await?;
+                    self.resolve(&s, t.as_ref()).await?
+                }
+            }
+            (Stage::Copy, Some(s), Some(t)) => self.resolve(&s, Some(&t)).await?,
+            (Stage::RemoveSource, Some(s), Some(t)) if s == t => {
+                let (status, text) = self.send(Method::DELETE, &self.source_url, None).await?;
+                if !(status.is_success() || status == StatusCode::NOT_FOUND) {
+                    return Err(unexpected(Method::DELETE, &self.source_url, status, &text));
+                }
+                (1, 0)
+            }
+            // Skip kept the target's own config: the source's is never destroyed.
+            (Stage::RemoveSource, Some(_), Some(_))
+                if self.settings.on_conflict == OnConflict::Skip =>
+            {
+                (0, 1)
+            }
+            (Stage::RemoveSource, Some(_), _) => {
+                return Err(ConfigStoreError::Mismatch(format!(
+                    "refusing to delete {}: the target config at {} is missing or differs",
+                    self.source_url, self.target_url
+                )));
+            }
+            (other, ..) => {
+                return Err(ConfigStoreError::Settings(format!(
+                    "stage {other:?} has no batches"
+                )));
+            }
+        };
+        Ok(StepOutcome {
+            next: None,
+            done,
+            skipped,
+        })
+    }
+
+    async fn verify(
+        &mut self,
+        plan: &PhasePlan,
+        removed: bool,
+    ) -> Result<Verified, ConfigStoreError> {
+        let source = self.get(&self.source_url).await?;
+        let target = self.get(&self.target_url).await?;
+        let kept_by_skip = plan.conflicts > 0 && self.settings.on_conflict == OnConflict::Skip;
+        let ok = match (&source, &target) {
+            (_, None) => false,
+            (Some(s), Some(t)) if removed => kept_by_skip && s != t,
+            (Some(s), Some(t)) => s == t || kept_by_skip,
+            (None, Some(_)) => removed || plan.total == 0,
+        };
+        if !ok {
+            return Err(ConfigStoreError::Mismatch(format!(
+                "after {}: source config {}, target config {}",
+                if removed { "removal" } else { "copy" },
+                if source.is_some() {
+                    "present"
+                } else {
+                    "absent"
+                },
+                match (&source, &target) {
+                    (_, None) => "absent",
+                    (Some(s), Some(t)) if s != t => "differs from the source",
+                    _ => "present",
+                }
+            )));
+        }
+        Ok(Verified {
+            source_left: u64::from(source.is_some()),
+            target: 1,
+        })
+    }
+}

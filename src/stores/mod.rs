@@ -1,0 +1,109 @@
+//! One module per store, each behind the same [`Phase`] trait.
+//!
+//! A store module is the only place that speaks its store's protocol. It never
+//! orders phases, never retries, never persists checkpoints: the engine does
+//! that. Each operation is idempotent, so the engine may retry a batch from the
+//! same cursor or resume a stage after a crash.
+
+pub mod config;
+pub mod redis;
+
+use std::future::Future;
+
+use serde::Serialize;
+
+use crate::api::Stage;
+
+/// What a preflight found: what would move, and what stands in the way.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct PhasePlan {
+    /// Source items to migrate.
+    pub total: u64,
+    /// Target items that already equal their source item (own earlier work).
+    pub identical: u64,
+    /// Target items that differ from their source item.
+    pub conflicts: u64,
+    /// Target items with no source counterpart.
+    pub extra: u64,
+    /// Per-group counts (Redis: per key prefix), for the plan output.
+    pub groups: Vec<GroupCount>,
+    /// A few names of conflicting items, to act on.
+    pub conflict_examples: Vec<String>,
+    /// Facts worth a line in the plan (excluded keys, server version).
+    pub notes: Vec<String>,
+}
+
+/// Items of one group (a Redis key prefix, a Qdrant collection) in source and target.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct GroupCount {
+    pub name: String,
+    pub source: u64,
+    pub target: u64,
+    /// Target items with no source counterpart at plan time.
+    pub extra: u64,
+}
+
+/// Result of one batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StepOutcome {
+    /// Cursor to continue from; `None` when the stage has finished.
+    pub next: Option<String>,
+    /// Items written, removed, or found already identical.
+    pub done: u64,
+    /// Items left alone under `onConflict: Skip`.
+    pub skipped: u64,
+}
+
+/// Counts a verification established.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Verified {
+    /// Source items still present.
+    pub source_left: u64,
+    /// Target items present.
+    pub target: u64,
+}
+
+/// Errors of a store operation, as the engine needs to see them.
+pub trait StoreFailure: std::error::Error + Send + Sync + 'static {
+    /// Whether trying the same batch again may succeed (network, overload, OOM)
+    /// as opposed to a fact that retrying cannot change (conflict, bad credentials).
+    fn is_transient(&self) -> bool;
+
+    /// Whether verification found source items without a target (a scan cut short
+    /// by a restart of the store): the engine then runs the copy pass once more.
+    fn is_incomplete(&self) -> bool {
+        false
+    }
+}
+
+/// One store's part of a migration.
+///
+/// The engine calls `plan` (the preflight, which writes nothing), then for each
+/// stage calls `step` until it returns no cursor, then `verify`.
+pub trait Phase: Send {
+    type Error: StoreFailure;
+
+    /// Connect, check credentials, count the source, look for conflicts. Writes nothing.
+    /// `resuming` is true when a checkpoint shows this phase already wrote, so
+    /// the target may hold this migration's own items and the source may be partly removed.
+    fn plan(
+        &mut self,
+        resuming: bool,
+    ) -> impl Future<Output = Result<PhasePlan, Self::Error>> + Send;
+
+    /// Process one batch of `stage` (Copy or RemoveSource) from `cursor` ("" = start).
+    fn step(
+        &mut self,
+        stage: Stage,
+        cursor: &str,
+        plan: &PhasePlan,
+    ) -> impl Future<Output = Result<StepOutcome, Self::Error>> + Send;
+
+    /// Check the result of the stage just finished (Copy, or RemoveSource when
+    /// `removed`) against the plan. A mismatch is an error carrying the numbers.
+    fn verify(
+        &mut self,
+        plan: &PhasePlan,
+        removed: bool,
+    ) -> impl Future<Output = Result<Verified, Self::Error>> + Send;
+}

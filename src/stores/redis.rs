@@ -1,0 +1,1022 @@
+//! The Redis / DragonflyDB phase.
+//!
+//! A key belongs to the tenant when it starts with one of the tenant's exact key
+//! prefixes (LightRAG's `{tenant}_{namespace}:` by default); only that prefix is
+//! rewritten. Keys are found with one SCAN per page (never all keys in memory) and
+//! copied with DUMP/PTTL + RESTORE, pipelined, which keeps type, value and TTL for
+//! every type including streams. Commands used: PING, SCAN, DUMP, PTTL, RESTORE,
+//! EXISTS, UNLINK, TYPE and the type's read command (only to compare two values
+//! whose DUMP payloads differ). All of them exist on Redis ≥ 6 and DragonflyDB.
+//!
+//! This module must not order phases, retry or persist checkpoints (the engine does).
+
+use std::collections::HashSet;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, Value};
+
+use super::{GroupCount, Phase, PhasePlan, StepOutcome, StoreFailure, Verified};
+use crate::Secret;
+use crate::api::{OnConflict, Stage, TenantId};
+
+/// LightRAG's key-value namespaces (lightrag/kg/redis_impl.py, 1.4–1.5).
+pub const LIGHTRAG_NAMESPACES: [&str; 8] = [
+    "full_docs",
+    "text_chunks",
+    "llm_response_cache",
+    "full_entities",
+    "full_relations",
+    "entity_chunks",
+    "relation_chunks",
+    "doc_status",
+];
+
+/// Key prefix templates of LightRAG's layout: one per namespace, plus the 1.5
+/// doc-status index keys. `{tenant}_doc_status__sched_rebuild:` is transient and
+/// deliberately absent.
+pub fn lightrag_prefix_templates() -> Vec<String> {
+    LIGHTRAG_NAMESPACES
+        .iter()
+        .map(|ns| format!("{{tenant}}_{ns}:"))
+        .chain(std::iter::once("{tenant}_doc_status__sched:".to_owned()))
+        .collect()
+}
+
+const TENANT_PLACEHOLDER: &str = "{tenant}";
+
+/// Everything the Redis phase needs, resolved by the engine.
+#[derive(Clone, Debug)]
+pub struct RedisSettings {
+    pub url: String,
+    pub password: Option<Secret>,
+    pub source: TenantId,
+    pub target: TenantId,
+    pub on_conflict: OnConflict,
+    /// Templates containing `{tenant}`; empty means LightRAG's layout.
+    pub key_prefixes: Vec<String>,
+    /// Keys per SCAN page and pipeline.
+    pub batch_size: usize,
+}
+
+/// Errors of the Redis phase; every one says which key or which operation.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisStoreError {
+    #[error("invalid Redis settings: {0}")]
+    Settings(String),
+    #[error("cannot connect to Redis at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: RedisError,
+    },
+    #[error("Redis at {url} rejected the credentials: {source}")]
+    Auth {
+        url: String,
+        #[source]
+        source: RedisError,
+    },
+    #[error("{op} failed: {source}")]
+    Command {
+        op: String,
+        #[source]
+        source: RedisError,
+    },
+    #[error(
+        "target key {target:?} already exists with a different value than source key {source_key:?} (onConflict: Fail)"
+    )]
+    Conflict { source_key: String, target: String },
+    #[error(
+        "{count} target keys already exist with different values (e.g. {examples}); onConflict is Fail — choose Skip or Overwrite, or clear the target"
+    )]
+    ConflictsFound { count: u64, examples: String },
+    #[error(
+        "target tenant already holds {count} keys with no source counterpart (e.g. {example}); onConflict is Fail"
+    )]
+    TargetNotEmpty { count: u64, example: String },
+    #[error("refusing to remove source key {source_key:?}: its target key {target:?} is missing")]
+    TargetMissing { source_key: String, target: String },
+    #[error("{missing} source keys have no target key yet (e.g. {example:?})")]
+    Incomplete { missing: u64, example: String },
+    #[error("verification failed: {0}")]
+    Mismatch(String),
+}
+
+impl RedisStoreError {
+    fn command(op: impl Into<String>) -> impl FnOnce(RedisError) -> Self {
+        let op = op.into();
+        move |source| Self::Command { op, source }
+    }
+}
+
+fn is_transient(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.code(),
+            Some(
+                "OOM" | "LOADING" | "TRYAGAIN" | "BUSY" | "MASTERDOWN" | "CLUSTERDOWN" | "READONLY"
+            )
+        )
+}
+
+impl StoreFailure for RedisStoreError {
+    fn is_transient(&self) -> bool {
+        match self {
+            Self::Connect { .. } => true,
+            Self::Command { source, .. } => is_transient(source),
+            _ => false,
+        }
+    }
+
+    fn is_incomplete(&self) -> bool {
+        matches!(self, Self::Incomplete { .. })
+    }
+}
+
+/// One key prefix of the tenant, rendered for source and target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyPrefix {
+    pub template: String,
+    pub source: String,
+    pub target: String,
+}
+
+/// The tenant's key prefixes and the SCAN patterns that find them.
+#[derive(Clone, Debug)]
+pub struct KeySpace {
+    prefixes: Vec<KeyPrefix>,
+    source_pattern: String,
+    target_pattern: String,
+}
+
+fn is_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
+}
+
+/// Escapes glob metacharacters so that SCAN MATCH takes the text literally.
+pub fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn common_prefix<'a>(mut items: impl Iterator<Item = &'a str>) -> String {
+    let Some(first) = items.next() else {
+        return String::new();
+    };
+    let mut len = first.len();
+    for s in items {
+        len = first
+            .bytes()
+            .zip(s.bytes())
+            .take(len)
+            .take_while(|(a, b)| a == b)
+            .count();
+    }
+    while !first.is_char_boundary(len) {
+        len -= 1;
+    }
+    first[..len].to_owned()
+}
+
+impl KeySpace {
+    /// Renders the templates for both tenants. A template must contain `{tenant}`
+    /// once, with no id character right before it and a non-id character somewhere
+    /// after it: otherwise tenant `a` would also match tenant `a2`'s keys.
+    pub fn new(templates: &[String], source: &TenantId, target: &TenantId) -> Result<Self, String> {
+        let templates = if templates.is_empty() {
+            lightrag_prefix_templates()
+        } else {
+            templates.to_vec()
+        };
+        let mut prefixes = Vec::with_capacity(templates.len());
+        for t in &templates {
+            let Some(at) = t.find(TENANT_PLACEHOLDER) else {
+                return Err(format!(
+                    "key prefix template {t:?} does not contain {{tenant}}"
+                ));
+            };
+            let (before, after) = (&t[..at], &t[at + TENANT_PLACEHOLDER.len()..]);
+            if after.contains(TENANT_PLACEHOLDER) {
+                return Err(format!(
+                    "key prefix template {t:?} contains {{tenant}} more than once"
+                ));
+            }
+            if before.chars().next_back().is_some_and(is_id_char) {
+                return Err(format!(
+                    "key prefix template {t:?}: the character before {{tenant}} must not be a letter, digit or '_'"
+                ));
+            }
+            if after.chars().all(is_id_char) {
+                return Err(format!(
+                    "key prefix template {t:?} must end the tenant part with a delimiter such as ':' \
+                     (otherwise tenant ids that extend the source id would match)"
+                ));
+            }
+            prefixes.push(KeyPrefix {
+                template: t.clone(),
+                source: t.replace(TENANT_PLACEHOLDER, source.as_str()),
+                target: t.replace(TENANT_PLACEHOLDER, target.as_str()),
+            });
+        }
+        // Longest first, so a key is attributed to the most specific prefix.
+        prefixes.sort_by(|a, b| {
+            b.source
+                .len()
+                .cmp(&a.source.len())
+                .then(a.source.cmp(&b.source))
+        });
+        prefixes.dedup_by(|a, b| a.source == b.source);
+        let source_pattern = format!(
+            "{}*",
+            glob_escape(&common_prefix(prefixes.iter().map(|p| p.source.as_str())))
+        );
+        let target_pattern = format!(
+            "{}*",
+            glob_escape(&common_prefix(prefixes.iter().map(|p| p.target.as_str())))
+        );
+        Ok(Self {
+            prefixes,
+            source_pattern,
+            target_pattern,
+        })
+    }
+
+    pub fn prefixes(&self) -> &[KeyPrefix] {
+        &self.prefixes
+    }
+
+    /// The SCAN MATCH pattern that finds every source key (and possibly others,
+    /// filtered by [`KeySpace::source_group`]).
+    pub fn source_pattern(&self) -> &str {
+        &self.source_pattern
+    }
+
+    /// Index of the prefix that `key` belongs to on the source side.
+    pub fn source_group(&self, key: &[u8]) -> Option<usize> {
+        self.prefixes
+            .iter()
+            .position(|p| key.starts_with(p.source.as_bytes()))
+    }
+
+    fn target_group(&self, key: &[u8]) -> Option<usize> {
+        self.prefixes
+            .iter()
+            .position(|p| key.starts_with(p.target.as_bytes()))
+    }
+
+    /// The target key for a source key of group `g`: only the prefix changes.
+    pub fn target_key(&self, g: usize, key: &[u8]) -> Vec<u8> {
+        let p = &self.prefixes[g];
+        let mut out = Vec::with_capacity(p.target.len() + key.len() - p.source.len());
+        out.extend_from_slice(p.target.as_bytes());
+        out.extend_from_slice(&key[p.source.len()..]);
+        out
+    }
+}
+
+fn show(key: &[u8]) -> String {
+    String::from_utf8_lossy(key).into_owned()
+}
+
+/// 64-bit fingerprints of keys seen, so that a key SCAN returns twice (it may,
+/// when the table shrinks mid-scan) is counted once, without keeping keys in memory.
+#[derive(Default)]
+struct Seen(HashSet<u64>);
+
+impl Seen {
+    fn first_time(&mut self, key: &[u8]) -> bool {
+        let mut h = DefaultHasher::new();
+        key.hash(&mut h);
+        self.0.insert(h.finish())
+    }
+}
+
+/// A source key and where it goes.
+struct Pair {
+    group: usize,
+    source: Vec<u8>,
+    target: Vec<u8>,
+}
+
+/// The Redis phase of one migration.
+pub struct RedisPhase {
+    settings: RedisSettings,
+    keys: KeySpace,
+    conn: Option<ConnectionManager>,
+}
+
+impl RedisPhase {
+    /// Checks the settings; connects nothing yet.
+    pub fn new(settings: RedisSettings) -> Result<Self, RedisStoreError> {
+        let keys = KeySpace::new(&settings.key_prefixes, &settings.source, &settings.target)
+            .map_err(RedisStoreError::Settings)?;
+        if settings.batch_size == 0 {
+            return Err(RedisStoreError::Settings(
+                "batch size must be at least 1".into(),
+            ));
+        }
+        Ok(Self {
+            settings,
+            keys,
+            conn: None,
+        })
+    }
+
+    pub fn key_space(&self) -> &KeySpace {
+        &self.keys
+    }
+
+    async fn connect(&mut self) -> Result<ConnectionManager, RedisStoreError> {
+        if let Some(c) = &self.conn {
+            return Ok(c.clone());
+        }
+        let url = self.settings.url.clone();
+        let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
+            .map_err(|e| RedisStoreError::Settings(format!("Redis URL {url:?}: {e}")))?;
+        if info.redis_settings().password().is_some() {
+            return Err(RedisStoreError::Settings(format!(
+                "Redis URL {url:?} contains a password; pass it through a Secret or REDIS_PASSWORD instead"
+            )));
+        }
+        let info = match &self.settings.password {
+            Some(p) => {
+                let rs = info.redis_settings().clone().set_password(p.expose());
+                info.set_redis_settings(rs)
+            }
+            None => info,
+        };
+        let client = redis::Client::open(info)
+            .map_err(|e| RedisStoreError::Settings(format!("Redis URL {url:?}: {e}")))?;
+        // Few reconnection attempts at connect time, so an unreachable server is
+        // reported quickly; batch retries with backoff are the engine's job.
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(1)
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(Duration::from_secs(60)));
+        let mut conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|source| classify_connect(&url, source))?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(|source| classify_connect(&url, source))?;
+        self.conn = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn scan(
+        conn: &mut ConnectionManager,
+        cursor: u64,
+        pattern: &str,
+        count: usize,
+    ) -> Result<(u64, Vec<Vec<u8>>), RedisStoreError> {
+        redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(count)
+            .query_async(conn)
+            .await
+            .map_err(RedisStoreError::command(format!(
+                "SCAN {cursor} MATCH {pattern}"
+            )))
+    }
+
+    fn pairs(&self, keys: Vec<Vec<u8>>) -> Vec<Pair> {
+        keys.into_iter()
+            .filter_map(|k| {
+                let g = self.keys.source_group(&k)?;
+                Some(Pair {
+                    group: g,
+                    target: self.keys.target_key(g, &k),
+                    source: k,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether two keys hold the same value. DUMP payloads decide it in the common
+    /// case; when they differ, the values are compared by type, since a large set or
+    /// hash may serialise its members in a different order after RESTORE.
+    async fn same_value(
+        conn: &mut ConnectionManager,
+        a: &[u8],
+        a_dump: &[u8],
+        b: &[u8],
+        b_dump: &[u8],
+    ) -> Result<bool, RedisStoreError> {
+        if a_dump == b_dump {
+            return Ok(true);
+        }
+        let (ta, tb): (String, String) = redis::pipe()
+            .cmd("TYPE")
+            .arg(a)
+            .cmd("TYPE")
+            .arg(b)
+            .query_async(conn)
+            .await
+            .map_err(RedisStoreError::command(format!("TYPE {}", show(a))))?;
+        if ta != tb {
+            return Ok(false);
+        }
+        let read = |key: &[u8]| -> Option<redis::Cmd> {
+            let mut c = match ta.as_str() {
+                "string" => redis::cmd("GET"),
+                "hash" => redis::cmd("HGETALL"),
+                "set" => redis::cmd("SMEMBERS"),
+                "list" => {
+                    let mut c = redis::cmd("LRANGE");
+                    c.arg(key).arg(0).arg(-1);
+                    return Some(c);
+                }
+                "zset" => {
+                    let mut c = redis::cmd("ZRANGE");
+                    c.arg(key).arg(0).arg(-1).arg("WITHSCORES");
+                    return Some(c);
+                }
+                "stream" => {
+                    let mut c = redis::cmd("XRANGE");
+                    c.arg(key).arg("-").arg("+");
+                    return Some(c);
+                }
+                _ => return None,
+            };
+            c.arg(key);
+            Some(c)
+        };
+        let (Some(ca), Some(cb)) = (read(a), read(b)) else {
+            return Ok(false);
+        };
+        let (mut va, mut vb): (Vec<Vec<u8>>, Vec<Vec<u8>>) = redis::pipe()
+            .add_command(ca)
+            .add_command(cb)
+            .query_async(conn)
+            .await
+            .map_err(RedisStoreError::command(format!("read {}", show(a))))?;
+        if matches!(ta.as_str(), "hash" | "set") {
+            // Unordered types: compare as sorted (field, value) pairs or members.
+            if ta == "hash" {
+                let pairs = |v: Vec<Vec<u8>>| {
+                    let mut p: Vec<(Vec<u8>, Vec<u8>)> = v
+                        .chunks(2)
+                        .map(|c| (c[0].clone(), c.get(1).cloned().unwrap_or_default()))
+                        .collect();
+                    p.sort();
+                    p
+                };
+                return Ok(pairs(va) == pairs(vb));
+            }
+            va.sort();
+            vb.sort();
+        }
+        Ok(va == vb)
+    }
+
+    /// DUMPs of `keys`, `None` for a key that does not exist.
+    async fn dumps(
+        conn: &mut ConnectionManager,
+        keys: &[&[u8]],
+    ) -> Result<Vec<Option<Vec<u8>>>, RedisStoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut p = redis::pipe();
+        for k in keys {
+            p.cmd("DUMP").arg(*k);
+        }
+        p.query_async(conn)
+            .await
+            .map_err(RedisStoreError::command(format!(
+                "DUMP batch from {}",
+                show(keys[0])
+            )))
+    }
+
+    /// Copies `pairs`; returns (done, skipped).
+    async fn copy_pairs(
+        &mut self,
+        conn: &mut ConnectionManager,
+        pairs: &[Pair],
+    ) -> Result<(u64, u64), RedisStoreError> {
+        if pairs.is_empty() {
+            return Ok((0, 0));
+        }
+        let mut read = redis::pipe();
+        for p in pairs {
+            read.cmd("PTTL").arg(&p.source).cmd("DUMP").arg(&p.source);
+        }
+        let values: Vec<Value> = read
+            .query_async(conn)
+            .await
+            .map_err(RedisStoreError::command(format!(
+                "PTTL/DUMP batch from {}",
+                show(&pairs[0].source)
+            )))?;
+        let replace = self.settings.on_conflict == OnConflict::Overwrite;
+        let mut write = redis::pipe();
+        write.ignore_errors();
+        let mut written: Vec<(&Pair, Vec<u8>)> = Vec::with_capacity(pairs.len());
+        for (p, v) in pairs.iter().zip(values.chunks(2)) {
+            let (Value::Int(pttl), Value::BulkString(payload)) = (&v[0], &v[1]) else {
+                continue; // gone since SCAN (expired or deleted): nothing to copy
+            };
+            let ttl = if *pttl > 0 { *pttl } else { 0 };
+            let cmd = write
+                .cmd("RESTORE")
+                .arg(&p.target)
+                .arg(ttl)
+                .arg(payload.as_slice());
+            if replace {
+                cmd.arg("REPLACE");
+            }
+            written.push((p, payload.clone()));
+        }
+        if written.is_empty() {
+            return Ok((0, 0));
+        }
+        let results: Vec<redis::RedisResult<Value>> =
+            write
+                .query_async(conn)
+                .await
+                .map_err(RedisStoreError::command(format!(
+                    "RESTORE batch to {}",
+                    show(&written[0].0.target)
+                )))?;
+        let mut done = 0;
+        let mut busy = Vec::new();
+        for ((p, payload), r) in written.iter().zip(results) {
+            match r {
+                Ok(_) => done += 1,
+                Err(e) if e.code() == Some("BUSYKEY") => busy.push((*p, payload)),
+                Err(source) => {
+                    return Err(RedisStoreError::Command {
+                        op: format!("RESTORE {}", show(&p.target)),
+                        source,
+                    });
+                }
+            }
+        }
+        let mut skipped = 0;
+        if !busy.is_empty() {
+            let targets: Vec<&[u8]> = busy.iter().map(|(p, _)| p.target.as_slice()).collect();
+            let existing = Self::dumps(conn, &targets).await?;
+            for ((p, payload), t) in busy.into_iter().zip(existing) {
+                let same = match &t {
+                    Some(t) => Self::same_value(conn, &p.source, payload, &p.target, t).await?,
+                    None => false,
+                };
+                if same {
+                    done += 1; // this migration's own earlier work, or a duplicate from SCAN
+                } else if self.settings.on_conflict == OnConflict::Skip {
+                    skipped += 1;
+                } else {
+                    return Err(RedisStoreError::Conflict {
+                        source_key: show(&p.source),
+                        target: show(&p.target),
+                    });
+                }
+            }
+        }
+        Ok((done, skipped))
+    }
+
+    /// Removes the source keys of `pairs` whose target holds the same value.
+    /// Returns (removed, kept): kept keys are those left alone under `onConflict: Skip`.
+    async fn remove_pairs(
+        &mut self,
+        conn: &mut ConnectionManager,
+        pairs: &[Pair],
+    ) -> Result<(u64, u64), RedisStoreError> {
+        let keys: Vec<&[u8]> = pairs
+            .iter()
+            .flat_map(|p| [p.source.as_slice(), p.target.as_slice()])
+            .collect();
+        let dumps = Self::dumps(conn, &keys).await?;
+        let mut unlink = Vec::new();
+        let mut kept = 0;
+        for (p, d) in pairs.iter().zip(dumps.chunks(2)) {
+            match (&d[0], &d[1]) {
+                (None, _) => {} // already removed (a resumed or repeated batch)
+                (Some(_), None) => {
+                    return Err(RedisStoreError::TargetMissing {
+                        source_key: show(&p.source),
+                        target: show(&p.target),
+                    });
+                }
+                (Some(s), Some(t)) => {
+                    if Self::same_value(conn, &p.source, s, &p.target, t).await? {
+                        unlink.push(p.source.as_slice());
+                    } else if self.settings.on_conflict == OnConflict::Skip {
+                        kept += 1; // the target kept its own value: never destroy the source's
+                    } else {
+                        return Err(RedisStoreError::Conflict {
+                            source_key: show(&p.source),
+                            target: show(&p.target),
+                        });
+                    }
+                }
+            }
+        }
+        if !unlink.is_empty() {
+            let mut p = redis::pipe();
+            for k in &unlink {
+                p.cmd("UNLINK").arg(*k).ignore();
+            }
+            let () = p
+                .query_async(conn)
+                .await
+                .map_err(RedisStoreError::command(format!(
+                    "UNLINK batch from {}",
+                    show(unlink[0])
+                )))?;
+        }
+        Ok((unlink.len() as u64, kept))
+    }
+
+    /// Counts tenant keys per prefix on one side, each key once.
+    async fn count_side(
+        &self,
+        conn: &mut ConnectionManager,
+        target_side: bool,
+    ) -> Result<Vec<u64>, RedisStoreError> {
+        let pattern = if target_side {
+            &self.keys.target_pattern
+        } else {
+            &self.keys.source_pattern
+        };
+        let mut counts = vec![0u64; self.keys.prefixes.len()];
+        let mut seen = Seen::default();
+        let mut cursor = 0;
+        loop {
+            let (next, keys) = Self::scan(conn, cursor, pattern, self.settings.batch_size).await?;
+            for k in keys {
+                let g = if target_side {
+                    self.keys.target_group(&k)
+                } else {
+                    self.keys.source_group(&k)
+                };
+                if let Some(g) = g
+                    && seen.first_time(&k)
+                {
+                    counts[g] += 1;
+                }
+            }
+            if next == 0 {
+                return Ok(counts);
+            }
+            cursor = next;
+        }
+    }
+}
+
+fn classify_connect(url: &str, source: RedisError) -> RedisStoreError {
+    let auth = source.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(source.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"));
+    if auth {
+        RedisStoreError::Auth {
+            url: url.to_owned(),
+            source,
+        }
+    } else {
+        RedisStoreError::Connect {
+            url: url.to_owned(),
+            source,
+        }
+    }
+}
+
+fn parse_cursor(cursor: &str) -> Result<u64, RedisStoreError> {
+    if cursor.is_empty() {
+        return Ok(0);
+    }
+    cursor.parse().map_err(|_| {
+        RedisStoreError::Settings(format!("checkpoint cursor {cursor:?} is not a SCAN cursor"))
+    })
+}
+
+impl Phase for RedisPhase {
+    type Error = RedisStoreError;
+
+    async fn plan(&mut self, resuming: bool) -> Result<PhasePlan, RedisStoreError> {
+        let mut conn = self.connect().await?;
+        let mut plan = PhasePlan::default();
+        let mut groups: Vec<GroupCount> = self
+            .keys
+            .prefixes
+            .iter()
+            .map(|p| GroupCount {
+                name: p.template.clone(),
+                ..GroupCount::default()
+            })
+            .collect();
+        let mut paired = vec![0u64; groups.len()];
+        let mut seen = Seen::default();
+        let mut excluded = 0u64;
+        let mut cursor = 0;
+        loop {
+            let (next, keys) = Self::scan(
+                &mut conn,
+                cursor,
+                &self.keys.source_pattern,
+                self.settings.batch_size,
+            )
+            .await?;
+            let before = keys.len();
+            let pairs: Vec<Pair> = self
+                .pairs(keys)
+                .into_iter()
+                .filter(|p| seen.first_time(&p.source))
+                .collect();
+            excluded += (before - pairs.len()) as u64;
+            let mut exists = redis::pipe();
+            for p in &pairs {
+                groups[p.group].source += 1;
+                exists.cmd("EXISTS").arg(&p.target);
+            }
+            if !pairs.is_empty() {
+                let found: Vec<bool> = exists
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(RedisStoreError::command("EXISTS batch of target keys"))?;
+                let both: Vec<&Pair> = pairs
+                    .iter()
+                    .zip(found)
+                    .filter(|(_, f)| *f)
+                    .map(|(p, _)| p)
+                    .collect();
+                let keys: Vec<&[u8]> = both
+                    .iter()
+                    .flat_map(|p| [p.source.as_slice(), p.target.as_slice()])
+                    .collect();
+                let dumps = Self::dumps(&mut conn, &keys).await?;
+                for (p, d) in both.into_iter().zip(dumps.chunks(2)) {
+                    let (Some(s), Some(t)) = (&d[0], &d[1]) else {
+                        continue;
+                    };
+                    paired[p.group] += 1;
+                    if Self::same_value(&mut conn, &p.source, s, &p.target, t).await? {
+                        plan.identical += 1;
+                    } else {
+                        plan.conflicts += 1;
+                        if plan.conflict_examples.len() < 5 {
+                            plan.conflict_examples.push(show(&p.target));
+                        }
+                    }
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let targets = self.count_side(&mut conn, true).await?;
+        for ((g, t), paired) in groups.iter_mut().zip(targets).zip(paired) {
+            g.target = t;
+            g.extra = t.saturating_sub(paired);
+        }
+        plan.total = groups.iter().map(|g| g.source).sum();
+        plan.extra = groups.iter().map(|g| g.extra).sum();
+        plan.groups = groups;
+        if excluded > 0 {
+            plan.notes.push(format!(
+                "{excluded} keys match {} but belong to no tenant prefix (other tenants, transient keys): left alone",
+                self.keys.source_pattern
+            ));
+        }
+        if self.settings.on_conflict == OnConflict::Fail {
+            if plan.conflicts > 0 {
+                return Err(RedisStoreError::ConflictsFound {
+                    count: plan.conflicts,
+                    examples: plan.conflict_examples.join(", "),
+                });
+            }
+            if plan.extra > 0 && !resuming {
+                let example = self
+                    .keys
+                    .prefixes
+                    .iter()
+                    .zip(&plan.groups)
+                    .find(|(_, g)| g.extra > 0)
+                    .map(|(p, _)| format!("{}…", p.target))
+                    .unwrap_or_default();
+                return Err(RedisStoreError::TargetNotEmpty {
+                    count: plan.extra,
+                    example,
+                });
+            }
+        }
+        Ok(plan)
+    }
+
+    async fn step(
+        &mut self,
+        stage: Stage,
+        cursor: &str,
+        _plan: &PhasePlan,
+    ) -> Result<StepOutcome, RedisStoreError> {
+        let mut conn = self.connect().await?;
+        let cursor = parse_cursor(cursor)?;
+        let (next, keys) = Self::scan(
+            &mut conn,
+            cursor,
+            &self.keys.source_pattern,
+            self.settings.batch_size,
+        )
+        .await?;
+        let pairs = self.pairs(keys);
+        let (done, skipped) = match stage {
+            Stage::Copy => self.copy_pairs(&mut conn, &pairs).await?,
+            Stage::RemoveSource => self.remove_pairs(&mut conn, &pairs).await?,
+            other => {
+                return Err(RedisStoreError::Settings(format!(
+                    "stage {other:?} has no batches"
+                )));
+            }
+        };
+        Ok(StepOutcome {
+            next: (next != 0).then(|| next.to_string()),
+            done,
+            skipped,
+        })
+    }
+
+    async fn verify(
+        &mut self,
+        plan: &PhasePlan,
+        removed: bool,
+    ) -> Result<Verified, RedisStoreError> {
+        let mut conn = self.connect().await?;
+        // Every source key still present must have its target (kept keys under Skip
+        // have one too, with the target's own value).
+        let mut source = vec![0u64; self.keys.prefixes.len()];
+        let mut seen = Seen::default();
+        let (mut missing, mut example) = (0u64, String::new());
+        let mut cursor = 0;
+        loop {
+            let (next, keys) = Self::scan(
+                &mut conn,
+                cursor,
+                &self.keys.source_pattern,
+                self.settings.batch_size,
+            )
+            .await?;
+            let pairs: Vec<Pair> = self
+                .pairs(keys)
+                .into_iter()
+                .filter(|p| seen.first_time(&p.source))
+                .collect();
+            if !pairs.is_empty() {
+                let mut exists = redis::pipe();
+                for p in &pairs {
+                    source[p.group] += 1;
+                    exists.cmd("EXISTS").arg(&p.target);
+                }
+                let found: Vec<bool> = exists
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(RedisStoreError::command("EXISTS batch of target keys"))?;
+                for (p, f) in pairs.iter().zip(found) {
+                    if !f {
+                        missing += 1;
+                        if example.is_empty() {
+                            example = show(&p.source);
+                        }
+                    }
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        if missing > 0 {
+            return Err(RedisStoreError::Incomplete { missing, example });
+        }
+        let target = self.count_side(&mut conn, true).await?;
+        let mut problems = Vec::new();
+        for ((p, g), (s, t)) in self
+            .keys
+            .prefixes
+            .iter()
+            .zip(&plan.groups)
+            .zip(source.iter().zip(&target))
+        {
+            let expected_target = g.source + g.extra;
+            // After removal only keys kept under Skip may remain; before it the
+            // source must be exactly what the plan counted.
+            let source_ok = if removed {
+                *s <= plan.conflicts
+            } else {
+                *s == g.source
+            };
+            if !source_ok {
+                problems.push(format!(
+                    "{}: source has {s} keys, expected {}",
+                    p.source,
+                    if removed { 0 } else { g.source }
+                ));
+            }
+            if *t != expected_target {
+                problems.push(format!(
+                    "{}: target has {t} keys, expected {expected_target}",
+                    p.target
+                ));
+            }
+        }
+        let source_left: u64 = source.iter().sum();
+        if removed && source_left > plan.conflicts {
+            problems.push(format!(
+                "{source_left} source keys left, expected at most {}",
+                plan.conflicts
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(RedisStoreError::Mismatch(problems.join("; ")));
+        }
+        Ok(Verified {
+            source_left,
+            target: target.iter().sum(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> TenantId {
+        TenantId::new(s).unwrap()
+    }
+
+    #[test]
+    fn lightrag_prefixes_are_exact_and_exclude_lookalikes() {
+        let ks = KeySpace::new(&[], &id("siraya"), &id("tenant_b")).unwrap();
+        assert_eq!(ks.source_pattern(), "siraya_*");
+        let belongs = |k: &str| ks.source_group(k.as_bytes()).is_some();
+        assert!(belongs("siraya_full_docs:doc-siraya_1"));
+        assert!(belongs("siraya_doc_status__sched:status:processed"));
+        assert!(belongs("siraya_llm_response_cache:siraya_old_full_docs:x"));
+        for other in [
+            "siraya_old_full_docs:x",
+            "siraya2_full_docs:x",
+            "xsiraya_full_docs:x",
+            "siraya_doc_status__sched_rebuild:lock",
+            "siraya_unknown:x",
+            "siraya_full_docs",
+        ] {
+            assert!(!belongs(other), "{other}");
+        }
+        let g = ks.source_group(b"siraya_text_chunks:chunk-siraya").unwrap();
+        assert_eq!(
+            ks.target_key(g, b"siraya_text_chunks:chunk-siraya"),
+            b"tenant_b_text_chunks:chunk-siraya"
+        );
+    }
+
+    #[test]
+    fn templates_that_would_match_other_tenants_are_refused() {
+        let cases = [
+            ("{tenant}", "delimiter"),
+            ("{tenant}_docs", "delimiter"),
+            ("x{tenant}:", "before {tenant}"),
+            ("docs:", "does not contain"),
+            ("{tenant}:{tenant}:", "more than once"),
+        ];
+        for (t, want) in cases {
+            let err = KeySpace::new(&[t.to_owned()], &id("a"), &id("b")).unwrap_err();
+            assert!(err.contains(want), "{t}: {err}");
+        }
+        let ks = KeySpace::new(
+            &["rag:{tenant}:".into(), "rag:{tenant}_idx:".into()],
+            &id("a"),
+            &id("b"),
+        )
+        .unwrap();
+        assert_eq!(ks.source_pattern(), "rag:a*");
+    }
+
+    #[test]
+    fn scan_patterns_escape_glob_characters() {
+        assert_eq!(glob_escape(r"a*b?c[d]e\f"), r"a\*b\?c\[d\]e\\f");
+        let ks = KeySpace::new(&["[x]:{tenant}:".into()], &id("a"), &id("b")).unwrap();
+        assert_eq!(ks.source_pattern(), r"\[x\]:a:*");
+    }
+
+    #[test]
+    fn common_prefix_of_prefixes() {
+        assert_eq!(common_prefix(["ab:", "ac:"].into_iter()), "a");
+        assert_eq!(common_prefix(["ab:"].into_iter()), "ab:");
+        assert_eq!(common_prefix(["x", "y"].into_iter()), "");
+    }
+}

@@ -1,0 +1,209 @@
+//! `testkit`: the demo, the benchmark, and the test servers as commands.
+//!
+//! - `testkit demo`: starts Redis and the config API, loads a sample tenant and
+//!   migrates it with `tenant-migrator migrate` (progress bars on a terminal).
+//! - `testkit bench`: reference script vs tenant-migrator on identical data.
+//! - `testkit fixture`: loads the LightRAG-shaped fixture into a Redis.
+//! - `testkit config-api`: serves the tenant-config API stand-in.
+
+mod bench;
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+use clap::{Parser, Subcommand};
+use tenant_migrator_testkit::config_api::sample_config;
+use tenant_migrator_testkit::{ConfigApi, RedisServer, fixture};
+
+#[derive(Parser)]
+#[command(
+    name = "testkit",
+    about = "Demo, benchmark and test servers for tenant-migrator"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start Redis and the config API, load a sample tenant, migrate it.
+    Demo {
+        /// Fixture scale (1 = 38,491 keys).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        #[arg(long, default_value = "siraya")]
+        source: String,
+        #[arg(long, default_value = "tenant_76920508")]
+        target: String,
+    },
+    /// Benchmark: the reference script and tenant-migrator on identical fresh data.
+    Bench(bench::BenchArgs),
+    /// Load the LightRAG-shaped fixture (tenant, look-alikes, other keys) into a Redis.
+    Fixture {
+        #[arg(long, default_value = "redis://127.0.0.1:6379/")]
+        redis_url: String,
+        #[arg(long, default_value = "siraya")]
+        source: String,
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+    },
+    /// Serve the tenant-config API stand-in until interrupted.
+    ConfigApi {
+        #[arg(long, default_value_t = 8000)]
+        port: u16,
+        /// Require this bearer token.
+        #[arg(long, env = "TENANT_API_TOKEN")]
+        token: Option<String>,
+        /// Tenants to create with a sample config.
+        #[arg(long, value_delimiter = ',')]
+        seed: Vec<String>,
+    },
+}
+
+/// The `tenant-migrator` binary built beside this one.
+pub fn migrator_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    dir.join("tenant-migrator")
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match Cli::parse().command {
+        Cmd::Demo {
+            scale,
+            source,
+            target,
+        } => demo(scale, &source, &target).await,
+        Cmd::Bench(args) => bench::run(args).await,
+        Cmd::Fixture {
+            redis_url,
+            source,
+            scale,
+        } => {
+            let loaded = redis::Client::open(redis_url.as_str())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| fixture::load_standard(&mut c, &source, scale));
+            match loaded {
+                Ok(l) => {
+                    println!(
+                        "loaded {} keys of {source} and {} look-alike keys",
+                        l.tenant_keys, l.lookalike_keys
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::ConfigApi { port, token, seed } => {
+            match ConfigApi::start(port, token.as_deref()).await {
+                Ok(mut api) => {
+                    for t in &seed {
+                        api.insert(t, sample_config(t));
+                    }
+                    println!("config API listening on {}", api.url());
+                    api.wait().await;
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: cannot listen on port {port}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn demo(scale: f64, source: &str, target: &str) -> ExitCode {
+    let redis = match RedisServer::start() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let api = match ConfigApi::start(0, Some("demo-token")).await {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: config API: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    api.insert(source, sample_config(source));
+    println!("Redis on {}, config API on {}", redis.url(), api.url());
+    let loaded = match redis
+        .conn()
+        .and_then(|mut c| fixture::load_standard(&mut c, source, scale))
+    {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: loading the fixture: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "Loaded tenant {source}: {} keys (plus {} keys of look-alike tenants {:?})\n",
+        loaded.tenant_keys,
+        loaded.lookalike_keys,
+        fixture::lookalikes(source)
+    );
+    let state = std::env::temp_dir().join(format!("tm-demo-{}", std::process::id()));
+    let base = |extra: &[&str]| {
+        let mut c = Command::new(migrator_binary());
+        c.args([
+            "migrate",
+            source,
+            target,
+            "--skip-qdrant",
+            "--skip-memgraph",
+        ])
+        .args(["--redis-url", &redis.url(), "--api-url", &api.url()])
+        .arg("--state-dir")
+        .arg(&state)
+        .args(extra)
+        .env("TENANT_API_TOKEN", "demo-token");
+        c
+    };
+    println!(
+        "$ tenant-migrator migrate {source} {target} --skip-qdrant --skip-memgraph --dry-run ..."
+    );
+    let plan = tokio::task::spawn_blocking({
+        let mut c = base(&["--dry-run"]);
+        move || c.status()
+    })
+    .await;
+    if !matches!(plan, Ok(Ok(s)) if s.success()) {
+        eprintln!("error: the dry run failed");
+        return ExitCode::FAILURE;
+    }
+    println!("\n$ tenant-migrator migrate {source} {target} --skip-qdrant --skip-memgraph ...");
+    let run = tokio::task::spawn_blocking({
+        let mut c = base(&[]);
+        move || c.status()
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(&state);
+    match run {
+        Ok(Ok(s)) if s.success() => {
+            let left = redis.conn().and_then(|mut c| {
+                fixture::snapshot(&mut c, |k| k.starts_with(format!("{source}_").as_bytes()))
+            });
+            if let Ok(left) = left {
+                println!(
+                    "\nKeys still starting with {source}_: {} (the transient rebuild key stays by design)",
+                    left.len()
+                );
+            }
+            println!(
+                "Config of {target}: {}",
+                api.get(target).map_or("missing".into(), |v| v.to_string())
+            );
+            ExitCode::SUCCESS
+        }
+        _ => ExitCode::FAILURE,
+    }
+}

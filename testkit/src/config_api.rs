@@ -1,0 +1,215 @@
+//! A tenant-config API stand-in: an HTTP server that keeps tenant configs in
+//! memory and answers with the platform API's status codes — 404 for an unknown
+//! tenant, 409 when creating one that exists, 401 without the bearer token.
+//!
+//! Routes: GET/POST/PUT/DELETE `/tenants/{id}/config`. POST creates (409 if
+//! present), PUT creates or replaces. `fail_next` makes the next N requests answer
+//! 503, for retry tests.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::Value;
+
+#[derive(Default)]
+struct Inner {
+    configs: Mutex<BTreeMap<String, Value>>,
+    token: Option<String>,
+    fail_next: AtomicU32,
+    writes: AtomicU32,
+}
+
+/// A running config API; stops when dropped.
+pub struct ConfigApi {
+    addr: SocketAddr,
+    inner: Arc<Inner>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn authorized(inner: &Inner, headers: &HeaderMap) -> bool {
+    match &inner.token {
+        None => true,
+        Some(t) => headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v == format!("Bearer {t}")),
+    }
+}
+
+fn guard(inner: &Inner, headers: &HeaderMap) -> Option<Response> {
+    if inner
+        .fail_next
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        return Some((StatusCode::SERVICE_UNAVAILABLE, "injected failure").into_response());
+    }
+    if !authorized(inner, headers) {
+        return Some((StatusCode::UNAUTHORIZED, "missing or wrong bearer token").into_response());
+    }
+    None
+}
+
+async fn get_config(State(s): State<Arc<Inner>>, Path(id): Path<String>, h: HeaderMap) -> Response {
+    if let Some(r) = guard(&s, &h) {
+        return r;
+    }
+    let configs = s.configs.lock().unwrap_or_else(|e| e.into_inner());
+    match configs.get(&id) {
+        Some(v) => Json(v.clone()).into_response(),
+        None => (StatusCode::NOT_FOUND, "tenant not found").into_response(),
+    }
+}
+
+async fn post_config(
+    State(s): State<Arc<Inner>>,
+    Path(id): Path<String>,
+    h: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if let Some(r) = guard(&s, &h) {
+        return r;
+    }
+    let mut configs = s.configs.lock().unwrap_or_else(|e| e.into_inner());
+    if configs.contains_key(&id) {
+        return (StatusCode::CONFLICT, "tenant exists").into_response();
+    }
+    configs.insert(id, body.clone());
+    s.writes.fetch_add(1, Ordering::SeqCst);
+    (StatusCode::CREATED, Json(body)).into_response()
+}
+
+async fn put_config(
+    State(s): State<Arc<Inner>>,
+    Path(id): Path<String>,
+    h: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if let Some(r) = guard(&s, &h) {
+        return r;
+    }
+    s.configs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id, body.clone());
+    s.writes.fetch_add(1, Ordering::SeqCst);
+    Json(body).into_response()
+}
+
+async fn delete_config(
+    State(s): State<Arc<Inner>>,
+    Path(id): Path<String>,
+    h: HeaderMap,
+) -> Response {
+    if let Some(r) = guard(&s, &h) {
+        return r;
+    }
+    match s
+        .configs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&id)
+    {
+        Some(_) => {
+            s.writes.fetch_add(1, Ordering::SeqCst);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        None => (StatusCode::NOT_FOUND, "tenant not found").into_response(),
+    }
+}
+
+impl ConfigApi {
+    /// Starts on `port` (0 = a free one) on 127.0.0.1; `token` makes the bearer token required.
+    pub async fn start(port: u16, token: Option<&str>) -> std::io::Result<Self> {
+        let inner = Arc::new(Inner {
+            token: token.map(str::to_owned),
+            ..Inner::default()
+        });
+        let app = Router::new()
+            .route(
+                "/tenants/{id}/config",
+                get(get_config)
+                    .post(post_config)
+                    .put(put_config)
+                    .delete(delete_config),
+            )
+            .with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, inner, task })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn insert(&self, tenant: &str, config: Value) {
+        self.inner
+            .configs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(tenant.to_owned(), config);
+    }
+
+    pub fn get(&self, tenant: &str) -> Option<Value> {
+        self.inner
+            .configs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tenant)
+            .cloned()
+    }
+
+    /// Every config, for before/after comparisons.
+    pub fn all(&self) -> BTreeMap<String, Value> {
+        self.inner
+            .configs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Successful writes (POST, PUT, DELETE) served so far.
+    pub fn writes(&self) -> u32 {
+        self.inner.writes.load(Ordering::SeqCst)
+    }
+
+    /// The next `n` requests answer 503.
+    pub fn fail_next(&self, n: u32) {
+        self.inner.fail_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Waits until the server task ends (for the stand-alone binary).
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for ConfigApi {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A LightRAG-like tenant config body.
+pub fn sample_config(tenant: &str) -> Value {
+    serde_json::json!({
+        "workspace": tenant,
+        "llm": {"model": "gpt-4o-mini", "max_tokens": 32768},
+        "embedding": {"model": "bge-m3", "dim": 1024},
+        "chunk_token_size": 1200,
+        "chunk_overlap_token_size": 100,
+        "display_name": format!("Tenant {tenant}"),
+    })
+}

@@ -1,0 +1,20 @@
+//! Test tooling for tenant-migrator: real servers started on free loopback ports
+//! (Debian's `redis-server`, the tenant-config API stand-in), a LightRAG-shaped
+//! fixture generator, database digests, and a delay proxy for round-trip tests.
+//!
+//! Used by the integration tests, the benchmark and the demo. Never by the product.
+
+pub mod config_api;
+pub mod fixture;
+pub mod proxy;
+pub mod redis_server;
+
+pub use config_api::ConfigApi;
+pub use proxy::DelayProxy;
+pub use redis_server::RedisServer;
+
+/// A free TCP port on 127.0.0.1 (the OS picks it; the listener is closed before use).
+pub fn free_port() -> std::io::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
