@@ -41,10 +41,7 @@ impl TenantId {
         if id.chars().count() > Self::MAX_LEN {
             return Err(InvalidTenantId::TooLong(id));
         }
-        if let Some(ch) = id
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || *c == '_'))
-        {
+        if let Some(ch) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '_')) {
             return Err(InvalidTenantId::BadCharacter { id, ch });
         }
         Ok(Self(id))
@@ -317,9 +314,7 @@ pub struct TenantMigrationSpec {
 }
 
 /// The four stores, in the order their phases run.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Store {
     Config,
@@ -532,14 +527,8 @@ mod tests {
 
     #[test]
     fn spec_rejects_unknown_fields_and_bad_ids() {
-        let unknown: Result<TenantMigrationSpec, _> =
-            serde_yaml::from_str("source: a\ntarget: b\nmodee: Copy\n");
-        assert!(
-            unknown
-                .unwrap_err()
-                .to_string()
-                .contains("unknown field `modee`")
-        );
+        let unknown: Result<TenantMigrationSpec, _> = serde_yaml::from_str("source: a\ntarget: b\nmodee: Copy\n");
+        assert!(unknown.unwrap_err().to_string().contains("unknown field `modee`"));
         let bad: Result<TenantMigrationSpec, _> = serde_yaml::from_str("source: 'a*'\ntarget: b\n");
         assert!(bad.unwrap_err().to_string().contains("contains '*'"));
         let spec: TenantMigrationSpec = serde_yaml::from_str("source: a\ntarget: b\n").unwrap();

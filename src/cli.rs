@@ -15,9 +15,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use crate::Secret;
-use crate::api::{
-    Mode, OnConflict, PhaseState, PhaseStatuses, Stage, Store, TenantId, TenantMigrationSpec,
-};
+use crate::api::{Mode, OnConflict, PhaseState, PhaseStatuses, Stage, Store, TenantId, TenantMigrationSpec};
 use crate::engine::{self, Credentials, EngineError, Progress, Report, RunOptions, StageProgress};
 use crate::stores::PhasePlan;
 
@@ -127,10 +125,7 @@ pub enum InputError {
         source: crate::api::InvalidTenantId,
     },
     #[error("cannot read manifest {path}: {source}")]
-    ReadManifest {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    ReadManifest { path: PathBuf, source: std::io::Error },
     #[error("manifest {path}: {message}")]
     Manifest { path: PathBuf, message: String },
     #[error(
@@ -232,9 +227,7 @@ pub fn spec_from_args(a: &MigrateArgs) -> Result<TenantMigrationSpec, InputError
     if let Some(u) = &a.api_url {
         spec.config.url = Some(u.clone());
     }
-    spec.config
-        .url
-        .get_or_insert_with(|| "http://localhost:8000".into());
+    spec.config.url.get_or_insert_with(|| "http://localhost:8000".into());
     let redis_flag = match (&a.redis_url, &a.redis_host, a.redis_port) {
         (Some(u), ..) => Some(u.clone()),
         (None, None, None) => None,
@@ -247,15 +240,11 @@ pub fn spec_from_args(a: &MigrateArgs) -> Result<TenantMigrationSpec, InputError
     if let Some(u) = redis_flag {
         spec.redis.url = Some(u);
     }
-    spec.redis
-        .url
-        .get_or_insert_with(|| "redis://localhost:6379/".into());
+    spec.redis.url.get_or_insert_with(|| "redis://localhost:6379/".into());
     if let Some(u) = &a.qdrant_url {
         spec.qdrant.url = Some(u.clone());
     }
-    spec.qdrant
-        .url
-        .get_or_insert_with(|| "http://localhost:6333".into());
+    spec.qdrant.url.get_or_insert_with(|| "http://localhost:6333".into());
     if a.memgraph_host.is_some() || a.memgraph_port.is_some() || spec.memgraph.uri.is_none() {
         spec.memgraph.uri = Some(format!(
             "bolt://{}:{}",
@@ -269,12 +258,7 @@ pub fn spec_from_args(a: &MigrateArgs) -> Result<TenantMigrationSpec, InputError
 /// Reads credentials from the environment. A manifest's Secret reference whose
 /// variable is unset is an error, not a silent anonymous connection.
 pub fn credentials_from_env(spec: &TenantMigrationSpec) -> Result<Credentials, InputError> {
-    let var = |name: &str| {
-        std::env::var(name)
-            .ok()
-            .filter(|v| !v.is_empty())
-            .map(Secret::new)
-    };
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty()).map(Secret::new);
     let config_token = var(ENV_API_TOKEN);
     let redis_password = var(ENV_REDIS_PASSWORD);
     if spec.config.enabled
@@ -329,16 +313,10 @@ fn state_dir(a: &MigrateArgs) -> PathBuf {
 fn store_urls(spec: &TenantMigrationSpec) -> Vec<String> {
     let mut v = Vec::new();
     if spec.config.enabled {
-        v.push(format!(
-            "config={}",
-            spec.config.url.as_deref().unwrap_or_default()
-        ));
+        v.push(format!("config={}", spec.config.url.as_deref().unwrap_or_default()));
     }
     if spec.redis.enabled {
-        v.push(format!(
-            "redis={}",
-            spec.redis.url.as_deref().unwrap_or_default()
-        ));
+        v.push(format!("redis={}", spec.redis.url.as_deref().unwrap_or_default()));
     }
     v
 }
@@ -349,10 +327,7 @@ struct StateStore {
 }
 
 impl StateStore {
-    fn open(
-        a: &MigrateArgs,
-        spec: &TenantMigrationSpec,
-    ) -> Result<(Self, Vec<String>), InputError> {
+    fn open(a: &MigrateArgs, spec: &TenantMigrationSpec) -> Result<(Self, Vec<String>), InputError> {
         let path = state_dir(a).join(format!("{}--{}.json", spec.source, spec.target));
         let fresh = StateFile {
             source: spec.source.to_string(),
@@ -365,11 +340,10 @@ impl StateStore {
         let file = match std::fs::read_to_string(&path) {
             Ok(_) if a.fresh => fresh,
             Ok(text) => {
-                let old: StateFile =
-                    serde_json::from_str(&text).map_err(|e| InputError::State {
-                        path: path.clone(),
-                        message: format!("{e} (remove it, or pass --fresh)"),
-                    })?;
+                let old: StateFile = serde_json::from_str(&text).map_err(|e| InputError::State {
+                    path: path.clone(),
+                    message: format!("{e} (remove it, or pass --fresh)"),
+                })?;
                 if old.mode != fresh.mode || old.stores != fresh.stores {
                     return Err(InputError::State {
                         path: path.clone(),
@@ -436,15 +410,10 @@ impl CliProgress {
             return None;
         };
         if !bars.iter().any(|(s, _)| *s == store) {
-            let style = ProgressStyle::with_template(
-                "{prefix:>8} {bar:30.cyan/blue} {pos:>7}/{len:7} {msg} ({per_sec})",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
-            let bar = multi.add(
-                ProgressBar::new(0)
-                    .with_style(style)
-                    .with_prefix(store.name()),
-            );
+            let style =
+                ProgressStyle::with_template("{prefix:>8} {bar:30.cyan/blue} {pos:>7}/{len:7} {msg} ({per_sec})")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar());
+            let bar = multi.add(ProgressBar::new(0).with_style(style).with_prefix(store.name()));
             bars.push((store, bar));
         }
         bars.iter().find(|(s, _)| *s == store).map(|(_, b)| b)
@@ -463,10 +432,7 @@ impl CliProgress {
 
 impl Progress for CliProgress {
     fn planned(&mut self, store: Store, plan: &PhasePlan) {
-        self.line(&format!(
-            "{store}: preflight ok, {}",
-            engine::plan_summary(store, plan)
-        ));
+        self.line(&format!("{store}: preflight ok, {}", engine::plan_summary(store, plan)));
         for n in &plan.notes {
             self.line(&format!("{store}: {n}"));
         }
@@ -476,10 +442,7 @@ impl Progress for CliProgress {
         if let Some(state) = &mut self.state
             && let Err(e) = state.save(phases)
         {
-            self.save_error = Some(format!(
-                "cannot write state file {}: {e}",
-                state.path.display()
-            ));
+            self.save_error = Some(format!("cannot write state file {}: {e}", state.path.display()));
             self.stop.store(true, Ordering::SeqCst);
         }
         let status = phases.get(store);
@@ -505,9 +468,7 @@ impl Progress for CliProgress {
                 let ended = matches!(status.state, PhaseState::Succeeded | PhaseState::Failed);
                 if changed || due || ended {
                     *last = Some(Instant::now());
-                    let pct = (stage.processed * 100)
-                        .checked_div(stage.total)
-                        .unwrap_or(100);
+                    let pct = (stage.processed * 100).checked_div(stage.total).unwrap_or(100);
                     eprintln!(
                         "{store}: {} {}/{} {unit} ({pct}%)",
                         stage_name(stage.stage),
@@ -553,10 +514,7 @@ pub async fn migrate(a: MigrateArgs) -> i32 {
             }
         }
     };
-    let resume = state
-        .as_ref()
-        .map(|s| s.file.phases.clone())
-        .unwrap_or_default();
+    let resume = state.as_ref().map(|s| s.file.phases.clone()).unwrap_or_default();
 
     let display = if a.output == OutputFormat::Json {
         Display::Quiet
@@ -588,15 +546,8 @@ pub async fn migrate(a: MigrateArgs) -> i32 {
         save_error: None,
     };
     if a.output == OutputFormat::Text {
-        let mode = if spec.dry_run {
-            "dry run"
-        } else {
-            mode_name(spec.mode)
-        };
-        progress.line(&format!(
-            "Tenant migration {} → {} ({mode})",
-            spec.source, spec.target
-        ));
+        let mode = if spec.dry_run { "dry run" } else { mode_name(spec.mode) };
+        progress.line(&format!("Tenant migration {} → {} ({mode})", spec.source, spec.target));
         for n in &notes {
             progress.line(n);
         }
@@ -648,13 +599,7 @@ pub fn summary(r: &Report) -> String {
     } else {
         "Summary"
     };
-    let _ = writeln!(
-        out,
-        "\n{title}: {} → {} ({})",
-        r.source,
-        r.target,
-        mode_name(r.mode)
-    );
+    let _ = writeln!(out, "\n{title}: {} → {} ({})", r.source, r.target, mode_name(r.mode));
     if r.dry_run {
         let _ = writeln!(
             out,
@@ -682,11 +627,7 @@ pub fn summary(r: &Report) -> String {
                         .iter()
                         .filter(|g| plan.groups.len() > 1 && (g.source > 0 || g.target > 0))
                     {
-                        let _ = writeln!(
-                            out,
-                            "  {:<40} source {:>8}  target {:>8}",
-                            g.name, g.source, g.target
-                        );
+                        let _ = writeln!(out, "  {:<40} source {:>8}  target {:>8}", g.name, g.source, g.target);
                     }
                     for n in &plan.notes {
                         let _ = writeln!(out, "  note: {n}");
@@ -726,11 +667,7 @@ pub fn summary(r: &Report) -> String {
     }
     match &r.error {
         None if r.dry_run => {
-            let _ = writeln!(
-                out,
-                "Result: plan complete in {:.2}s; nothing was written",
-                r.seconds
-            );
+            let _ = writeln!(out, "Result: plan complete in {:.2}s; nothing was written", r.seconds);
         }
         None => {
             let _ = writeln!(out, "Result: succeeded and verified in {:.2}s", r.seconds);

@@ -14,8 +14,7 @@ use serde::Serialize;
 
 use crate::Secret;
 use crate::api::{
-    Checkpoint, Mode, OnConflict, PhaseState, PhaseStatus, PhaseStatuses, Stage, Store,
-    TenantMigrationSpec,
+    Checkpoint, Mode, OnConflict, PhaseState, PhaseStatus, PhaseStatuses, Stage, Store, TenantMigrationSpec,
 };
 use crate::stores::config::{ConfigPhase, ConfigSettings};
 use crate::stores::redis::{RedisPhase, RedisSettings};
@@ -71,15 +70,7 @@ pub trait Progress: Send {
     fn update(&mut self, store: Store, stage: StageProgress, phases: &PhaseStatuses);
 
     /// A batch failed and will be tried again after `wait`.
-    fn retrying(
-        &mut self,
-        _store: Store,
-        _batch: u64,
-        _attempt: u32,
-        _error: &str,
-        _wait: Duration,
-    ) {
-    }
+    fn retrying(&mut self, _store: Store, _batch: u64, _attempt: u32, _error: &str, _wait: Duration) {}
 
     /// Asked at every batch boundary: `true` stops the run there (suspend, SIGINT).
     fn should_stop(&mut self) -> bool {
@@ -105,9 +96,7 @@ pub enum EngineError {
     },
     #[error("{store}: {message}")]
     Verify { store: Store, message: String },
-    #[error(
-        "stopped at a batch boundary before {store} finished; run again to resume from the checkpoint"
-    )]
+    #[error("stopped at a batch boundary before {store} finished; run again to resume from the checkpoint")]
     Stopped { store: Store },
 }
 
@@ -175,9 +164,7 @@ impl Report {
 }
 
 fn now() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 /// The stores' phases of one migration, built from a spec.
@@ -186,11 +173,7 @@ struct Phases {
     redis: Option<RedisPhase>,
 }
 
-fn build(
-    spec: &TenantMigrationSpec,
-    creds: &Credentials,
-    opts: &RunOptions,
-) -> Result<Phases, EngineError> {
+fn build(spec: &TenantMigrationSpec, creds: &Credentials, opts: &RunOptions) -> Result<Phases, EngineError> {
     if spec.source == spec.target {
         return Err(EngineError::InvalidSpec(format!(
             "source and target are the same tenant ({})",
@@ -202,8 +185,7 @@ fn build(
             .filter(|u| !u.trim().is_empty())
             .ok_or_else(|| EngineError::InvalidSpec(format!("{store}: no URL given")))
     };
-    let invalid =
-        |store: Store| move |e: &dyn StdError| EngineError::InvalidSpec(format!("{store}: {e}"));
+    let invalid = |store: Store| move |e: &dyn StdError| EngineError::InvalidSpec(format!("{store}: {e}"));
     let config = if spec.config.enabled {
         let settings = ConfigSettings {
             url: required(Store::Config, &spec.config.url)?,
@@ -225,10 +207,7 @@ fn build(
             target: spec.target.clone(),
             on_conflict: spec.redis.on_conflict,
             key_prefixes: spec.redis.key_prefixes.clone(),
-            batch_size: spec
-                .redis
-                .batch_size
-                .map_or(opts.redis_batch_size, |b| b as usize),
+            batch_size: spec.redis.batch_size.map_or(opts.redis_batch_size, |b| b as usize),
         };
         Some(RedisPhase::new(settings).map_err(|e| invalid(Store::Redis)(&e))?)
     } else {
@@ -304,11 +283,7 @@ fn has_started(status: &PhaseStatus) -> bool {
 }
 
 fn finished(status: &PhaseStatus) -> bool {
-    status.state == PhaseState::Succeeded
-        && status
-            .checkpoint
-            .as_ref()
-            .is_some_and(|c| c.stage == Stage::Done)
+    status.state == PhaseState::Succeeded && status.checkpoint.as_ref().is_some_and(|c| c.stage == Stage::Done)
 }
 
 impl Run<'_> {
@@ -322,6 +297,7 @@ impl Run<'_> {
                 continue;
             }
             let resuming = has_started(status);
+            let started = Instant::now();
             let result = match store {
                 Store::Config => preflight(phases.config.as_mut(), resuming).await,
                 Store::Redis => preflight(phases.redis.as_mut(), resuming).await,
@@ -329,6 +305,7 @@ impl Run<'_> {
                     "the {store} phase is not available in this version yet; disable it (--skip-{store}, or spec.{store}.enabled: false)"
                 )),
             };
+            tracing::info!(%store, seconds = started.elapsed().as_secs_f64(), ok = result.is_ok(), "preflight finished");
             match result {
                 Ok(plan) => {
                     self.progress.planned(store, &plan);
@@ -343,10 +320,7 @@ impl Run<'_> {
 
         for store in Store::ALL {
             let started = Instant::now();
-            let plan = plans
-                .iter()
-                .find(|(s, _)| *s == store)
-                .map(|(_, p)| p.clone());
+            let plan = plans.iter().find(|(s, _)| *s == store).map(|(_, p)| p.clone());
             let status = self.phases.get(store).clone();
             let Some(plan) = plan else {
                 // Disabled, or verified by an earlier run.
@@ -374,9 +348,7 @@ impl Run<'_> {
                 Store::Qdrant | Store::Memgraph => Ok(None),
             };
             match result {
-                Ok(verified) => {
-                    self.report(store, PhaseState::Succeeded, Some(plan), verified, started)
-                }
+                Ok(verified) => self.report(store, PhaseState::Succeeded, Some(plan), verified, started),
                 Err(e) => {
                     let st = self.phases.get_mut(store);
                     if !matches!(e, EngineError::Stopped { .. }) {
@@ -385,8 +357,7 @@ impl Run<'_> {
                         st.completion_time = Some(now());
                     }
                     let state = st.state;
-                    self.progress
-                        .update(store, self.stage_of(store), &self.phases);
+                    self.progress.update(store, self.stage_of(store), &self.phases);
                     self.report(store, state, Some(plan), None, started);
                     return Err(e);
                 }
@@ -442,17 +413,13 @@ impl Run<'_> {
             st.message = None;
             st.start_time.get_or_insert_with(now);
         }
-        self.progress
-            .update(store, self.stage_of(store), &self.phases);
+        self.progress.update(store, self.stage_of(store), &self.phases);
         let mut repaired = false;
         let mut verified = None;
         loop {
-            let cp = self
-                .phases
-                .get(store)
-                .checkpoint
-                .clone()
-                .unwrap_or_default();
+            let cp = self.phases.get(store).checkpoint.clone().unwrap_or_default();
+            let stage_started = Instant::now();
+            let stage_now = cp.stage;
             let next = match cp.stage {
                 Stage::Copy | Stage::RemoveSource => {
                     let after = if cp.stage == Stage::Copy {
@@ -492,6 +459,7 @@ impl Run<'_> {
                 }
                 Stage::Done => break,
             };
+            tracing::info!(%store, stage = ?stage_now, seconds = stage_started.elapsed().as_secs_f64(), "stage finished");
             let st = self.phases.get_mut(store);
             st.checkpoint = Some(Checkpoint {
                 stage: next,
@@ -503,8 +471,7 @@ impl Run<'_> {
                 st.completion_time = Some(now());
                 st.message = Some(done_summary(store, self.spec.mode, plan, st));
             }
-            self.progress
-                .update(store, self.stage_of(store), &self.phases);
+            self.progress.update(store, self.stage_of(store), &self.phases);
         }
         Ok(verified)
     }
@@ -569,8 +536,7 @@ impl Run<'_> {
                 Err(e) if e.is_transient() && attempt < self.opts.max_attempts => {
                     let message = describe(&e);
                     tracing::warn!(%store, batch, attempt, error = %message, "batch failed; retrying");
-                    self.progress
-                        .retrying(store, batch, attempt, &message, wait);
+                    self.progress.retrying(store, batch, attempt, &message, wait);
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(self.opts.max_backoff);
                     attempt += 1;
@@ -595,11 +561,7 @@ impl Run<'_> {
         plan: &PhasePlan,
         removed: bool,
     ) -> Result<Verified, VerifyFailure> {
-        let stage = if removed {
-            Stage::VerifyRemoved
-        } else {
-            Stage::Verify
-        };
+        let stage = if removed { Stage::VerifyRemoved } else { Stage::Verify };
         let result = self
             .retrying(store, 1, stage, async || {
                 match phase.verify(plan, removed).await {
@@ -652,10 +614,7 @@ pub fn plan_summary(store: Store, plan: &PhasePlan) -> String {
         ));
     }
     if plan.extra > 0 {
-        s.push_str(&format!(
-            ", {} target {unit} without a source counterpart",
-            plan.extra
-        ));
+        s.push_str(&format!(", {} target {unit} without a source counterpart", plan.extra));
     }
     s
 }
@@ -665,12 +624,7 @@ fn done_summary(store: Store, mode: Mode, plan: &PhasePlan, st: &PhaseStatus) ->
         Mode::Move => "moved",
         Mode::Copy => "copied",
     };
-    let mut s = format!(
-        "{} of {} {} {verb} and verified",
-        st.done,
-        plan.total,
-        store.unit()
-    );
+    let mut s = format!("{} of {} {} {verb} and verified", st.done, plan.total, store.unit());
     if st.skipped > 0 {
         s.push_str(&format!(", {} skipped (onConflict: Skip)", st.skipped));
     }

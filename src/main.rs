@@ -47,9 +47,7 @@ async fn main() {
             }
         },
         Command::Controller => {
-            eprintln!(
-                "error: the controller is not available in this version yet; use `tenant-migrator migrate`"
-            );
+            eprintln!("error: the controller is not available in this version yet; use `tenant-migrator migrate`");
             2
         }
     };

@@ -64,12 +64,8 @@ pub enum ConfigStoreError {
 impl StoreFailure for ConfigStoreError {
     fn is_transient(&self) -> bool {
         match self {
-            Self::Request { source, .. } => {
-                source.is_connect() || source.is_timeout() || source.is_request()
-            }
-            Self::Status { status, .. } => {
-                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
-            }
+            Self::Request { source, .. } => source.is_connect() || source.is_timeout() || source.is_request(),
+            Self::Status { status, .. } => status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS,
             _ => false,
         }
     }
@@ -86,8 +82,7 @@ pub struct ConfigPhase {
 impl ConfigPhase {
     pub fn new(settings: ConfigSettings) -> Result<Self, ConfigStoreError> {
         let base = settings.url.trim_end_matches('/');
-        let parsed = reqwest::Url::parse(base)
-            .map_err(|e| ConfigStoreError::Settings(format!("URL {base:?}: {e}")))?;
+        let parsed = reqwest::Url::parse(base).map_err(|e| ConfigStoreError::Settings(format!("URL {base:?}: {e}")))?;
         if !parsed.username().is_empty() || parsed.password().is_some() {
             return Err(ConfigStoreError::Settings(format!(
                 "URL {base:?} carries credentials; pass the token through a Secret or TENANT_API_TOKEN"
@@ -142,23 +137,19 @@ impl ConfigPhase {
         let (status, text) = self.send(Method::GET, url, None).await?;
         match status {
             StatusCode::NOT_FOUND => Ok(None),
-            s if s.is_success() => {
-                serde_json::from_str(&text)
-                    .map(Some)
-                    .map_err(|e| ConfigStoreError::BadBody {
-                        url: url.to_owned(),
-                        detail: e.to_string(),
-                    })
-            }
+            s if s.is_success() => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| ConfigStoreError::BadBody {
+                    url: url.to_owned(),
+                    detail: e.to_string(),
+                }),
             s => Err(unexpected(Method::GET, url, s, &text)),
         }
     }
 
     /// Writes `body` to the target with `method`; Ok(false) when the API says it exists.
     async fn write_target(&self, method: Method, body: &Value) -> Result<bool, ConfigStoreError> {
-        let (status, text) = self
-            .send(method.clone(), &self.target_url, Some(body))
-            .await?;
+        let (status, text) = self.send(method.clone(), &self.target_url, Some(body)).await?;
         match status {
             s if s.is_success() => Ok(true),
             StatusCode::CONFLICT => Ok(false),
@@ -169,19 +160,13 @@ impl ConfigPhase {
 
 impl ConfigPhase {
     /// The target exists (or `None`: vanished): count it as done, skip it, overwrite it or fail.
-    async fn resolve(
-        &self,
-        source: &Value,
-        target: Option<&Value>,
-    ) -> Result<(u64, u64), ConfigStoreError> {
+    async fn resolve(&self, source: &Value, target: Option<&Value>) -> Result<(u64, u64), ConfigStoreError> {
         match target {
             Some(t) if t == source => Ok((1, 0)),
             _ if self.settings.on_conflict == OnConflict::Skip && target.is_some() => Ok((0, 1)),
-            _ if self.settings.on_conflict == OnConflict::Fail && target.is_some() => {
-                Err(ConfigStoreError::Conflict {
-                    url: self.target_url.clone(),
-                })
-            }
+            _ if self.settings.on_conflict == OnConflict::Fail && target.is_some() => Err(ConfigStoreError::Conflict {
+                url: self.target_url.clone(),
+            }),
             _ => {
                 self.write_target(Method::PUT, source).await?;
                 Ok((1, 0))
@@ -251,12 +236,7 @@ impl Phase for ConfigPhase {
         Ok(plan)
     }
 
-    async fn step(
-        &mut self,
-        stage: Stage,
-        _cursor: &str,
-        _plan: &PhasePlan,
-    ) -> Result<StepOutcome, ConfigStoreError> {
+    async fn step(&mut self, stage: Stage, _cursor: &str, _plan: &PhasePlan) -> Result<StepOutcome, ConfigStoreError> {
         let source = self.get(&self.source_url).await?;
         let target = self.get(&self.target_url).await?;
         let (done, skipped) = match (stage, source, target) {
@@ -289,11 +269,7 @@ impl Phase for ConfigPhase {
                 (1, 0)
             }
             // Skip kept the target's own config: the source's is never destroyed.
-            (Stage::RemoveSource, Some(_), Some(_))
-                if self.settings.on_conflict == OnConflict::Skip =>
-            {
-                (0, 1)
-            }
+            (Stage::RemoveSource, Some(_), Some(_)) if self.settings.on_conflict == OnConflict::Skip => (0, 1),
             (Stage::RemoveSource, Some(_), _) => {
                 return Err(ConfigStoreError::Mismatch(format!(
                     "refusing to delete {}: the target config at {} is missing or differs",
@@ -301,9 +277,7 @@ impl Phase for ConfigPhase {
                 )));
             }
             (other, ..) => {
-                return Err(ConfigStoreError::Settings(format!(
-                    "stage {other:?} has no batches"
-                )));
+                return Err(ConfigStoreError::Settings(format!("stage {other:?} has no batches")));
             }
         };
         Ok(StepOutcome {
@@ -313,11 +287,7 @@ impl Phase for ConfigPhase {
         })
     }
 
-    async fn verify(
-        &mut self,
-        plan: &PhasePlan,
-        removed: bool,
-    ) -> Result<Verified, ConfigStoreError> {
+    async fn verify(&mut self, plan: &PhasePlan, removed: bool) -> Result<Verified, ConfigStoreError> {
         let source = self.get(&self.source_url).await?;
         let target = self.get(&self.target_url).await?;
         let kept_by_skip = plan.conflicts > 0 && self.settings.on_conflict == OnConflict::Skip;
@@ -331,11 +301,7 @@ impl Phase for ConfigPhase {
             return Err(ConfigStoreError::Mismatch(format!(
                 "after {}: source config {}, target config {}",
                 if removed { "removal" } else { "copy" },
-                if source.is_some() {
-                    "present"
-                } else {
-                    "absent"
-                },
+                if source.is_some() { "present" } else { "absent" },
                 match (&source, &target) {
                     (_, None) => "absent",
                     (Some(s), Some(t)) if s != t => "differs from the source",

@@ -86,10 +86,7 @@ pub trait Phase: Send {
     /// Connect, check credentials, count the source, look for conflicts. Writes nothing.
     /// `resuming` is true when a checkpoint shows this phase already wrote, so
     /// the target may hold this migration's own items and the source may be partly removed.
-    fn plan(
-        &mut self,
-        resuming: bool,
-    ) -> impl Future<Output = Result<PhasePlan, Self::Error>> + Send;
+    fn plan(&mut self, resuming: bool) -> impl Future<Output = Result<PhasePlan, Self::Error>> + Send;
 
     /// Process one batch of `stage` (Copy or RemoveSource) from `cursor` ("" = start).
     fn step(
@@ -101,9 +98,6 @@ pub trait Phase: Send {
 
     /// Check the result of the stage just finished (Copy, or RemoveSource when
     /// `removed`) against the plan. A mismatch is an error carrying the numbers.
-    fn verify(
-        &mut self,
-        plan: &PhasePlan,
-        removed: bool,
-    ) -> impl Future<Output = Result<Verified, Self::Error>> + Send;
+    fn verify(&mut self, plan: &PhasePlan, removed: bool)
+    -> impl Future<Output = Result<Verified, Self::Error>> + Send;
 }

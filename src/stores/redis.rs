@@ -91,9 +91,7 @@ pub enum RedisStoreError {
         "{count} target keys already exist with different values (e.g. {examples}); onConflict is Fail — choose Skip or Overwrite, or clear the target"
     )]
     ConflictsFound { count: u64, examples: String },
-    #[error(
-        "target tenant already holds {count} keys with no source counterpart (e.g. {example}); onConflict is Fail"
-    )]
+    #[error("target tenant already holds {count} keys with no source counterpart (e.g. {example}); onConflict is Fail")]
     TargetNotEmpty { count: u64, example: String },
     #[error("refusing to remove source key {source_key:?}: its target key {target:?} is missing")]
     TargetMissing { source_key: String, target: String },
@@ -117,9 +115,7 @@ fn is_transient(e: &RedisError) -> bool {
         || e.is_connection_refusal()
         || matches!(
             e.code(),
-            Some(
-                "OOM" | "LOADING" | "TRYAGAIN" | "BUSY" | "MASTERDOWN" | "CLUSTERDOWN" | "READONLY"
-            )
+            Some("OOM" | "LOADING" | "TRYAGAIN" | "BUSY" | "MASTERDOWN" | "CLUSTERDOWN" | "READONLY")
         )
 }
 
@@ -201,15 +197,11 @@ impl KeySpace {
         let mut prefixes = Vec::with_capacity(templates.len());
         for t in &templates {
             let Some(at) = t.find(TENANT_PLACEHOLDER) else {
-                return Err(format!(
-                    "key prefix template {t:?} does not contain {{tenant}}"
-                ));
+                return Err(format!("key prefix template {t:?} does not contain {{tenant}}"));
             };
             let (before, after) = (&t[..at], &t[at + TENANT_PLACEHOLDER.len()..]);
             if after.contains(TENANT_PLACEHOLDER) {
-                return Err(format!(
-                    "key prefix template {t:?} contains {{tenant}} more than once"
-                ));
+                return Err(format!("key prefix template {t:?} contains {{tenant}} more than once"));
             }
             if before.chars().next_back().is_some_and(is_id_char) {
                 return Err(format!(
@@ -229,12 +221,7 @@ impl KeySpace {
             });
         }
         // Longest first, so a key is attributed to the most specific prefix.
-        prefixes.sort_by(|a, b| {
-            b.source
-                .len()
-                .cmp(&a.source.len())
-                .then(a.source.cmp(&b.source))
-        });
+        prefixes.sort_by(|a, b| b.source.len().cmp(&a.source.len()).then(a.source.cmp(&b.source)));
         prefixes.dedup_by(|a, b| a.source == b.source);
         let source_pattern = format!(
             "{}*",
@@ -263,15 +250,11 @@ impl KeySpace {
 
     /// Index of the prefix that `key` belongs to on the source side.
     pub fn source_group(&self, key: &[u8]) -> Option<usize> {
-        self.prefixes
-            .iter()
-            .position(|p| key.starts_with(p.source.as_bytes()))
+        self.prefixes.iter().position(|p| key.starts_with(p.source.as_bytes()))
     }
 
     fn target_group(&self, key: &[u8]) -> Option<usize> {
-        self.prefixes
-            .iter()
-            .position(|p| key.starts_with(p.target.as_bytes()))
+        self.prefixes.iter().position(|p| key.starts_with(p.target.as_bytes()))
     }
 
     /// The target key for a source key of group `g`: only the prefix changes.
@@ -313,6 +296,17 @@ pub struct RedisPhase {
     settings: RedisSettings,
     keys: KeySpace,
     conn: Option<ConnectionManager>,
+    /// The next SCAN page, requested while the current one is processed.
+    prefetch: Option<Prefetch>,
+}
+
+type Page = (u64, Vec<Vec<u8>>);
+
+struct Prefetch {
+    cursor: u64,
+    pattern: String,
+    count: usize,
+    task: tokio::task::JoinHandle<Result<Page, RedisStoreError>>,
 }
 
 impl RedisPhase {
@@ -321,14 +315,13 @@ impl RedisPhase {
         let keys = KeySpace::new(&settings.key_prefixes, &settings.source, &settings.target)
             .map_err(RedisStoreError::Settings)?;
         if settings.batch_size == 0 {
-            return Err(RedisStoreError::Settings(
-                "batch size must be at least 1".into(),
-            ));
+            return Err(RedisStoreError::Settings("batch size must be at least 1".into()));
         }
         Ok(Self {
             settings,
             keys,
             conn: None,
+            prefetch: None,
         })
     }
 
@@ -355,8 +348,10 @@ impl RedisPhase {
             }
             None => info,
         };
-        let client = redis::Client::open(info)
-            .map_err(|e| RedisStoreError::Settings(format!("Redis URL {url:?}: {e}")))?;
+        // Pipelines must not wait on Nagle's algorithm: every batch costs round trips.
+        let info = info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client =
+            redis::Client::open(info).map_err(|e| RedisStoreError::Settings(format!("Redis URL {url:?}: {e}")))?;
         // Few reconnection attempts at connect time, so an unreachable server is
         // reported quickly; batch retries with backoff are the engine's job.
         let config = ConnectionManagerConfig::new()
@@ -388,9 +383,42 @@ impl RedisPhase {
             .arg(count)
             .query_async(conn)
             .await
-            .map_err(RedisStoreError::command(format!(
-                "SCAN {cursor} MATCH {pattern}"
-            )))
+            .map_err(RedisStoreError::command(format!("SCAN {cursor} MATCH {pattern}")))
+    }
+
+    /// One SCAN page. While the caller works on it, the next page is already
+    /// requested on the same multiplexed connection, which hides a round trip per page.
+    async fn page(
+        &mut self,
+        conn: &mut ConnectionManager,
+        cursor: u64,
+        pattern: &str,
+        count: usize,
+    ) -> Result<Page, RedisStoreError> {
+        let page = match self.prefetch.take() {
+            Some(p) if p.cursor == cursor && p.pattern == pattern && p.count == count => match p.task.await {
+                Ok(r) => r,
+                Err(e) => Err(RedisStoreError::Settings(format!(
+                    "prefetch of SCAN {cursor} ended: {e}"
+                ))),
+            },
+            other => {
+                if let Some(p) = other {
+                    p.task.abort();
+                }
+                Self::scan(conn, cursor, pattern, count).await
+            }
+        }?;
+        if page.0 != 0 {
+            let (mut c, pat, next) = (conn.clone(), pattern.to_owned(), page.0);
+            self.prefetch = Some(Prefetch {
+                cursor: next,
+                pattern: pat.clone(),
+                count,
+                task: tokio::spawn(async move { Self::scan(&mut c, next, &pat, count).await }),
+            });
+        }
+        Ok(page)
     }
 
     fn pairs(&self, keys: Vec<Vec<u8>>) -> Vec<Pair> {
@@ -484,10 +512,7 @@ impl RedisPhase {
     }
 
     /// DUMPs of `keys`, `None` for a key that does not exist.
-    async fn dumps(
-        conn: &mut ConnectionManager,
-        keys: &[&[u8]],
-    ) -> Result<Vec<Option<Vec<u8>>>, RedisStoreError> {
+    async fn dumps(conn: &mut ConnectionManager, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, RedisStoreError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -497,10 +522,7 @@ impl RedisPhase {
         }
         p.query_async(conn)
             .await
-            .map_err(RedisStoreError::command(format!(
-                "DUMP batch from {}",
-                show(keys[0])
-            )))
+            .map_err(RedisStoreError::command(format!("DUMP batch from {}", show(keys[0]))))
     }
 
     /// Copies `pairs`; returns (done, skipped).
@@ -516,13 +538,10 @@ impl RedisPhase {
         for p in pairs {
             read.cmd("PTTL").arg(&p.source).cmd("DUMP").arg(&p.source);
         }
-        let values: Vec<Value> = read
-            .query_async(conn)
-            .await
-            .map_err(RedisStoreError::command(format!(
-                "PTTL/DUMP batch from {}",
-                show(&pairs[0].source)
-            )))?;
+        let values: Vec<Value> = read.query_async(conn).await.map_err(RedisStoreError::command(format!(
+            "PTTL/DUMP batch from {}",
+            show(&pairs[0].source)
+        )))?;
         let replace = self.settings.on_conflict == OnConflict::Overwrite;
         let mut write = redis::pipe();
         write.ignore_errors();
@@ -532,11 +551,7 @@ impl RedisPhase {
                 continue; // gone since SCAN (expired or deleted): nothing to copy
             };
             let ttl = if *pttl > 0 { *pttl } else { 0 };
-            let cmd = write
-                .cmd("RESTORE")
-                .arg(&p.target)
-                .arg(ttl)
-                .arg(payload.as_slice());
+            let cmd = write.cmd("RESTORE").arg(&p.target).arg(ttl).arg(payload.as_slice());
             if replace {
                 cmd.arg("REPLACE");
             }
@@ -545,14 +560,9 @@ impl RedisPhase {
         if written.is_empty() {
             return Ok((0, 0));
         }
-        let results: Vec<redis::RedisResult<Value>> =
-            write
-                .query_async(conn)
-                .await
-                .map_err(RedisStoreError::command(format!(
-                    "RESTORE batch to {}",
-                    show(&written[0].0.target)
-                )))?;
+        let results: Vec<redis::RedisResult<Value>> = write.query_async(conn).await.map_err(
+            RedisStoreError::command(format!("RESTORE batch to {}", show(&written[0].0.target))),
+        )?;
         let mut done = 0;
         let mut busy = Vec::new();
         for ((p, payload), r) in written.iter().zip(results) {
@@ -591,75 +601,88 @@ impl RedisPhase {
         Ok((done, skipped))
     }
 
-    /// Removes the source keys of `pairs` whose target holds the same value.
-    /// Returns (removed, kept): kept keys are those left alone under `onConflict: Skip`.
+    /// Removes the source keys of `pairs` whose target exists (and, with `compare`,
+    /// holds the same value). Returns (removed, kept): kept keys are those whose
+    /// target kept its own value under `onConflict: Skip`.
     async fn remove_pairs(
         &mut self,
         conn: &mut ConnectionManager,
         pairs: &[Pair],
+        compare: bool,
     ) -> Result<(u64, u64), RedisStoreError> {
-        let keys: Vec<&[u8]> = pairs
-            .iter()
-            .flat_map(|p| [p.source.as_slice(), p.target.as_slice()])
-            .collect();
-        let dumps = Self::dumps(conn, &keys).await?;
+        if pairs.is_empty() {
+            return Ok((0, 0));
+        }
         let mut unlink = Vec::new();
         let mut kept = 0;
-        for (p, d) in pairs.iter().zip(dumps.chunks(2)) {
-            match (&d[0], &d[1]) {
-                (None, _) => {} // already removed (a resumed or repeated batch)
-                (Some(_), None) => {
-                    return Err(RedisStoreError::TargetMissing {
-                        source_key: show(&p.source),
-                        target: show(&p.target),
-                    });
-                }
-                (Some(s), Some(t)) => {
-                    if Self::same_value(conn, &p.source, s, &p.target, t).await? {
-                        unlink.push(p.source.as_slice());
-                    } else if self.settings.on_conflict == OnConflict::Skip {
-                        kept += 1; // the target kept its own value: never destroy the source's
-                    } else {
-                        return Err(RedisStoreError::Conflict {
-                            source_key: show(&p.source),
-                            target: show(&p.target),
-                        });
+        if compare {
+            let keys: Vec<&[u8]> = pairs
+                .iter()
+                .flat_map(|p| [p.source.as_slice(), p.target.as_slice()])
+                .collect();
+            let dumps = Self::dumps(conn, &keys).await?;
+            for (p, d) in pairs.iter().zip(dumps.chunks(2)) {
+                match (&d[0], &d[1]) {
+                    (None, _) => {} // already removed (a resumed or repeated batch)
+                    (Some(_), None) => return Err(target_missing(p)),
+                    (Some(s), Some(t)) => {
+                        if Self::same_value(conn, &p.source, s, &p.target, t).await? {
+                            unlink.push(p.source.as_slice());
+                        } else {
+                            kept += 1; // never destroy a source value its target does not hold
+                        }
                     }
                 }
             }
+        } else {
+            let mut exists = redis::pipe();
+            for p in pairs {
+                exists.cmd("EXISTS").arg(&p.target);
+            }
+            let found: Vec<bool> = exists
+                .query_async(conn)
+                .await
+                .map_err(RedisStoreError::command("EXISTS batch of target keys"))?;
+            for (p, f) in pairs.iter().zip(found) {
+                if !f {
+                    return Err(target_missing(p));
+                }
+                unlink.push(p.source.as_slice());
+            }
         }
+        let mut removed = 0;
         if !unlink.is_empty() {
             let mut p = redis::pipe();
             for k in &unlink {
-                p.cmd("UNLINK").arg(*k).ignore();
+                p.cmd("UNLINK").arg(*k);
             }
-            let () = p
-                .query_async(conn)
-                .await
-                .map_err(RedisStoreError::command(format!(
-                    "UNLINK batch from {}",
-                    show(unlink[0])
-                )))?;
+            let n: Vec<u64> = p.query_async(conn).await.map_err(RedisStoreError::command(format!(
+                "UNLINK batch from {}",
+                show(unlink[0])
+            )))?;
+            removed = n.iter().sum();
         }
-        Ok((unlink.len() as u64, kept))
+        Ok((removed, kept))
     }
 
     /// Counts tenant keys per prefix on one side, each key once.
     async fn count_side(
-        &self,
+        &mut self,
         conn: &mut ConnectionManager,
         target_side: bool,
     ) -> Result<Vec<u64>, RedisStoreError> {
         let pattern = if target_side {
-            &self.keys.target_pattern
+            self.keys.target_pattern.clone()
         } else {
-            &self.keys.source_pattern
+            self.keys.source_pattern.clone()
         };
+        // Counting needs no per-key round trip, so larger pages cost nothing extra.
+        let count = self.settings.batch_size.saturating_mul(5);
         let mut counts = vec![0u64; self.keys.prefixes.len()];
         let mut seen = Seen::default();
         let mut cursor = 0;
         loop {
-            let (next, keys) = Self::scan(conn, cursor, pattern, self.settings.batch_size).await?;
+            let (next, keys) = self.page(conn, cursor, &pattern, count).await?;
             for k in keys {
                 let g = if target_side {
                     self.keys.target_group(&k)
@@ -677,6 +700,13 @@ impl RedisPhase {
             }
             cursor = next;
         }
+    }
+}
+
+fn target_missing(p: &Pair) -> RedisStoreError {
+    RedisStoreError::TargetMissing {
+        source_key: show(&p.source),
+        target: show(&p.target),
     }
 }
 
@@ -700,9 +730,9 @@ fn parse_cursor(cursor: &str) -> Result<u64, RedisStoreError> {
     if cursor.is_empty() {
         return Ok(0);
     }
-    cursor.parse().map_err(|_| {
-        RedisStoreError::Settings(format!("checkpoint cursor {cursor:?} is not a SCAN cursor"))
-    })
+    cursor
+        .parse()
+        .map_err(|_| RedisStoreError::Settings(format!("checkpoint cursor {cursor:?} is not a SCAN cursor")))
 }
 
 impl Phase for RedisPhase {
@@ -723,15 +753,10 @@ impl Phase for RedisPhase {
         let mut paired = vec![0u64; groups.len()];
         let mut seen = Seen::default();
         let mut excluded = 0u64;
+        let pattern = self.keys.source_pattern.clone();
         let mut cursor = 0;
         loop {
-            let (next, keys) = Self::scan(
-                &mut conn,
-                cursor,
-                &self.keys.source_pattern,
-                self.settings.batch_size,
-            )
-            .await?;
+            let (next, keys) = self.page(&mut conn, cursor, &pattern, self.settings.batch_size).await?;
             let before = keys.len();
             let pairs: Vec<Pair> = self
                 .pairs(keys)
@@ -749,12 +774,7 @@ impl Phase for RedisPhase {
                     .query_async(&mut conn)
                     .await
                     .map_err(RedisStoreError::command("EXISTS batch of target keys"))?;
-                let both: Vec<&Pair> = pairs
-                    .iter()
-                    .zip(found)
-                    .filter(|(_, f)| *f)
-                    .map(|(p, _)| p)
-                    .collect();
+                let both: Vec<&Pair> = pairs.iter().zip(found).filter(|(_, f)| *f).map(|(p, _)| p).collect();
                 let keys: Vec<&[u8]> = both
                     .iter()
                     .flat_map(|p| [p.source.as_slice(), p.target.as_slice()])
@@ -819,29 +839,22 @@ impl Phase for RedisPhase {
         Ok(plan)
     }
 
-    async fn step(
-        &mut self,
-        stage: Stage,
-        cursor: &str,
-        _plan: &PhasePlan,
-    ) -> Result<StepOutcome, RedisStoreError> {
+    async fn step(&mut self, stage: Stage, cursor: &str, plan: &PhasePlan) -> Result<StepOutcome, RedisStoreError> {
         let mut conn = self.connect().await?;
         let cursor = parse_cursor(cursor)?;
-        let (next, keys) = Self::scan(
-            &mut conn,
-            cursor,
-            &self.keys.source_pattern,
-            self.settings.batch_size,
-        )
-        .await?;
+        let pattern = self.keys.source_pattern.clone();
+        let (next, keys) = self.page(&mut conn, cursor, &pattern, self.settings.batch_size).await?;
         let pairs = self.pairs(keys);
         let (done, skipped) = match stage {
             Stage::Copy => self.copy_pairs(&mut conn, &pairs).await?,
-            Stage::RemoveSource => self.remove_pairs(&mut conn, &pairs).await?,
+            Stage::RemoveSource => {
+                // Values are compared only where the plan found targets that differ
+                // and Skip kept them: every other target was written from its source.
+                let compare = plan.conflicts > 0 && self.settings.on_conflict == OnConflict::Skip;
+                self.remove_pairs(&mut conn, &pairs, compare).await?
+            }
             other => {
-                return Err(RedisStoreError::Settings(format!(
-                    "stage {other:?} has no batches"
-                )));
+                return Err(RedisStoreError::Settings(format!("stage {other:?} has no batches")));
             }
         };
         Ok(StepOutcome {
@@ -851,26 +864,17 @@ impl Phase for RedisPhase {
         })
     }
 
-    async fn verify(
-        &mut self,
-        plan: &PhasePlan,
-        removed: bool,
-    ) -> Result<Verified, RedisStoreError> {
+    async fn verify(&mut self, plan: &PhasePlan, removed: bool) -> Result<Verified, RedisStoreError> {
         let mut conn = self.connect().await?;
         // Every source key still present must have its target (kept keys under Skip
         // have one too, with the target's own value).
         let mut source = vec![0u64; self.keys.prefixes.len()];
         let mut seen = Seen::default();
         let (mut missing, mut example) = (0u64, String::new());
+        let pattern = self.keys.source_pattern.clone();
         let mut cursor = 0;
         loop {
-            let (next, keys) = Self::scan(
-                &mut conn,
-                cursor,
-                &self.keys.source_pattern,
-                self.settings.batch_size,
-            )
-            .await?;
+            let (next, keys) = self.page(&mut conn, cursor, &pattern, self.settings.batch_size).await?;
             let pairs: Vec<Pair> = self
                 .pairs(keys)
                 .into_iter()
@@ -915,11 +919,7 @@ impl Phase for RedisPhase {
             let expected_target = g.source + g.extra;
             // After removal only keys kept under Skip may remain; before it the
             // source must be exactly what the plan counted.
-            let source_ok = if removed {
-                *s <= plan.conflicts
-            } else {
-                *s == g.source
-            };
+            let source_ok = if removed { *s <= plan.conflicts } else { *s == g.source };
             if !source_ok {
                 problems.push(format!(
                     "{}: source has {s} keys, expected {}",
@@ -928,10 +928,7 @@ impl Phase for RedisPhase {
                 ));
             }
             if *t != expected_target {
-                problems.push(format!(
-                    "{}: target has {t} keys, expected {expected_target}",
-                    p.target
-                ));
+                problems.push(format!("{}: target has {t} keys, expected {expected_target}", p.target));
             }
         }
         let source_left: u64 = source.iter().sum();

@@ -104,20 +104,11 @@ async fn put_config(
     Json(body).into_response()
 }
 
-async fn delete_config(
-    State(s): State<Arc<Inner>>,
-    Path(id): Path<String>,
-    h: HeaderMap,
-) -> Response {
+async fn delete_config(State(s): State<Arc<Inner>>, Path(id): Path<String>, h: HeaderMap) -> Response {
     if let Some(r) = guard(&s, &h) {
         return r;
     }
-    match s
-        .configs
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&id)
-    {
+    match s.configs.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
         Some(_) => {
             s.writes.fetch_add(1, Ordering::SeqCst);
             StatusCode::NO_CONTENT.into_response()
@@ -136,10 +127,7 @@ impl ConfigApi {
         let app = Router::new()
             .route(
                 "/tenants/{id}/config",
-                get(get_config)
-                    .post(post_config)
-                    .put(put_config)
-                    .delete(delete_config),
+                get(get_config).post(post_config).put(put_config).delete(delete_config),
             )
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
@@ -173,11 +161,7 @@ impl ConfigApi {
 
     /// Every config, for before/after comparisons.
     pub fn all(&self) -> BTreeMap<String, Value> {
-        self.inner
-            .configs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.inner.configs.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Successful writes (POST, PUT, DELETE) served so far.

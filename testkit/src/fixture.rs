@@ -19,11 +19,7 @@ pub const SCALE1_KEYS: u64 = 38_491;
 
 /// Look-alike tenant ids for `source`: a substring match of `source` catches them all.
 pub fn lookalikes(source: &str) -> [String; 3] {
-    [
-        format!("{source}2"),
-        format!("x{source}"),
-        format!("{source}_old"),
-    ]
+    [format!("{source}2"), format!("x{source}"), format!("{source}_old")]
 }
 
 /// Keys of no tenant that a substring match of `source` would still catch.
@@ -66,12 +62,7 @@ impl Shape {
     /// Tenant keys this shape writes (the transient key is not one of them).
     pub fn tenant_keys(&self) -> u64 {
         // full_docs, doc_status, full_entities, full_relations and a basename set per doc.
-        self.docs * 5
-            + self.text_chunks
-            + self.entity_chunks
-            + self.relation_chunks
-            + self.llm_cache
-            + FIXED_KEYS
+        self.docs * 5 + self.text_chunks + self.entity_chunks + self.relation_chunks + self.llm_cache + FIXED_KEYS
     }
 }
 
@@ -166,12 +157,10 @@ pub fn load_tenant(conn: &mut Connection, ws: &str, scale: f64) -> RedisResult<u
             .arg(format!("{ws}_full_docs:{doc}"))
             .arg(json(serde_json::json!({
             "content": content, "file_path": file(d), "workspace": ws})));
-        let status = statuses[if d % 10 == 0 {
-            (d / 10 % 4) as usize
-        } else {
-            2
-        }];
-        w.cmd("SET").arg(format!("{ws}_doc_status:{doc}")).arg(json(serde_json::json!({
+        let status = statuses[if d % 10 == 0 { (d / 10 % 4) as usize } else { 2 }];
+        w.cmd("SET")
+            .arg(format!("{ws}_doc_status:{doc}"))
+            .arg(json(serde_json::json!({
             "status": status, "chunks_count": 12, "file_path": file(d), "content_summary": &content[..80]})));
         w.cmd("SET")
             .arg(format!("{ws}_full_entities:{doc}"))
@@ -198,7 +187,9 @@ pub fn load_tenant(conn: &mut Connection, ws: &str, scale: f64) -> RedisResult<u
             .arg("__sentinel__");
     }
     for c in 0..shape.text_chunks {
-        w.cmd("SET").arg(format!("{ws}_text_chunks:chunk-{ws}-{c:07}")).arg(json(serde_json::json!({
+        w.cmd("SET")
+            .arg(format!("{ws}_text_chunks:chunk-{ws}-{c:07}"))
+            .arg(json(serde_json::json!({
             "content": rng.text(400), "tokens": 300, "full_doc_id": format!("doc-{ws}-{:06}", c % shape.docs),
             "chunk_order_index": c % 12, "file_path": file(c % shape.docs)})));
         w.maybe_flush()?;
@@ -219,14 +210,13 @@ pub fn load_tenant(conn: &mut Connection, ws: &str, scale: f64) -> RedisResult<u
     for r in 0..shape.relation_chunks {
         w.cmd("SET")
             .arg(format!("{ws}_relation_chunks:{ws} entity {r}<SEP>ENTITY_{}", r % 97))
-            .arg(json(serde_json::json!({"chunk_ids": [format!("chunk-{ws}-{:07}", r % shape.text_chunks)], "count": 1})));
+            .arg(json(
+                serde_json::json!({"chunk_ids": [format!("chunk-{ws}-{:07}", r % shape.text_chunks)], "count": 1}),
+            ));
         w.maybe_flush()?;
     }
     for l in 0..shape.llm_cache {
-        let key = format!(
-            "{ws}_llm_response_cache:default:extract:{:016x}",
-            rng.next()
-        );
+        let key = format!("{ws}_llm_response_cache:default:extract:{:016x}", rng.next());
         w.cmd("SET").arg(&key).arg(json(serde_json::json!({
             "return": rng.text(200), "cache_type": "extract", "original_prompt": format!("{ws} prompt {l}")})));
         if l % 10 == 0 {
@@ -318,18 +308,11 @@ pub struct KeyState {
 }
 
 /// Type, canonical value and TTL of every key for which `keep` holds.
-pub fn snapshot(
-    conn: &mut Connection,
-    keep: impl Fn(&[u8]) -> bool,
-) -> RedisResult<BTreeMap<Vec<u8>, KeyState>> {
+pub fn snapshot(conn: &mut Connection, keep: impl Fn(&[u8]) -> bool) -> RedisResult<BTreeMap<Vec<u8>, KeyState>> {
     let mut keys: Vec<Vec<u8>> = Vec::new();
     let mut cursor = 0u64;
     loop {
-        let (next, page): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(1000)
-            .query(conn)?;
+        let (next, page): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(1000).query(conn)?;
         keys.extend(page.into_iter().filter(|k| keep(k)));
         if next == 0 {
             break;
@@ -375,8 +358,7 @@ pub fn snapshot(
         for ((k, (kind, pttl)), v) in chunk.iter().zip(meta).zip(values) {
             let mut value = flatten(&v);
             if kind == "hash" {
-                let mut pairs: Vec<Vec<Vec<u8>>> =
-                    value.chunks(2).map(<[Vec<u8>]>::to_vec).collect();
+                let mut pairs: Vec<Vec<Vec<u8>>> = value.chunks(2).map(<[Vec<u8>]>::to_vec).collect();
                 pairs.sort();
                 value = pairs.concat();
             } else if kind == "set" {
@@ -395,9 +377,7 @@ fn flatten(v: &redis::Value) -> Vec<Vec<u8>> {
         redis::Value::Int(i) => vec![i.to_string().into_bytes()],
         redis::Value::Double(d) => vec![d.to_string().into_bytes()],
         redis::Value::Nil => vec![b"(nil)".to_vec()],
-        redis::Value::Array(items) | redis::Value::Set(items) => {
-            items.iter().flat_map(flatten).collect()
-        }
+        redis::Value::Array(items) | redis::Value::Set(items) => items.iter().flat_map(flatten).collect(),
         redis::Value::Map(items) => items
             .iter()
             .flat_map(|(k, v)| [flatten(k), flatten(v)].concat())

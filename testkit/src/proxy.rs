@@ -1,74 +1,81 @@
 //! A TCP proxy that adds a fixed one-way delay to every chunk in both directions,
 //! so that a client sees a round trip of twice the delay, while pipelined traffic
 //! still flows (latency is added, throughput is not capped).
+//!
+//! It uses OS threads and `std::thread::sleep` rather than an async timer: tokio's
+//! timer has a 1 ms tick, which would turn a 1 ms delay into nearly 2 ms.
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
 
 /// A running delay proxy; stops accepting when dropped.
 pub struct DelayProxy {
     addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
+    stop: Arc<AtomicBool>,
 }
 
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    delay: Duration,
-) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
-    let writer = tokio::spawn(async move {
-        while let Some((due, bytes)) = rx.recv().await {
-            tokio::time::sleep_until(due).await;
-            if to.write_all(&bytes).await.is_err() {
+fn pump(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
+    let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+    let writer = thread::spawn(move || {
+        while let Ok((due, bytes)) = rx.recv() {
+            let now = Instant::now();
+            if due > now {
+                thread::sleep(due - now);
+            }
+            if to.write_all(&bytes).is_err() {
                 break;
             }
         }
-        let _ = to.shutdown().await;
+        let _ = to.shutdown(Shutdown::Write);
     });
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        match from.read(&mut buf).await {
+        match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                if tx
-                    .send((Instant::now() + delay, buf[..n].to_vec()))
-                    .is_err()
-                {
+                if tx.send((Instant::now() + delay, buf[..n].to_vec())).is_err() {
                     break;
                 }
             }
         }
     }
     drop(tx);
-    let _ = writer.await;
+    let _ = writer.join();
+}
+
+fn connect_pair(client: TcpStream, upstream: SocketAddr, delay: Duration) -> std::io::Result<()> {
+    let server = TcpStream::connect(upstream)?;
+    client.set_nodelay(true)?;
+    server.set_nodelay(true)?;
+    let (c2, s2) = (client.try_clone()?, server.try_clone()?);
+    thread::spawn(move || pump(client, server, delay));
+    thread::spawn(move || pump(s2, c2, delay));
+    Ok(())
 }
 
 impl DelayProxy {
     /// Listens on a free loopback port and forwards to `upstream` with `one_way` delay.
-    pub async fn start(upstream: SocketAddr, one_way: Duration) -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+    pub fn start(upstream: SocketAddr, one_way: Duration) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
-        let task = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    let _ = client.set_nodelay(true);
-                    let _ = server.set_nodelay(true);
-                    let (cr, cw) = client.into_split();
-                    let (sr, sw) = server.into_split();
-                    tokio::join!(pump(cr, sw, one_way), pump(sr, cw, one_way));
-                });
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                if stopping.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(c) = client {
+                    let _ = connect_pair(c, upstream, one_way);
+                }
             }
         });
-        Ok(Self { addr, task })
+        Ok(Self { addr, stop })
     }
 
     pub fn port(&self) -> u16 {
@@ -78,6 +85,8 @@ impl DelayProxy {
 
 impl Drop for DelayProxy {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so that it sees the flag.
+        let _ = TcpStream::connect(self.addr);
     }
 }

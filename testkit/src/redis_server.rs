@@ -8,16 +8,9 @@ use std::time::{Duration, Instant};
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("cannot start {program}: {source} (install it: apt-get install -y redis-server)")]
-    Spawn {
-        program: String,
-        source: std::io::Error,
-    },
+    Spawn { program: String, source: std::io::Error },
     #[error("{program} did not answer on port {port} within {secs}s")]
-    NotReady {
-        program: String,
-        port: u16,
-        secs: u64,
-    },
+    NotReady { program: String, port: u16, secs: u64 },
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("redis: {0}")]

@@ -76,15 +76,16 @@ fn run_measured(mut cmd: Command) -> std::io::Result<(bool, f64, i64, String)> {
 
 fn reload(redis: &RedisServer, scale: f64) -> Result<u64, String> {
     let mut c = redis.conn().map_err(|e| e.to_string())?;
-    redis::cmd("FLUSHALL")
-        .query::<()>(&mut c)
-        .map_err(|e| e.to_string())?;
+    redis::cmd("FLUSHALL").query::<()>(&mut c).map_err(|e| e.to_string())?;
     let loaded = fixture::load_standard(&mut c, "siraya", scale).map_err(|e| e.to_string())?;
     Ok(loaded.tenant_keys)
 }
 
 fn ours(port: u16, mode: &str) -> Command {
-    let state = std::env::temp_dir().join(format!("tm-bench-state-{}", std::process::id()));
+    // A state directory of its own per run: each run is a fresh migration.
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let state = std::env::temp_dir().join(format!("tm-bench-state-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&state);
     let mut c = Command::new(crate::migrator_binary());
     c.args([
@@ -119,25 +120,15 @@ fn reference(args: &BenchArgs, port: u16) -> Command {
             "--skip-qdrant",
             "--skip-memgraph",
         ])
-        .args([
-            "--redis-host",
-            "127.0.0.1",
-            "--redis-port",
-            &port.to_string(),
-        ]);
+        .args(["--redis-host", "127.0.0.1", "--redis-port", &port.to_string()]);
     c
 }
 
 /// Keys the reference says it found ("Found N keys to migrate").
 fn reference_keys(stdout: &str) -> Option<u64> {
-    stdout.lines().find_map(|l| {
-        l.trim()
-            .strip_prefix("Found ")?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    })
+    stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Found ")?.split_whitespace().next()?.parse().ok())
 }
 
 fn redis_benchmark(port: u16) -> Option<f64> {
@@ -160,14 +151,7 @@ fn redis_benchmark(port: u16) -> Option<f64> {
     let text = String::from_utf8_lossy(&out.stdout);
     // "SET: 1234567.00 requests per second, p50=..."; the last report line wins.
     text.split(['\r', '\n'])
-        .filter_map(|l| {
-            l.trim()
-                .strip_prefix("SET: ")?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
+        .filter_map(|l| l.trim().strip_prefix("SET: ")?.split_whitespace().next()?.parse().ok())
         .next_back()
 }
 
@@ -180,14 +164,13 @@ pub async fn run(args: BenchArgs) -> ExitCode {
         }
     };
     let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], redis.port()));
-    let proxy =
-        match DelayProxy::start(upstream, Duration::from_secs_f64(args.delay_ms / 1000.0)).await {
-            Ok(p) => p,
-            Err(e) => {
-                eprintln!("error: delay proxy: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
+    let proxy = match DelayProxy::start(upstream, Duration::from_secs_f64(args.delay_ms / 1000.0)) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: delay proxy: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let rtt = format!("{:.0} ms RTT", args.delay_ms * 2.0);
     let mut rows: Vec<Measured> = Vec::new();
     for (scenario, port) in [("loopback", redis.port()), (rtt.as_str(), proxy.port())] {
@@ -236,9 +219,7 @@ pub async fn run(args: BenchArgs) -> ExitCode {
                     args.memory_scale
                 );
                 let cmd = ours(redis.port(), "copy");
-                if let Ok(Ok((ok, seconds, rss, _))) =
-                    tokio::task::spawn_blocking(move || run_measured(cmd)).await
-                {
+                if let Ok(Ok((ok, seconds, rss, _))) = tokio::task::spawn_blocking(move || run_measured(cmd)).await {
                     memory = Some((keys, seconds, rss, ok));
                 }
             }
@@ -304,10 +285,8 @@ fn redis_version(redis: &RedisServer) -> String {
         .and_then(|mut c| redis::cmd("INFO").arg("server").query::<String>(&mut c))
         .ok()
         .and_then(|info| {
-            info.lines().find_map(|l| {
-                l.strip_prefix("redis_version:")
-                    .map(|v| format!("v{}", v.trim()))
-            })
+            info.lines()
+                .find_map(|l| l.strip_prefix("redis_version:").map(|v| format!("v{}", v.trim())))
         })
         .unwrap_or_default()
 }

@@ -16,10 +16,7 @@ use tenant_migrator_testkit::config_api::sample_config;
 use tenant_migrator_testkit::{ConfigApi, RedisServer, fixture};
 
 #[derive(Parser)]
-#[command(
-    name = "testkit",
-    about = "Demo, benchmark and test servers for tenant-migrator"
-)]
+#[command(name = "testkit", about = "Demo, benchmark and test servers for tenant-migrator")]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -48,6 +45,13 @@ enum Cmd {
         #[arg(long, default_value_t = 1.0)]
         scale: f64,
     },
+    /// Forward a local port to `upstream` with an added one-way delay, until interrupted.
+    Proxy {
+        #[arg(long)]
+        upstream: std::net::SocketAddr,
+        #[arg(long, default_value_t = 1.0)]
+        delay_ms: f64,
+    },
     /// Serve the tenant-config API stand-in until interrupted.
     ConfigApi {
         #[arg(long, default_value_t = 8000)]
@@ -71,11 +75,7 @@ pub fn migrator_binary() -> PathBuf {
 #[tokio::main]
 async fn main() -> ExitCode {
     match Cli::parse().command {
-        Cmd::Demo {
-            scale,
-            source,
-            target,
-        } => demo(scale, &source, &target).await,
+        Cmd::Demo { scale, source, target } => demo(scale, &source, &target).await,
         Cmd::Bench(args) => bench::run(args).await,
         Cmd::Fixture {
             redis_url,
@@ -99,22 +99,36 @@ async fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::ConfigApi { port, token, seed } => {
-            match ConfigApi::start(port, token.as_deref()).await {
-                Ok(mut api) => {
-                    for t in &seed {
-                        api.insert(t, sample_config(t));
-                    }
-                    println!("config API listening on {}", api.url());
-                    api.wait().await;
+        Cmd::Proxy { upstream, delay_ms } => {
+            match tenant_migrator_testkit::DelayProxy::start(
+                upstream,
+                std::time::Duration::from_secs_f64(delay_ms / 1000.0),
+            ) {
+                Ok(p) => {
+                    println!("proxy on 127.0.0.1:{} -> {upstream}, {delay_ms} ms each way", p.port());
+                    let _ = tokio::signal::ctrl_c().await;
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("error: cannot listen on port {port}: {e}");
+                    eprintln!("error: {e}");
                     ExitCode::FAILURE
                 }
             }
         }
+        Cmd::ConfigApi { port, token, seed } => match ConfigApi::start(port, token.as_deref()).await {
+            Ok(mut api) => {
+                for t in &seed {
+                    api.insert(t, sample_config(t));
+                }
+                println!("config API listening on {}", api.url());
+                api.wait().await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: cannot listen on port {port}: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -154,23 +168,15 @@ async fn demo(scale: f64, source: &str, target: &str) -> ExitCode {
     let state = std::env::temp_dir().join(format!("tm-demo-{}", std::process::id()));
     let base = |extra: &[&str]| {
         let mut c = Command::new(migrator_binary());
-        c.args([
-            "migrate",
-            source,
-            target,
-            "--skip-qdrant",
-            "--skip-memgraph",
-        ])
-        .args(["--redis-url", &redis.url(), "--api-url", &api.url()])
-        .arg("--state-dir")
-        .arg(&state)
-        .args(extra)
-        .env("TENANT_API_TOKEN", "demo-token");
+        c.args(["migrate", source, target, "--skip-qdrant", "--skip-memgraph"])
+            .args(["--redis-url", &redis.url(), "--api-url", &api.url()])
+            .arg("--state-dir")
+            .arg(&state)
+            .args(extra)
+            .env("TENANT_API_TOKEN", "demo-token");
         c
     };
-    println!(
-        "$ tenant-migrator migrate {source} {target} --skip-qdrant --skip-memgraph --dry-run ..."
-    );
+    println!("$ tenant-migrator migrate {source} {target} --skip-qdrant --skip-memgraph --dry-run ...");
     let plan = tokio::task::spawn_blocking({
         let mut c = base(&["--dry-run"]);
         move || c.status()
@@ -189,9 +195,9 @@ async fn demo(scale: f64, source: &str, target: &str) -> ExitCode {
     let _ = std::fs::remove_dir_all(&state);
     match run {
         Ok(Ok(s)) if s.success() => {
-            let left = redis.conn().and_then(|mut c| {
-                fixture::snapshot(&mut c, |k| k.starts_with(format!("{source}_").as_bytes()))
-            });
+            let left = redis
+                .conn()
+                .and_then(|mut c| fixture::snapshot(&mut c, |k| k.starts_with(format!("{source}_").as_bytes())));
             if let Ok(left) = left {
                 println!(
                     "\nKeys still starting with {source}_: {} (the transient rebuild key stays by design)",
