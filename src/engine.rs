@@ -436,8 +436,9 @@ impl Run<'_> {
                         Ok(v) => {
                             let st = self.phases.get_mut(store);
                             // Verification, not the batch counters, decides the final numbers.
+                            // A resumed run plans only what is left, so keep the larger total.
                             st.skipped = if skip_policy { plan.conflicts } else { 0 };
-                            st.done = plan.total - st.skipped.min(plan.total);
+                            st.done = st.total - st.skipped.min(st.total);
                             verified = Some(v);
                             match (removed, self.spec.mode) {
                                 (false, Mode::Move) => Stage::RemoveSource,
@@ -469,7 +470,7 @@ impl Run<'_> {
             if next == Stage::Done {
                 st.state = PhaseState::Succeeded;
                 st.completion_time = Some(now());
-                st.message = Some(done_summary(store, self.spec.mode, plan, st));
+                st.message = Some(done_summary(store, self.spec.mode, st));
             }
             self.progress.update(store, self.stage_of(store), &self.phases);
         }
@@ -485,6 +486,7 @@ impl Run<'_> {
         mut cp: Checkpoint,
     ) -> Result<(), EngineError> {
         let mut processed = 0u64;
+        let total = self.phases.get(store).total;
         loop {
             if self.progress.should_stop() {
                 return Err(EngineError::Stopped { store });
@@ -499,8 +501,8 @@ impl Run<'_> {
             let st = self.phases.get_mut(store);
             if cp.stage == Stage::Copy {
                 // SCAN may return a key twice and resumed batches recount: cap at the plan.
-                st.done = (st.done + outcome.done).min(plan.total);
-                st.skipped = (st.skipped + outcome.skipped).min(plan.total - st.done);
+                st.done = (st.done + outcome.done).min(total);
+                st.skipped = (st.skipped + outcome.skipped).min(total - st.done);
             }
             cp = Checkpoint {
                 stage: cp.stage,
@@ -510,8 +512,8 @@ impl Run<'_> {
             st.checkpoint = Some(cp.clone());
             let stage = StageProgress {
                 stage: cp.stage,
-                processed: processed.min(plan.total),
-                total: plan.total,
+                processed: processed.min(total),
+                total,
             };
             self.progress.update(store, stage, &self.phases);
             if outcome.next.is_none() {
@@ -619,12 +621,12 @@ pub fn plan_summary(store: Store, plan: &PhasePlan) -> String {
     s
 }
 
-fn done_summary(store: Store, mode: Mode, plan: &PhasePlan, st: &PhaseStatus) -> String {
+fn done_summary(store: Store, mode: Mode, st: &PhaseStatus) -> String {
     let verb = match mode {
         Mode::Move => "moved",
         Mode::Copy => "copied",
     };
-    let mut s = format!("{} of {} {} {verb} and verified", st.done, plan.total, store.unit());
+    let mut s = format!("{} of {} {} {verb} and verified", st.done, st.total, store.unit());
     if st.skipped > 0 {
         s.push_str(&format!(", {} skipped (onConflict: Skip)", st.skipped));
     }

@@ -1,0 +1,185 @@
+//! Shared helpers of the integration tests: run the real `tenant-migrator` binary
+//! against real servers, and state what the database must look like afterwards.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Instant;
+
+use tenant_migrator_testkit::RedisServer;
+use tenant_migrator_testkit::fixture::{self, KeyState};
+
+/// Every key of a database, and when it was read (TTLs run down in between).
+pub struct Snapshot {
+    pub keys: BTreeMap<Vec<u8>, KeyState>,
+    pub at: Instant,
+}
+
+impl std::ops::Deref for Snapshot {
+    type Target = BTreeMap<Vec<u8>, KeyState>;
+    fn deref(&self) -> &Self::Target {
+        &self.keys
+    }
+}
+
+impl std::ops::DerefMut for Snapshot {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.keys
+    }
+}
+
+pub const SOURCE: &str = "siraya";
+pub const TARGET: &str = "tenant_b";
+
+/// LightRAG's namespaces, written out here independently of the product's list,
+/// so that a wrong prefix in the product cannot also hide in the test.
+const NAMESPACES: [&str; 9] = [
+    "full_docs",
+    "text_chunks",
+    "llm_response_cache",
+    "full_entities",
+    "full_relations",
+    "entity_chunks",
+    "relation_chunks",
+    "doc_status",
+    "doc_status__sched",
+];
+
+/// The tenant-local rest of `key` if it belongs to `tenant`: `{ns}:{id}`.
+pub fn tenant_rest<'a>(key: &'a [u8], tenant: &str) -> Option<&'a [u8]> {
+    let rest = key.strip_prefix(format!("{tenant}_").as_bytes())?;
+    NAMESPACES
+        .iter()
+        .any(|ns| rest.starts_with(format!("{ns}:").as_bytes()))
+        .then_some(rest)
+}
+
+pub fn is_tenant_key(key: &[u8], tenant: &str) -> bool {
+    tenant_rest(key, tenant).is_some()
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tenant-migrator")
+}
+
+/// A Redis loaded with the standard fixture at `scale`.
+pub fn loaded_redis(scale: f64) -> (RedisServer, fixture::Loaded) {
+    let redis = RedisServer::start().expect("redis-server must be installed (see .ci/run)");
+    let loaded = fixture::load_standard(&mut redis.conn().expect("connect"), SOURCE, scale).expect("load fixture");
+    (redis, loaded)
+}
+
+pub fn snapshot(redis: &RedisServer) -> Snapshot {
+    let at = Instant::now();
+    let keys = fixture::snapshot(&mut redis.conn().expect("connect"), |_| true).expect("snapshot");
+    Snapshot { keys, at }
+}
+
+pub fn digest(s: &Snapshot) -> String {
+    fixture::digest(&s.keys)
+}
+
+/// A fresh state directory for one test.
+pub fn state_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tm-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// `tenant-migrator migrate SOURCE TARGET` on Redis only, plus `extra` flags.
+pub fn migrate_cmd(redis_port: u16, state: &Path, extra: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(bin());
+    c.args([
+        "migrate",
+        SOURCE,
+        TARGET,
+        "--skip-config",
+        "--skip-qdrant",
+        "--skip-memgraph",
+    ])
+    .args(["--redis-host", "127.0.0.1", "--redis-port", &redis_port.to_string()])
+    .arg("--state-dir")
+    .arg(state)
+    .args(extra)
+    .env_remove("REDIS_PASSWORD")
+    .env_remove("TENANT_API_TOKEN");
+    c
+}
+
+pub fn run(mut cmd: std::process::Command) -> Output {
+    cmd.output().expect("run tenant-migrator")
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A TTL read `elapsed_ms` after `want` was: it ran down by at most that, ± 1 s.
+fn same_ttl(got: i64, want: i64, elapsed_ms: i64) -> bool {
+    (got < 0 && want < 0 && got == want)
+        || (got >= 0 && want >= 0 && got <= want + 1_000 && got >= want - elapsed_ms - 1_000)
+}
+
+/// Checks that `after` is exactly `before` with the source tenant's keys copied
+/// (or moved) to the target prefix: same type, value and TTL (± 1 s), every other
+/// key byte-identical. Panics with the first differences.
+pub fn assert_migrated(before: &Snapshot, after: &Snapshot, moved: bool) {
+    let elapsed_ms = after.at.duration_since(before.at).as_millis() as i64;
+    let mut expected: BTreeMap<Vec<u8>, KeyState> = BTreeMap::new();
+    for (k, v) in before.iter() {
+        match tenant_rest(k, SOURCE) {
+            Some(rest) => {
+                let mut t = format!("{TARGET}_").into_bytes();
+                t.extend_from_slice(rest);
+                expected.insert(t, v.clone());
+                if !moved {
+                    expected.insert(k.clone(), v.clone());
+                }
+            }
+            None => {
+                expected.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    let mut problems = Vec::new();
+    for (k, want) in &expected {
+        match after.get(k) {
+            None => problems.push(format!("missing {}", String::from_utf8_lossy(k))),
+            Some(got) if got.kind != want.kind || got.value != want.value => {
+                problems.push(format!("value differs: {}", String::from_utf8_lossy(k)))
+            }
+            Some(got) if !same_ttl(got.pttl, want.pttl, elapsed_ms) => problems.push(format!(
+                "TTL differs: {} ({} vs {})",
+                String::from_utf8_lossy(k),
+                got.pttl,
+                want.pttl
+            )),
+            Some(_) => {}
+        }
+    }
+    for k in after.keys().filter(|k| !expected.contains_key(*k)) {
+        problems.push(format!("unexpected {}", String::from_utf8_lossy(k)));
+    }
+    assert!(
+        problems.is_empty(),
+        "{} differences, first: {:#?}",
+        problems.len(),
+        &problems[..problems.len().min(10)]
+    );
+}
+
+/// Digest of every key that belongs to neither the source nor the target tenant.
+pub fn digest_outside(snap: &Snapshot) -> String {
+    let outside: BTreeMap<Vec<u8>, KeyState> = snap
+        .iter()
+        .filter(|(k, _)| !is_tenant_key(k, SOURCE) && !is_tenant_key(k, TARGET))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    fixture::digest(&outside)
+}

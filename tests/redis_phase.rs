@@ -1,0 +1,414 @@
+//! The Redis phase through the real `tenant-migrator migrate` binary against a real
+//! `redis-server`: exactness, isolation, idempotence, resume after SIGKILL,
+//! conflicts, retries and bad input.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tenant_migrator_testkit::{DelayProxy, RedisServer};
+
+const SCALE: f64 = 0.05;
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn copy_makes_an_exact_target_and_leaves_everything_else_identical() {
+    let (redis, loaded) = loaded_redis(SCALE);
+    let before = snapshot(&redis);
+    let out = run(migrate_cmd(redis.port(), &state_dir("copy"), &["--mode", "copy"]));
+    assert!(out.status.success(), "{}", text(&out));
+    let after = snapshot(&redis);
+    assert_migrated(&before, &after, false);
+    assert_eq!(
+        digest_outside(&before),
+        digest_outside(&after),
+        "keys outside the tenant changed"
+    );
+    let n = loaded.tenant_keys;
+    assert!(
+        stdout(&out).contains(&format!("{n} of {n} keys copied and verified")),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn move_makes_an_exact_target_and_leaves_no_source_key() {
+    let (redis, loaded) = loaded_redis(SCALE);
+    let before = snapshot(&redis);
+    let out = run(migrate_cmd(redis.port(), &state_dir("move"), &[]));
+    assert!(out.status.success(), "{}", text(&out));
+    let after = snapshot(&redis);
+    assert_migrated(&before, &after, true);
+    assert!(!after.keys().any(|k| is_tenant_key(k, SOURCE)), "a source key is left");
+    assert_eq!(
+        digest_outside(&before),
+        digest_outside(&after),
+        "keys outside the tenant changed"
+    );
+    // The transient rebuild key and the look-alikes stay where they were.
+    assert!(after.contains_key(b"siraya_doc_status__sched_rebuild:lock".as_slice()));
+    assert!(after.keys().any(|k| k.starts_with(b"siraya_old_full_docs:")));
+    let n = loaded.tenant_keys;
+    assert!(
+        stdout(&out).contains(&format!("{n} of {n} keys moved and verified")),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn a_second_run_changes_nothing() {
+    for mode in ["move", "copy"] {
+        let (redis, _) = loaded_redis(SCALE);
+        let state = state_dir(&format!("again-{mode}"));
+        let first = run(migrate_cmd(redis.port(), &state, &["--mode", mode]));
+        assert!(first.status.success(), "{}", text(&first));
+        let after_first = snapshot(&redis);
+        let second = run(migrate_cmd(redis.port(), &state, &["--mode", mode]));
+        assert!(second.status.success(), "{}", text(&second));
+        assert_eq!(
+            digest(&after_first),
+            digest(&snapshot(&redis)),
+            "{mode}: the second run changed the database"
+        );
+        if mode == "copy" {
+            // Without the state file, the run re-plans: every target key is identical.
+            let third = run(migrate_cmd(redis.port(), &state, &["--mode", mode, "--fresh"]));
+            assert!(third.status.success(), "{}", text(&third));
+            assert!(stdout(&third).contains("copied and verified"), "{}", text(&third));
+            assert_eq!(digest(&after_first), digest(&snapshot(&redis)));
+        }
+    }
+}
+
+/// Runs `cmd` and SIGKILLs it once the state file shows the Redis phase in `stage`
+/// with at least `min_batch` batches done. Returns whether it was killed there.
+fn kill_at(mut cmd: Command, state: &Path, stage: &str, min_batch: u64) -> bool {
+    let file = state.join(format!("{SOURCE}--{TARGET}.json"));
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return false;
+        }
+        let reached = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| {
+                let cp = &v["phases"]["redis"]["checkpoint"];
+                Some(cp["stage"].as_str()? == stage && cp["batch"].as_u64()? >= min_batch)
+            })
+            .unwrap_or(false);
+        if reached {
+            child.kill().expect("SIGKILL");
+            let _ = child.wait();
+            return true;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run never reached {stage} batch {min_batch}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn killed_and_resumed(mode: &str, points: &[(&str, u64)]) {
+    let (redis, loaded) = loaded_redis(SCALE);
+    let before = snapshot(&redis);
+    let state = state_dir(&format!("kill-{mode}"));
+    // A 2 ms one-way delay and small batches make each stage last long enough to be hit.
+    let proxy = DelayProxy::start(([127, 0, 0, 1], redis.port()).into(), Duration::from_millis(2)).expect("proxy");
+    for (stage, batch) in points {
+        let cmd = migrate_cmd(proxy.port(), &state, &["--mode", mode, "--batch-size", "20"]);
+        assert!(
+            kill_at(cmd, &state, stage, *batch),
+            "{mode}: finished before {stage} batch {batch}"
+        );
+    }
+    // The state file belongs to the address it was made for: finish through the proxy too.
+    let out = run(migrate_cmd(proxy.port(), &state, &["--mode", mode]));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        stdout(&out).contains(&format!("{0} of {0} keys", loaded.tenant_keys)),
+        "{}",
+        text(&out)
+    );
+    let after = snapshot(&redis);
+    assert_migrated(&before, &after, mode == "move");
+    assert_eq!(digest_outside(&before), digest_outside(&after));
+}
+
+#[test]
+fn move_killed_at_several_points_resumes_and_ends_exact() {
+    killed_and_resumed(
+        "move",
+        &[
+            ("Copy", 3),
+            ("Copy", 12),
+            ("Verify", 0),
+            ("RemoveSource", 2),
+            ("RemoveSource", 9),
+        ],
+    );
+}
+
+#[test]
+fn copy_killed_at_several_points_resumes_and_ends_exact() {
+    killed_and_resumed("copy", &[("Copy", 2), ("Copy", 15), ("Verify", 0)]);
+}
+
+fn set(redis: &RedisServer, key: &str, value: &str) {
+    redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .query::<()>(&mut redis.conn().expect("connect"))
+        .expect("SET");
+}
+
+const CONFLICT_SOURCE: &str = "siraya_full_docs:doc-siraya-000001";
+const CONFLICT_TARGET: &str = "tenant_b_full_docs:doc-siraya-000001";
+
+#[test]
+fn on_conflict_fail_refuses_in_preflight_and_writes_nothing() {
+    let (redis, _) = loaded_redis(SCALE);
+    set(&redis, CONFLICT_TARGET, "someone else's value");
+    let before = digest(&snapshot(&redis));
+    let out = run(migrate_cmd(redis.port(), &state_dir("fail"), &[]));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let all = text(&out);
+    assert!(all.contains("preflight failed, nothing was written"), "{all}");
+    assert!(
+        all.contains(CONFLICT_TARGET) && all.contains("onConflict is Fail"),
+        "{all}"
+    );
+    assert_eq!(before, digest(&snapshot(&redis)));
+}
+
+#[test]
+fn on_conflict_skip_keeps_the_target_value_and_never_drops_the_source() {
+    let (redis, _) = loaded_redis(SCALE);
+    set(&redis, CONFLICT_TARGET, "someone else's value");
+    let mut before = snapshot(&redis);
+    let out = run(migrate_cmd(
+        redis.port(),
+        &state_dir("skip"),
+        &["--on-conflict", "skip"],
+    ));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(stdout(&out).contains("1 skipped"), "{}", text(&out));
+    let mut after = snapshot(&redis);
+    let foreign = after.remove(CONFLICT_TARGET.as_bytes()).expect("target kept");
+    assert_eq!(foreign.value, vec![b"someone else's value".to_vec()]);
+    // Move kept the skipped key's source: its value exists nowhere else.
+    let kept = after
+        .remove(CONFLICT_SOURCE.as_bytes())
+        .expect("source of the skipped key kept");
+    assert_eq!(Some(&kept), before.get(CONFLICT_SOURCE.as_bytes()));
+    before.remove(CONFLICT_TARGET.as_bytes());
+    before.remove(CONFLICT_SOURCE.as_bytes());
+    assert_migrated(&before, &after, true);
+}
+
+#[test]
+fn on_conflict_overwrite_replaces_the_target_value() {
+    let (redis, _) = loaded_redis(SCALE);
+    set(&redis, CONFLICT_TARGET, "someone else's value");
+    let mut before = snapshot(&redis);
+    let out = run(migrate_cmd(
+        redis.port(),
+        &state_dir("overwrite"),
+        &["--on-conflict", "overwrite"],
+    ));
+    assert!(out.status.success(), "{}", text(&out));
+    before.remove(CONFLICT_TARGET.as_bytes());
+    assert_migrated(&before, &snapshot(&redis), true);
+}
+
+fn set_maxmemory(redis: &RedisServer, bytes: u64) {
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(bytes)
+        .query::<()>(&mut redis.conn().expect("connect"))
+        .expect("CONFIG SET");
+}
+
+#[test]
+fn a_batch_that_keeps_failing_fails_the_run_with_store_batch_and_error() {
+    let (redis, _) = loaded_redis(SCALE);
+    let before = digest(&snapshot(&redis));
+    // Every write is refused with OOM; reads still work, so the preflight passes.
+    set_maxmemory(&redis, 1);
+    let out = run(migrate_cmd(redis.port(), &state_dir("oom"), &["--max-attempts", "3"]));
+    set_maxmemory(&redis, 0);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let all = text(&out);
+    assert!(all.contains("redis: Copy batch 1 failed after 3 attempt(s)"), "{all}");
+    assert!(all.contains("OOM"), "{all}");
+    assert!(all.contains("Result: FAILED") && !all.contains("succeeded"), "{all}");
+    assert_eq!(before, digest(&snapshot(&redis)));
+}
+
+#[test]
+fn a_failing_batch_is_retried_and_the_run_then_succeeds() {
+    let (redis, _) = loaded_redis(SCALE);
+    let before = snapshot(&redis);
+    set_maxmemory(&redis, 1);
+    let mut child = migrate_cmd(redis.port(), &state_dir("retry"), &["--max-attempts", "10"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.expect("read");
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("failed (attempt 2)") {
+            break;
+        }
+    }
+    assert!(seen.contains("redis: batch 1 failed (attempt 1)"), "{seen}");
+    set_maxmemory(&redis, 0);
+    for line in lines {
+        seen.push_str(&line.expect("read"));
+        seen.push('\n');
+    }
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{seen}");
+    assert_migrated(&before, &snapshot(&redis), true);
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_writes_nothing() {
+    let (redis, loaded) = loaded_redis(SCALE);
+    set(&redis, CONFLICT_TARGET, "someone else's value");
+    let before = digest(&snapshot(&redis));
+    let state = state_dir("dry");
+    let out = run(migrate_cmd(
+        redis.port(),
+        &state,
+        &["--dry-run", "--on-conflict", "skip"],
+    ));
+    assert!(out.status.success(), "{}", text(&out));
+    let s = stdout(&out);
+    assert!(s.contains("Plan (dry run, nothing written)"), "{s}");
+    assert!(s.contains(&loaded.tenant_keys.to_string()), "{s}");
+    assert!(s.contains(&format!("conflict: {CONFLICT_TARGET}")), "{s}");
+    assert_eq!(before, digest(&snapshot(&redis)));
+    assert!(!state.exists(), "a dry run must not leave a state file");
+}
+
+#[test]
+fn bad_input_is_refused_with_a_clear_error_and_no_write() {
+    let (redis, _) = loaded_redis(0.01);
+    let locked = RedisServer::start_with(Some("s3cret")).expect("redis with password");
+    let closed = tenant_migrator_testkit::free_port().expect("port").to_string();
+    let port = redis.port().to_string();
+    let long = "x".repeat(65);
+    let dir = state_dir("bad");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let manifest = |name: &str, body: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, body).expect("write manifest");
+        p.to_string_lossy().into_owned()
+    };
+    let unknown = manifest(
+        "unknown.yaml",
+        "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {name: x}\nspec: {source: siraya, target: tenant_b, modee: Copy}\n",
+    );
+    let missing = manifest(
+        "missing.yaml",
+        "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nspec: {source: siraya}\n",
+    );
+    let wrong_kind = manifest(
+        "kind.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nspec: {source: siraya, target: tenant_b}\n",
+    );
+    let locked_port = locked.port().to_string();
+    // (arguments after `migrate`, REDIS_PASSWORD, expected text)
+    let cases: Vec<(Vec<&str>, Option<&str>, &str)> = vec![
+        (vec!["", "tenant_b"], None, "source tenant id: tenant id is empty"),
+        (vec!["siraya", &long], None, "longer than 64 characters"),
+        (vec!["sir*ya", "tenant_b"], None, "contains '*'"),
+        (vec!["siraya", "tenant[b]"], None, "contains '['"),
+        (vec!["siraya", "siraya"], None, "source and target are the same tenant"),
+        (
+            vec!["siraya", "tenant_b", "--redis-port", &closed],
+            None,
+            "cannot connect to Redis at redis://127.0.0.1:",
+        ),
+        (
+            vec!["siraya", "tenant_b", "--redis-port", &locked_port],
+            Some("wrong"),
+            "rejected the credentials",
+        ),
+        (
+            vec!["siraya", "tenant_b", "--redis-port", &locked_port],
+            None,
+            "rejected the credentials",
+        ),
+        (vec!["-f", &unknown], None, "unknown field `modee`"),
+        (vec!["-f", &missing], None, "missing field `target`"),
+        (
+            vec!["-f", &wrong_kind],
+            None,
+            "expected apiVersion tenancy.dev/v1alpha1",
+        ),
+        (
+            vec!["siraya", "tenant_b", "--skip-memgraph"],
+            None,
+            "qdrant phase is not available",
+        ),
+    ];
+    let before = digest(&snapshot(&redis));
+    let locked_before = digest(&snapshot(&locked));
+    for (args, password, want) in cases {
+        let mut cmd = Command::new(bin());
+        cmd.arg("migrate")
+            .args(&args)
+            .args(["--skip-config", "--redis-host", "127.0.0.1"])
+            .arg("--state-dir")
+            .arg(&dir)
+            .env_remove("REDIS_PASSWORD");
+        if !args.contains(&"--redis-port") {
+            cmd.args(["--redis-port", &port]);
+        }
+        if !args.contains(&"--skip-memgraph") {
+            cmd.args(["--skip-qdrant", "--skip-memgraph"]);
+        }
+        if let Some(p) = password {
+            cmd.env("REDIS_PASSWORD", p);
+        }
+        let out = run(cmd);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {all}");
+        assert!(all.contains(want), "{args:?}: expected {want:?} in\n{all}");
+        assert!(!all.contains("s3cret"), "a secret leaked: {all}");
+    }
+    assert_eq!(before, digest(&snapshot(&redis)));
+    assert_eq!(locked_before, digest(&snapshot(&locked)));
+}
+
+#[test]
+fn the_right_password_is_taken_from_the_environment() {
+    let locked = RedisServer::start_with(Some("s3cret")).expect("redis with password");
+    tenant_migrator_testkit::fixture::load_standard(&mut locked.conn().expect("connect"), SOURCE, 0.01).expect("load");
+    let before = snapshot(&locked);
+    let mut cmd = migrate_cmd(locked.port(), &state_dir("auth"), &[]);
+    cmd.env("REDIS_PASSWORD", "s3cret");
+    let out = run(cmd);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("s3cret"), "the password leaked into the output");
+    assert_migrated(&before, &snapshot(&locked), true);
+}
