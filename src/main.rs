@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Migrate a tenant without Kubernetes (flag-compatible with migrate_tenant.py).
-    Migrate(MigrateArgs),
+    Migrate(Box<MigrateArgs>),
     /// Print the TenantMigration CustomResourceDefinition as YAML.
     Crd,
     /// Run the operator (not available in this version yet).
@@ -34,7 +34,7 @@ async fn main() {
     let code = match cli.command {
         Command::Migrate(args) => {
             telemetry::init("warn");
-            cli::migrate(args).await
+            cli::migrate(*args).await
         }
         Command::Crd => match serde_yaml::to_string(&TenantMigration::crd()) {
             Ok(yaml) => {

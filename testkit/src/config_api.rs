@@ -23,6 +23,8 @@ use serde_json::Value;
 struct Inner {
     configs: Mutex<BTreeMap<String, Value>>,
     token: Option<String>,
+    /// Requests to let through before `fail_next` applies.
+    pass_first: AtomicU32,
     fail_next: AtomicU32,
     writes: AtomicU32,
 }
@@ -45,10 +47,15 @@ fn authorized(inner: &Inner, headers: &HeaderMap) -> bool {
 }
 
 fn guard(inner: &Inner, headers: &HeaderMap) -> Option<Response> {
-    if inner
-        .fail_next
+    let passing = inner
+        .pass_first
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok()
+        .is_ok();
+    if !passing
+        && inner
+            .fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
     {
         return Some((StatusCode::SERVICE_UNAVAILABLE, "injected failure").into_response());
     }
@@ -171,6 +178,12 @@ impl ConfigApi {
 
     /// The next `n` requests answer 503.
     pub fn fail_next(&self, n: u32) {
+        self.fail_after(0, n);
+    }
+
+    /// After `pass` more requests, the following `n` answer 503.
+    pub fn fail_after(&self, pass: u32, n: u32) {
+        self.inner.pass_first.store(pass, Ordering::SeqCst);
         self.inner.fail_next.store(n, Ordering::SeqCst);
     }
 

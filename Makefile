@@ -1,0 +1,22 @@
+# Common commands. `make demo` and `make test` install what they need first.
+.PHONY: setup demo test lint bench crd
+
+setup:
+	bash tools/setup.sh
+
+demo: setup
+	cargo run --release -q -p tenant-migrator-testkit --bin testkit -- demo
+
+test: setup
+	cargo test --workspace
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+bench: setup
+	cargo build --release -q --workspace
+	./target/release/testkit bench
+
+crd:
+	cargo run -q -- crd > crds/tenantmigrations.yaml

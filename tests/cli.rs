@@ -1,0 +1,122 @@
+//! The `tenant-migrator` command line: manifests, JSON output, credentials from the
+//! environment, and the CRD it prints.
+
+mod common;
+
+use common::*;
+use tenant_migrator_testkit::ConfigApi;
+use tenant_migrator_testkit::config_api::sample_config;
+
+fn manifest(dir: &std::path::Path, api: &str, redis: &str, mode: &str) -> std::path::PathBuf {
+    let p = dir.join("m.yaml");
+    std::fs::create_dir_all(dir).expect("dir");
+    std::fs::write(
+        &p,
+        format!(
+            "apiVersion: tenancy.dev/v1alpha1
+kind: TenantMigration
+metadata: {{name: m, namespace: rag}}
+spec:
+  source: {SOURCE}
+  target: {TARGET}
+  mode: {mode}
+  config: {{url: '{api}', tokenSecretRef: {{name: rag-api, key: token}}}}
+  redis: {{url: '{redis}', batchSize: 500}}
+  qdrant: {{enabled: false}}
+  memgraph: {{enabled: false}}
+"
+        ),
+    )
+    .expect("write manifest");
+    p
+}
+
+#[tokio::test]
+async fn a_manifest_runs_config_and_redis_and_reports_json() {
+    let (redis, loaded) = loaded_redis(0.02);
+    let api = ConfigApi::start(0, Some("tok")).await.expect("api");
+    api.insert(SOURCE, sample_config(SOURCE));
+    let before = snapshot(&redis);
+    let dir = state_dir("manifest");
+    let m = manifest(&dir, &api.url(), &redis.url(), "Copy");
+    let out = tokio::process::Command::new(bin())
+        .args(["migrate", "-f"])
+        .arg(&m)
+        .args(["--output", "json", "--state-dir"])
+        .arg(&dir)
+        .env("TENANT_API_TOKEN", "tok")
+        .env_remove("REDIS_PASSWORD")
+        .output()
+        .await
+        .expect("run");
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report on stdout");
+    assert_eq!(report["mode"], "Copy");
+    assert!(report.get("error").is_none(), "{report}");
+    let phases = report["phases"].as_array().expect("phases");
+    let names: Vec<&str> = phases.iter().filter_map(|p| p["store"].as_str()).collect();
+    assert_eq!(names, ["config", "redis", "qdrant", "memgraph"]);
+    assert_eq!(phases[1]["status"]["done"], loaded.tenant_keys);
+    assert_eq!(phases[1]["verified"]["target"], loaded.tenant_keys);
+    assert_eq!(phases[2]["state"], "Skipped");
+    assert_migrated(&before, &snapshot(&redis), false);
+    assert_eq!(api.get(TARGET), Some(sample_config(SOURCE)));
+}
+
+#[tokio::test]
+async fn a_manifest_secret_without_its_environment_variable_is_an_error() {
+    let (redis, _) = loaded_redis(0.01);
+    let dir = state_dir("manifest-secret");
+    let m = manifest(&dir, "http://127.0.0.1:1", &redis.url(), "Move");
+    let out = tokio::process::Command::new(bin())
+        .args(["migrate", "-f"])
+        .arg(&m)
+        .env_remove("TENANT_API_TOKEN")
+        .output()
+        .await
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("spec.config.tokenSecretRef names Secret \"rag-api\" key \"token\"; the CLI reads this credential from the environment variable TENANT_API_TOKEN"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn the_example_manifest_parses() {
+    let dir = state_dir("example");
+    let out = std::process::Command::new(bin())
+        .args([
+            "migrate",
+            "-f",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/examples/tenantmigration.yaml"),
+        ])
+        .args(["--dry-run", "--state-dir"])
+        .arg(&dir)
+        .env("TENANT_API_TOKEN", "x")
+        .env("REDIS_PASSWORD", "x")
+        .output()
+        .expect("run");
+    // The example's hosts do not resolve here: the run must get as far as the preflight.
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("preflight failed, nothing was written"),
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains("rag-api"), "{}", text(&out));
+}
+
+#[test]
+fn the_checked_in_crd_matches_the_code() {
+    let out = std::process::Command::new(bin()).arg("crd").output().expect("run");
+    assert!(out.status.success(), "{}", text(&out));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let checked_in = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/tenantmigrations.yaml"))
+        .expect("crds/tenantmigrations.yaml");
+    assert_eq!(
+        printed, checked_in,
+        "crds/ is stale: run `cargo run -- crd > crds/tenantmigrations.yaml`"
+    );
+}

@@ -1,0 +1,174 @@
+//! The config phase through the real binary against the config API stand-in (a
+//! real HTTP server): create, identical target, each onConflict policy, Move's
+//! removal, token handling, retries and failures.
+
+mod common;
+
+use common::{bin, text};
+use serde_json::json;
+use tenant_migrator_testkit::ConfigApi;
+use tenant_migrator_testkit::config_api::sample_config;
+
+const TOKEN: &str = "api-t0ken";
+
+async fn api() -> ConfigApi {
+    let api = ConfigApi::start(0, Some(TOKEN)).await.expect("config API");
+    api.insert("siraya", sample_config("siraya"));
+    api.insert("siraya2", sample_config("siraya2"));
+    api
+}
+
+async fn migrate(api_url: &str, token: Option<&str>, extra: &[&str]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(bin());
+    cmd.args([
+        "migrate",
+        "siraya",
+        "tenant_b",
+        "--skip-redis",
+        "--skip-qdrant",
+        "--skip-memgraph",
+    ])
+    .args(["--api-url", api_url])
+    .arg("--state-dir")
+    .arg(common::state_dir(&format!("config-{}", rand_suffix())))
+    .args(extra)
+    .env_remove("TENANT_API_TOKEN");
+    if let Some(t) = token {
+        cmd.env("TENANT_API_TOKEN", t);
+    }
+    cmd.output().await.expect("run tenant-migrator")
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn move_creates_the_target_config_and_removes_the_source() {
+    let api = api().await;
+    let out = migrate(&api.url(), Some(TOKEN), &[]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(api.get("tenant_b"), Some(sample_config("siraya")));
+    assert_eq!(api.get("siraya"), None);
+    assert_eq!(
+        api.get("siraya2"),
+        Some(sample_config("siraya2")),
+        "a look-alike tenant changed"
+    );
+    assert!(
+        text(&out).contains("1 of 1 configs moved and verified"),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains(TOKEN), "the token leaked");
+}
+
+#[tokio::test]
+async fn copy_keeps_the_source_config() {
+    let api = api().await;
+    let out = migrate(&api.url(), Some(TOKEN), &["--mode", "copy"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(api.get("tenant_b"), Some(sample_config("siraya")));
+    assert_eq!(api.get("siraya"), Some(sample_config("siraya")));
+}
+
+#[tokio::test]
+async fn an_identical_target_counts_as_done_without_a_write() {
+    let api = api().await;
+    api.insert("tenant_b", sample_config("siraya"));
+    let out = migrate(&api.url(), Some(TOKEN), &["--mode", "copy"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(api.writes(), 0, "an identical target must not be written again");
+}
+
+#[tokio::test]
+async fn a_different_target_follows_on_conflict() {
+    let other = json!({"workspace": "tenant_b", "llm": {"model": "other"}});
+    // Fail: refused in preflight, nothing written.
+    let api = api().await;
+    api.insert("tenant_b", other.clone());
+    let out = migrate(&api.url(), Some(TOKEN), &[]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("target tenant already has a different config"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(api.writes(), 0);
+    // Skip: the target keeps its config and, in Move, the source keeps its own.
+    let out = migrate(&api.url(), Some(TOKEN), &["--on-conflict", "skip"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(api.get("tenant_b"), Some(other.clone()));
+    assert_eq!(api.get("siraya"), Some(sample_config("siraya")));
+    assert_eq!(api.writes(), 0);
+    // Overwrite: replaced, then the source is removed.
+    let api = self::api().await;
+    api.insert("tenant_b", other);
+    let out = migrate(&api.url(), Some(TOKEN), &["--on-conflict", "overwrite"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(api.get("tenant_b"), Some(sample_config("siraya")));
+    assert_eq!(api.get("siraya"), None);
+}
+
+#[tokio::test]
+async fn bad_input_and_failing_apis_are_refused_without_a_write() {
+    let api = api().await;
+    let closed = format!(
+        "http://127.0.0.1:{}",
+        tenant_migrator_testkit::free_port().expect("port")
+    );
+    let cases: Vec<(String, Option<&str>, Vec<&str>, &str)> = vec![
+        (
+            api.url(),
+            None,
+            vec![],
+            "refused with 401 Unauthorized: check the API token",
+        ),
+        (api.url(), Some("wrong"), vec![], "refused with 401 Unauthorized"),
+        (closed.clone(), Some(TOKEN), vec![], "GET http://127.0.0.1:"),
+        (
+            format!("{}/nope", api.url()),
+            Some(TOKEN),
+            vec![],
+            "source tenant has no config",
+        ),
+        (
+            "not a url".into(),
+            Some(TOKEN),
+            vec![],
+            "invalid migration: config: invalid config API settings",
+        ),
+    ];
+    for (url, token, extra, want) in cases {
+        let out = migrate(&url, token, &extra).await;
+        assert_eq!(out.status.code(), Some(2), "{url}: {}", text(&out));
+        assert!(text(&out).contains(want), "{url}: expected {want:?} in {}", text(&out));
+        assert!(!text(&out).contains(TOKEN), "the token leaked");
+    }
+    // A server error in preflight is a failing API: nothing is written either.
+    api.fail_next(1);
+    let out = migrate(&api.url(), Some(TOKEN), &[]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("503 Service Unavailable"), "{}", text(&out));
+    assert_eq!(api.writes(), 0);
+    assert_eq!(api.get("siraya"), Some(sample_config("siraya")));
+}
+
+#[tokio::test]
+async fn a_server_error_during_the_run_is_retried() {
+    let api = api().await;
+    // The two preflight GETs pass; the copy's first two requests fail with 503.
+    api.fail_after(2, 2);
+    let out = migrate(&api.url(), Some(TOKEN), &[]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("config: batch 1 failed (attempt 1)"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(api.get("tenant_b"), Some(sample_config("siraya")));
+    assert_eq!(api.get("siraya"), None);
+}

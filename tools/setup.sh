@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what the demo, the tests and the benchmark need on a fresh Debian machine:
+# redis-server and redis-benchmark (Debian packages) and a Python virtualenv with the
+# reference script's packages. Idempotent: a second run only checks.
+# Everything built here lives outside the repository, in $TM_CACHE.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TM_CACHE=${TM_CACHE:-$HOME/.cache/tenant-migrator}
+
+if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
+  echo "setup: installing redis-server and redis-tools"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq redis-server redis-tools >/dev/null
+fi
+# Debian starts a system redis-server on 6379; the tests start their own on free ports.
+
+if ! "$TM_CACHE/venv/bin/python" -c 'import redis, requests' 2>/dev/null; then
+  echo "setup: creating the Python virtualenv for the reference script in $TM_CACHE/venv"
+  python3 -m venv "$TM_CACHE/venv"
+  "$TM_CACHE/venv/bin/pip" install -q --disable-pip-version-check -r tools/requirements.txt
+fi
+echo "setup: redis-server $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p'), python venv at $TM_CACHE/venv"
