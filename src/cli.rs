@@ -411,7 +411,7 @@ impl CliProgress {
         };
         if !bars.iter().any(|(s, _)| *s == store) {
             let style =
-                ProgressStyle::with_template("{prefix:>8} {bar:30.cyan/blue} {pos:>7}/{len:7} {msg} ({per_sec})")
+                ProgressStyle::with_template("{prefix:>8} {bar:30.cyan/blue} {pos:>7}/{len:7} {msg} [{elapsed}]")
                     .unwrap_or_else(|_| ProgressStyle::default_bar());
             let bar = multi.add(ProgressBar::new(0).with_style(style).with_prefix(store.name()));
             bars.push((store, bar));
@@ -646,7 +646,7 @@ pub fn summary(r: &Report) -> String {
         );
         for p in &r.phases {
             let s = &p.status;
-            let rate = if p.seconds > 0.0 && s.done > 0 && p.state == PhaseState::Succeeded {
+            let rate = if p.seconds > 0.0 && s.done >= 100 && p.state == PhaseState::Succeeded {
                 format!(" ({:.0} {}/s)", s.done as f64 / p.seconds, p.store.unit())
             } else {
                 String::new()

@@ -14,6 +14,33 @@ use std::collections::BTreeMap;
 use redis::{Connection, RedisResult};
 use sha2::{Digest, Sha256};
 
+/// LightRAG's namespaces, written out here independently of the product's list,
+/// so that a wrong prefix in the product cannot also hide in the tests.
+const NAMESPACES: [&str; 9] = [
+    "full_docs",
+    "text_chunks",
+    "llm_response_cache",
+    "full_entities",
+    "full_relations",
+    "entity_chunks",
+    "relation_chunks",
+    "doc_status",
+    "doc_status__sched",
+];
+
+/// The tenant-local rest of `key` (`{ns}:{id}`) if it belongs to `tenant`.
+pub fn tenant_rest<'a>(key: &'a [u8], tenant: &str) -> Option<&'a [u8]> {
+    let rest = key.strip_prefix(format!("{tenant}_").as_bytes())?;
+    NAMESPACES
+        .iter()
+        .any(|ns| rest.starts_with(format!("{ns}:").as_bytes()))
+        .then_some(rest)
+}
+
+pub fn is_tenant_key(key: &[u8], tenant: &str) -> bool {
+    tenant_rest(key, tenant).is_some()
+}
+
 /// Keys of the source tenant at scale 1 (the reference's published figure).
 pub const SCALE1_KEYS: u64 = 38_491;
 

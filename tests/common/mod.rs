@@ -32,32 +32,7 @@ impl std::ops::DerefMut for Snapshot {
 pub const SOURCE: &str = "siraya";
 pub const TARGET: &str = "tenant_b";
 
-/// LightRAG's namespaces, written out here independently of the product's list,
-/// so that a wrong prefix in the product cannot also hide in the test.
-const NAMESPACES: [&str; 9] = [
-    "full_docs",
-    "text_chunks",
-    "llm_response_cache",
-    "full_entities",
-    "full_relations",
-    "entity_chunks",
-    "relation_chunks",
-    "doc_status",
-    "doc_status__sched",
-];
-
-/// The tenant-local rest of `key` if it belongs to `tenant`: `{ns}:{id}`.
-pub fn tenant_rest<'a>(key: &'a [u8], tenant: &str) -> Option<&'a [u8]> {
-    let rest = key.strip_prefix(format!("{tenant}_").as_bytes())?;
-    NAMESPACES
-        .iter()
-        .any(|ns| rest.starts_with(format!("{ns}:").as_bytes()))
-        .then_some(rest)
-}
-
-pub fn is_tenant_key(key: &[u8], tenant: &str) -> bool {
-    tenant_rest(key, tenant).is_some()
-}
+pub use fixture::{is_tenant_key, tenant_rest};
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_tenant-migrator")

@@ -195,13 +195,13 @@ async fn demo(scale: f64, source: &str, target: &str) -> ExitCode {
     let _ = std::fs::remove_dir_all(&state);
     match run {
         Ok(Ok(s)) if s.success() => {
-            let left = redis
-                .conn()
-                .and_then(|mut c| fixture::snapshot(&mut c, |k| k.starts_with(format!("{source}_").as_bytes())));
-            if let Ok(left) = left {
+            if let Ok(all) = redis.conn().and_then(|mut c| fixture::snapshot(&mut c, |_| true)) {
+                let count = |t: &str| all.keys().filter(|k| fixture::is_tenant_key(k, t)).count();
                 println!(
-                    "\nKeys still starting with {source}_: {} (the transient rebuild key stays by design)",
-                    left.len()
+                    "\nKeys of {source}: {}; keys of {target}: {}; keys of look-alike tenants (untouched): {}",
+                    count(source),
+                    count(target),
+                    fixture::lookalikes(source).iter().map(|l| count(l)).sum::<usize>()
                 );
             }
             println!(
