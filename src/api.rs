@@ -255,6 +255,10 @@ pub struct MemgraphSpec {
     /// Secret with `username` and `password`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretRef>,
+    /// Nodes per transaction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub batch_size: Option<u32>,
 }
 
 impl Default for MemgraphSpec {
@@ -263,6 +267,7 @@ impl Default for MemgraphSpec {
             enabled: true,
             uri: None,
             credentials_secret_ref: None,
+            batch_size: None,
         }
     }
 }

@@ -22,6 +22,8 @@ use crate::stores::PhasePlan;
 /// Environment variables the CLI reads credentials from (a Secret's place in a cluster).
 pub const ENV_API_TOKEN: &str = "TENANT_API_TOKEN";
 pub const ENV_REDIS_PASSWORD: &str = "REDIS_PASSWORD";
+pub const ENV_MEMGRAPH_USER: &str = "MEMGRAPH_USER";
+pub const ENV_MEMGRAPH_PASSWORD: &str = "MEMGRAPH_PASSWORD";
 
 /// Exit codes.
 pub const EXIT_OK: i32 = 0;
@@ -96,7 +98,7 @@ pub struct MigrateArgs {
     /// When a target item exists with a different value [default: fail, or the manifest's]
     #[arg(long, value_enum)]
     pub on_conflict: Option<ConflictArg>,
-    /// Redis keys per batch [default: 1000, or the manifest's]
+    /// Items per batch: Redis keys [default 1000] and Memgraph nodes [default 5000]
     #[arg(long)]
     pub batch_size: Option<u32>,
     /// Attempts per failing batch before the run fails.
@@ -222,6 +224,7 @@ pub fn spec_from_args(a: &MigrateArgs) -> Result<TenantMigrationSpec, InputError
     }
     if a.batch_size.is_some() {
         spec.redis.batch_size = a.batch_size;
+        spec.memgraph.batch_size = a.batch_size;
     }
     // Flags override the manifest; the manifest overrides the reference's defaults.
     if let Some(u) = &a.api_url {
@@ -281,9 +284,23 @@ pub fn credentials_from_env(spec: &TenantMigrationSpec) -> Result<Credentials, I
             env: ENV_REDIS_PASSWORD,
         });
     }
+    let memgraph_user = std::env::var(ENV_MEMGRAPH_USER).ok().filter(|v| !v.is_empty());
+    let memgraph_password = var(ENV_MEMGRAPH_PASSWORD);
+    if spec.memgraph.enabled
+        && let (Some(r), None) = (&spec.memgraph.credentials_secret_ref, &memgraph_password)
+    {
+        return Err(InputError::MissingSecret {
+            field: "spec.memgraph.credentialsSecretRef",
+            name: r.name.clone(),
+            key: "password".into(),
+            env: ENV_MEMGRAPH_PASSWORD,
+        });
+    }
     Ok(Credentials {
         config_token,
         redis_password,
+        memgraph_user,
+        memgraph_password,
     })
 }
 
@@ -317,6 +334,9 @@ fn store_urls(spec: &TenantMigrationSpec) -> Vec<String> {
     }
     if spec.redis.enabled {
         v.push(format!("redis={}", spec.redis.url.as_deref().unwrap_or_default()));
+    }
+    if spec.memgraph.enabled {
+        v.push(format!("memgraph={}", spec.memgraph.uri.as_deref().unwrap_or_default()));
     }
     v
 }

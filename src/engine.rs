@@ -17,6 +17,7 @@ use crate::api::{
     Checkpoint, Mode, OnConflict, PhaseState, PhaseStatus, PhaseStatuses, Stage, Store, TenantMigrationSpec,
 };
 use crate::stores::config::{ConfigPhase, ConfigSettings};
+use crate::stores::memgraph::{MemgraphPhase, MemgraphSettings};
 use crate::stores::redis::{RedisPhase, RedisSettings};
 use crate::stores::{Phase, PhasePlan, StoreFailure, Verified};
 
@@ -25,6 +26,8 @@ use crate::stores::{Phase, PhasePlan, StoreFailure, Verified};
 pub struct Credentials {
     pub config_token: Option<Secret>,
     pub redis_password: Option<Secret>,
+    pub memgraph_user: Option<String>,
+    pub memgraph_password: Option<Secret>,
 }
 
 /// Knobs of a run that are not part of the resource.
@@ -37,6 +40,8 @@ pub struct RunOptions {
     pub max_backoff: Duration,
     /// Redis keys per batch when the spec does not say.
     pub redis_batch_size: usize,
+    /// Memgraph nodes per transaction when the spec does not say.
+    pub memgraph_batch_size: usize,
 }
 
 impl Default for RunOptions {
@@ -46,6 +51,7 @@ impl Default for RunOptions {
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(5),
             redis_batch_size: 1000,
+            memgraph_batch_size: 5000,
         }
     }
 }
@@ -171,6 +177,7 @@ fn now() -> String {
 struct Phases {
     config: Option<ConfigPhase>,
     redis: Option<RedisPhase>,
+    memgraph: Option<MemgraphPhase>,
 }
 
 fn build(spec: &TenantMigrationSpec, creds: &Credentials, opts: &RunOptions) -> Result<Phases, EngineError> {
@@ -213,7 +220,21 @@ fn build(spec: &TenantMigrationSpec, creds: &Credentials, opts: &RunOptions) -> 
     } else {
         None
     };
-    Ok(Phases { config, redis })
+    let memgraph = if spec.memgraph.enabled {
+        let settings = MemgraphSettings {
+            uri: required(Store::Memgraph, &spec.memgraph.uri)?,
+            user: creds.memgraph_user.clone(),
+            password: creds.memgraph_password.clone(),
+            source: spec.source.clone(),
+            target: spec.target.clone(),
+            mode: spec.mode,
+            batch_size: spec.memgraph.batch_size.map_or(opts.memgraph_batch_size, |b| b as usize),
+        };
+        Some(MemgraphPhase::new(settings).map_err(|e| invalid(Store::Memgraph)(&e))?)
+    } else {
+        None
+    };
+    Ok(Phases { config, redis, memgraph })
 }
 
 fn enabled(spec: &TenantMigrationSpec, store: Store) -> bool {
@@ -301,7 +322,8 @@ impl Run<'_> {
             let result = match store {
                 Store::Config => preflight(phases.config.as_mut(), resuming).await,
                 Store::Redis => preflight(phases.redis.as_mut(), resuming).await,
-                Store::Qdrant | Store::Memgraph => Err(format!(
+                Store::Memgraph => preflight(phases.memgraph.as_mut(), resuming).await,
+                Store::Qdrant => Err(format!(
                     "the {store} phase is not available in this version yet; disable it (--skip-{store}, or spec.{store}.enabled: false)"
                 )),
             };
@@ -345,7 +367,8 @@ impl Run<'_> {
             let result = match store {
                 Store::Config => self.phase(store, phases.config.as_mut(), &plan).await,
                 Store::Redis => self.phase(store, phases.redis.as_mut(), &plan).await,
-                Store::Qdrant | Store::Memgraph => Ok(None),
+                Store::Memgraph => self.phase(store, phases.memgraph.as_mut(), &plan).await,
+                Store::Qdrant => Ok(None),
             };
             match result {
                 Ok(verified) => self.report(store, PhaseState::Succeeded, Some(plan), verified, started),

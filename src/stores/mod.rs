@@ -6,6 +6,7 @@
 //! same cursor or resume a stage after a crash.
 
 pub mod config;
+pub mod memgraph;
 pub mod redis;
 
 use std::future::Future;

@@ -1,0 +1,470 @@
+//! The Memgraph phase (Bolt 4.x through neo4rs).
+//!
+//! LightRAG keeps a tenant's graph as nodes labelled with the workspace id and
+//! `DIRECTED` relationships between them, with an index on `:{ws}(entity_id)`.
+//! Move relabels the tenant's nodes in batches (each batch one transaction, so a
+//! node is always under exactly one of the two labels); Copy clones nodes with all
+//! properties under the target label, matched by `entity_id` so a resumed batch
+//! never duplicates, then their relationships.
+//!
+//! The Cypher here is the subset Memgraph and Neo4j 4.4 both accept:
+//! `CREATE INDEX ON :L(p)`, `DROP INDEX ON :L(p)`, MATCH/WITH/ORDER BY/LIMIT,
+//! MERGE, `SET m = properties(n)`, label predicates in WHERE, count/max.
+//! Labels are always escaped (backticks doubled) and ids validated before any query.
+//!
+//! This module must not order phases, retry or persist checkpoints (the engine does).
+
+use neo4rs::{ConfigBuilder, Graph, Query, query};
+
+use super::{GroupCount, Phase, PhasePlan, StepOutcome, StoreFailure, Verified};
+use crate::Secret;
+use crate::api::{Mode, Stage, TenantId};
+
+/// Everything the Memgraph phase needs, resolved by the engine.
+#[derive(Clone, Debug)]
+pub struct MemgraphSettings {
+    pub uri: String,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub source: TenantId,
+    pub target: TenantId,
+    pub mode: Mode,
+    /// Nodes per transaction.
+    pub batch_size: usize,
+}
+
+/// Errors of the Memgraph phase, each naming the query or check that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MemgraphStoreError {
+    #[error("invalid Memgraph settings: {0}")]
+    Settings(String),
+    #[error("cannot connect to the graph at {uri}: {source}")]
+    Connect {
+        uri: String,
+        #[source]
+        source: neo4rs::Error,
+    },
+    #[error("the graph at {uri} rejected the credentials: {message}")]
+    Auth { uri: String, message: String },
+    #[error("{what} failed: {source}")]
+    Query {
+        what: &'static str,
+        #[source]
+        source: neo4rs::Error,
+    },
+    #[error(
+        "target label {label} already holds {count} nodes that are not this tenant's (e.g. entity_id {example:?}); refusing to mix tenants"
+    )]
+    ForeignTarget { label: String, count: u64, example: String },
+    #[error("{count} source nodes have no entity_id; Copy matches nodes by entity_id and cannot clone them")]
+    MissingEntityId { count: u64 },
+    #[error("verification failed: {0}")]
+    Mismatch(String),
+}
+
+fn neo4j_transient(e: &neo4rs::Error) -> bool {
+    match e {
+        neo4rs::Error::IOError { .. } | neo4rs::Error::ConnectionError => true,
+        neo4rs::Error::Neo4j(n) => matches!(n.kind(), neo4rs::Neo4jErrorKind::Transient),
+        _ => false,
+    }
+}
+
+impl StoreFailure for MemgraphStoreError {
+    fn is_transient(&self) -> bool {
+        match self {
+            Self::Connect { source, .. } | Self::Query { source, .. } => neo4j_transient(source),
+            _ => false,
+        }
+    }
+}
+
+/// A label in Cypher: backtick-quoted with backticks doubled. Tenant ids cannot
+/// contain backticks, but the quoting never relies on that.
+pub fn label(id: &TenantId) -> String {
+    format!("`{}`", id.as_str().replace('`', "``"))
+}
+
+/// The Memgraph phase of one migration.
+pub struct MemgraphPhase {
+    settings: MemgraphSettings,
+    graph: Option<Graph>,
+    src: String,
+    tgt: String,
+}
+
+/// Counts of the tenant's graph.
+struct Counts {
+    source_nodes: u64,
+    target_nodes: u64,
+    source_rels: u64,
+    target_rels: u64,
+}
+
+impl MemgraphPhase {
+    pub fn new(settings: MemgraphSettings) -> Result<Self, MemgraphStoreError> {
+        if settings.batch_size == 0 {
+            return Err(MemgraphStoreError::Settings("batch size must be at least 1".into()));
+        }
+        let uri = settings.uri.as_str();
+        if !(uri.starts_with("bolt://") || uri.starts_with("neo4j://") || uri.starts_with("memgraph://")) {
+            return Err(MemgraphStoreError::Settings(format!(
+                "URI {uri:?} must start with bolt://"
+            )));
+        }
+        Ok(Self {
+            src: label(&settings.source),
+            tgt: label(&settings.target),
+            settings,
+            graph: None,
+        })
+    }
+
+    async fn graph(&mut self) -> Result<Graph, MemgraphStoreError> {
+        if let Some(g) = &self.graph {
+            return Ok(g.clone());
+        }
+        let s = &self.settings;
+        let uri = s.uri.clone();
+        // neo4rs takes host:port; the scheme was checked in `new`.
+        let address = uri.split_once("://").map_or(uri.as_str(), |(_, rest)| rest).trim_end_matches('/');
+        let config = ConfigBuilder::default()
+            .uri(address)
+            .user(s.user.clone().unwrap_or_default())
+            .password(s.password.as_ref().map(|p| p.expose().to_owned()).unwrap_or_default())
+            .max_connections(4)
+            .fetch_size(1000)
+            .build()
+            .map_err(|source| MemgraphStoreError::Connect { uri: uri.clone(), source })?;
+        let graph = Graph::connect(config).await.map_err(|source| classify_connect(&uri, source))?;
+        // The pool connects lazily: a first query proves the server and the credentials.
+        Self::one(&graph, "connection check", query("RETURN 1 AS c"))
+            .await
+            .map_err(|e| match e {
+                MemgraphStoreError::Query { source, .. } => classify_connect(&uri, source),
+                other => other,
+            })?;
+        self.graph = Some(graph.clone());
+        Ok(graph)
+    }
+
+    /// Runs `q` in a transaction of its own and reads integer column `c` (and
+    /// string column `last`) of its last row. Explicit transactions, because
+    /// neo4rs retries auto-commit queries by itself for up to a minute, while
+    /// retries with backoff are the engine's job.
+    async fn one(graph: &Graph, what: &'static str, q: Query) -> Result<(u64, Option<String>), MemgraphStoreError> {
+        let err = |source| MemgraphStoreError::Query { what, source };
+        let mut txn = graph.start_txn().await.map_err(err)?;
+        let mut rows = txn.execute(q).await.map_err(err)?;
+        let mut out = (0, None);
+        while let Some(row) = rows.next(txn.handle()).await.map_err(err)? {
+            let c: i64 = row.get("c").unwrap_or(0);
+            out = (c.max(0) as u64, row.get::<Option<String>>("last").ok().flatten());
+        }
+        txn.commit().await.map_err(err)?;
+        Ok(out)
+    }
+
+    async fn count(graph: &Graph, what: &'static str, cypher: &str) -> Result<u64, MemgraphStoreError> {
+        Ok(Self::one(graph, what, query(cypher)).await?.0)
+    }
+
+    async fn counts(&self, graph: &Graph) -> Result<Counts, MemgraphStoreError> {
+        let (s, t) = (&self.src, &self.tgt);
+        Ok(Counts {
+            source_nodes: Self::count(graph, "count of source nodes", &format!("MATCH (n:{s}) RETURN count(n) AS c"))
+                .await?,
+            target_nodes: Self::count(graph, "count of target nodes", &format!("MATCH (n:{t}) RETURN count(n) AS c"))
+                .await?,
+            source_rels: Self::count(
+                graph,
+                "count of source relationships",
+                &format!("MATCH (:{s})-[r:DIRECTED]->(:{s}) RETURN count(r) AS c"),
+            )
+            .await?,
+            target_rels: Self::count(
+                graph,
+                "count of target relationships",
+                &format!("MATCH (:{t})-[r:DIRECTED]->(:{t}) RETURN count(r) AS c"),
+            )
+            .await?,
+        })
+    }
+
+    /// Schema changes are idempotent here: an index that exists (or is gone) is fine.
+    async fn schema(graph: &Graph, what: &'static str, cypher: String) -> Result<(), MemgraphStoreError> {
+        let result = async {
+            let mut txn = graph.start_txn().await?;
+            txn.run(query(&cypher)).await?;
+            txn.commit().await
+        }
+        .await;
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let text = e.to_string().to_lowercase();
+                let benign = ["already exists", "equivalent index", "no such index", "does not exist", "doesn't exist"];
+                if benign.iter().any(|b| text.contains(b)) {
+                    Ok(())
+                } else {
+                    Err(MemgraphStoreError::Query { what, source: e })
+                }
+            }
+        }
+    }
+
+    /// Move: relabel up to a batch of source nodes in one transaction.
+    async fn relabel(&self, graph: &Graph) -> Result<StepOutcome, MemgraphStoreError> {
+        let (s, t) = (&self.src, &self.tgt);
+        let q = query(&format!(
+            "MATCH (n:{s}) WITH n LIMIT $batch SET n:{t} REMOVE n:{s} RETURN count(n) AS c"
+        ))
+        .param("batch", self.settings.batch_size as i64);
+        let (c, _) = Self::one(graph, "relabel batch", q).await?;
+        Ok(StepOutcome {
+            next: (c as usize >= self.settings.batch_size).then(|| "relabel".to_owned()),
+            done: c,
+            skipped: 0,
+        })
+    }
+
+    /// Copy: clone the next batch of nodes after `after` (by entity_id).
+    async fn clone_nodes(&self, graph: &Graph, after: &str) -> Result<StepOutcome, MemgraphStoreError> {
+        let (s, t) = (&self.src, &self.tgt);
+        let q = query(&format!(
+            "MATCH (n:{s}) WHERE n.entity_id > $after \
+             WITH n ORDER BY n.entity_id LIMIT $batch \
+             MERGE (m:{t} {{entity_id: n.entity_id}}) SET m = properties(n) \
+             RETURN count(m) AS c, max(n.entity_id) AS last"
+        ))
+        .param("after", after)
+        .param("batch", self.settings.batch_size as i64);
+        let (c, last) = Self::one(graph, "clone batch of nodes", q).await?;
+        let next = match last {
+            Some(last) if c as usize >= self.settings.batch_size => format!("n:{last}"),
+            _ => "e:".to_owned(), // nodes done: relationships next
+        };
+        Ok(StepOutcome {
+            next: Some(next),
+            done: c,
+            skipped: 0,
+        })
+    }
+
+    /// Copy: clone the DIRECTED relationships leaving the next batch of source nodes.
+    async fn clone_relationships(&self, graph: &Graph, after: &str) -> Result<StepOutcome, MemgraphStoreError> {
+        let (s, t) = (&self.src, &self.tgt);
+        let window = query(&format!(
+            "MATCH (a:{s}) WHERE a.entity_id > $after WITH a ORDER BY a.entity_id LIMIT $batch \
+             RETURN count(a) AS c, max(a.entity_id) AS last"
+        ))
+        .param("after", after)
+        .param("batch", self.settings.batch_size as i64);
+        let (c, last) = Self::one(graph, "relationship batch window", window).await?;
+        let Some(last) = last.filter(|_| c > 0) else {
+            return Ok(StepOutcome::default());
+        };
+        let merge = query(&format!(
+            "MATCH (a:{s})-[r:DIRECTED]->(b:{s}) WHERE a.entity_id > $after AND a.entity_id <= $last \
+             MATCH (a2:{t} {{entity_id: a.entity_id}}), (b2:{t} {{entity_id: b.entity_id}}) \
+             MERGE (a2)-[r2:DIRECTED]->(b2) SET r2 = properties(r) \
+             RETURN count(r2) AS c"
+        ))
+        .param("after", after)
+        .param("last", last.as_str());
+        Self::one(graph, "clone batch of relationships", merge).await?;
+        Ok(StepOutcome {
+            next: (c as usize >= self.settings.batch_size).then(|| format!("e:{last}")),
+            done: 0,
+            skipped: 0,
+        })
+    }
+}
+
+fn classify_connect(uri: &str, source: neo4rs::Error) -> MemgraphStoreError {
+    let auth = match &source {
+        neo4rs::Error::AuthenticationError(_) => true,
+        neo4rs::Error::Neo4j(e) => e.code().contains("Security") || e.code().contains("Unauthorized"),
+        _ => false,
+    };
+    if auth {
+        MemgraphStoreError::Auth {
+            uri: uri.to_owned(),
+            message: source.to_string(),
+        }
+    } else {
+        MemgraphStoreError::Connect { uri: uri.to_owned(), source }
+    }
+}
+
+impl Phase for MemgraphPhase {
+    type Error = MemgraphStoreError;
+
+    async fn plan(&mut self, resuming: bool) -> Result<PhasePlan, MemgraphStoreError> {
+        let graph = self.graph().await?;
+        let (s, t) = (self.src.clone(), self.tgt.clone());
+        let c = self.counts(&graph).await?;
+        // Tenant-internal relationships among source and target nodes together: what
+        // the target must hold at the end, also when a Move resumes half-way.
+        let all_rels = Self::count(
+            &graph,
+            "count of tenant relationships",
+            &format!(
+                "MATCH (a)-[r:DIRECTED]->(b) WHERE (a:{s} OR a:{t}) AND (b:{s} OR b:{t}) RETURN count(r) AS c"
+            ),
+        )
+        .await?;
+        let mut plan = PhasePlan {
+            total: c.source_nodes,
+            ..PhasePlan::default()
+        };
+        // Target nodes that are not clones of a source node belong to someone else.
+        let foreign_q = query(&format!(
+            "MATCH (m:{t}) OPTIONAL MATCH (n:{s} {{entity_id: m.entity_id}}) WITH m, n WHERE n IS NULL \
+             RETURN count(m) AS c, min(m.entity_id) AS last"
+        ));
+        let (foreign, example) = Self::one(&graph, "check of target nodes", foreign_q).await?;
+        let clones = c.target_nodes - foreign.min(c.target_nodes);
+        plan.identical = clones;
+        plan.extra = foreign;
+        if foreign > 0 && !resuming {
+            return Err(MemgraphStoreError::ForeignTarget {
+                label: t.clone(),
+                count: foreign,
+                example: example.unwrap_or_default(),
+            });
+        }
+        if self.settings.mode == Mode::Copy {
+            let missing = Self::count(
+                &graph,
+                "check of entity ids",
+                &format!("MATCH (n:{s}) WHERE n.entity_id IS NULL RETURN count(n) AS c"),
+            )
+            .await?;
+            if missing > 0 {
+                return Err(MemgraphStoreError::MissingEntityId { count: missing });
+            }
+        }
+        let typed = Self::one(
+            &graph,
+            "check of entity types",
+            query(&format!("MATCH (n:{s}) WHERE n.entity_type = $id RETURN count(n) AS c"))
+                .param("id", self.settings.source.as_str()),
+        )
+        .await?
+        .0;
+        if typed > 0 {
+            plan.notes.push(format!(
+                "warning: {typed} source nodes have entity_type {:?}, equal to the tenant id; graphs written by \
+                 LightRAG <= 1.4.13 also label nodes with their entity type, so other tenants' nodes may carry \
+                 this label too — check before moving",
+                self.settings.source.as_str()
+            ));
+        }
+        plan.groups = vec![
+            GroupCount {
+                name: "nodes".into(),
+                source: c.source_nodes,
+                target: c.target_nodes,
+                extra: foreign,
+            },
+            GroupCount {
+                name: "DIRECTED relationships".into(),
+                source: c.source_rels,
+                target: c.target_rels,
+                // Move: relationships of nodes an interrupted run already relabelled.
+                // Copy: the target's relationships are clones, never extra.
+                extra: if self.settings.mode == Mode::Move {
+                    all_rels.saturating_sub(c.source_rels)
+                } else {
+                    0
+                },
+            },
+        ];
+        Ok(plan)
+    }
+
+    async fn step(&mut self, stage: Stage, cursor: &str, _plan: &PhasePlan) -> Result<StepOutcome, MemgraphStoreError> {
+        let graph = self.graph().await?;
+        match stage {
+            Stage::Copy => {
+                if cursor.is_empty() {
+                    // LightRAG looks nodes up by entity_id: the target label needs the index first.
+                    Self::schema(
+                        &graph,
+                        "create index on the target label",
+                        format!("CREATE INDEX ON :{}(entity_id)", self.tgt),
+                    )
+                    .await?;
+                }
+                match self.settings.mode {
+                    Mode::Move => self.relabel(&graph).await,
+                    Mode::Copy => match cursor.split_once(':') {
+                        Some(("e", after)) => self.clone_relationships(&graph, after).await,
+                        Some(("n", after)) => self.clone_nodes(&graph, after).await,
+                        _ => self.clone_nodes(&graph, "").await,
+                    },
+                }
+            }
+            Stage::RemoveSource => {
+                // The nodes left the source label batch by batch; only its index remains.
+                Self::schema(
+                    &graph,
+                    "drop index on the source label",
+                    format!("DROP INDEX ON :{}(entity_id)", self.src),
+                )
+                .await?;
+                Ok(StepOutcome::default())
+            }
+            other => Err(MemgraphStoreError::Settings(format!("stage {other:?} has no batches"))),
+        }
+    }
+
+    async fn verify(&mut self, plan: &PhasePlan, removed: bool) -> Result<Verified, MemgraphStoreError> {
+        let graph = self.graph().await?;
+        let c = self.counts(&graph).await?;
+        let nodes = &plan.groups[0];
+        let rels = &plan.groups[1];
+        let expected_nodes = nodes.source + nodes.extra;
+        let expected_rels = rels.source + rels.extra;
+        let mut problems = Vec::new();
+        let moved = self.settings.mode == Mode::Move;
+        let expected_source = if moved { 0 } else { nodes.source };
+        if c.source_nodes != expected_source {
+            problems.push(format!("source has {} nodes, expected {expected_source}", c.source_nodes));
+        }
+        if c.target_nodes != expected_nodes {
+            problems.push(format!("target has {} nodes, expected {expected_nodes}", c.target_nodes));
+        }
+        if c.target_rels != expected_rels {
+            problems.push(format!(
+                "target has {} DIRECTED relationships, expected {expected_rels}",
+                c.target_rels
+            ));
+        }
+        if !moved && c.source_rels != rels.source {
+            problems.push(format!(
+                "source has {} DIRECTED relationships, expected {}",
+                c.source_rels, rels.source
+            ));
+        }
+        if !problems.is_empty() {
+            let when = if removed { "after removal" } else { "after copy" };
+            return Err(MemgraphStoreError::Mismatch(format!("{when}: {}", problems.join("; "))));
+        }
+        Ok(Verified {
+            source_left: c.source_nodes,
+            target: c.target_nodes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_quoted() {
+        assert_eq!(label(&TenantId::new("tenant_1").unwrap()), "`tenant_1`");
+    }
+}

@@ -1,0 +1,146 @@
+//! The Bolt test server: Neo4j 4.4 Community embedded by `tools/neo4j/BoltServer.java`
+//! (built by `tools/neo4j/build.sh` into `$TM_CACHE/neo4j`), on a free loopback port
+//! with authentication on. It stands in for Memgraph: a real Cypher engine speaking
+//! Bolt 4.x. The JVM exits when this handle is dropped or the test process dies
+//! (its stdin closes).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::redis_server::ServerError;
+
+/// The user of the test server.
+pub const USER: &str = "neo4j";
+
+/// Where `tools/neo4j/build.sh` puts the classpath and the compiled launcher.
+pub fn tooling_dir() -> PathBuf {
+    let cache = std::env::var_os("TM_CACHE").map(PathBuf::from).unwrap_or_else(|| {
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default()
+            .join(".cache/tenant-migrator")
+    });
+    cache.join("neo4j")
+}
+
+/// Opens that Neo4j 4.4 needs on Java 17 (its own launcher passes the same).
+const JAVA_OPENS: [&str; 9] = [
+    "--add-opens=java.base/java.nio=ALL-UNNAMED",
+    "--add-opens=java.base/java.lang=ALL-UNNAMED",
+    "--add-opens=java.base/sun.nio.ch=ALL-UNNAMED",
+    "--add-opens=java.base/java.util=ALL-UNNAMED",
+    "--add-opens=java.base/java.util.concurrent=ALL-UNNAMED",
+    "--add-opens=java.base/java.io=ALL-UNNAMED",
+    "--add-opens=java.base/java.lang.reflect=ALL-UNNAMED",
+    "--add-opens=java.base/java.net=ALL-UNNAMED",
+    "-Dio.netty.tryReflectionSetAccessible=true",
+];
+
+/// A running Bolt server.
+pub struct BoltServer {
+    child: Child,
+    _stdin: ChildStdin,
+    port: u16,
+    password: Option<String>,
+    dir: PathBuf,
+}
+
+impl BoltServer {
+    /// Starts a server that requires `neo4j` / `password`.
+    pub fn start(password: &str) -> Result<Self, ServerError> {
+        Self::launch(Some(password))
+    }
+
+    /// Starts a server without authentication, like a default Memgraph.
+    pub fn start_without_auth() -> Result<Self, ServerError> {
+        Self::launch(None)
+    }
+
+    fn launch(password: Option<&str>) -> Result<Self, ServerError> {
+        let tools = tooling_dir();
+        let classpath = std::fs::read_to_string(tools.join("classpath.txt")).map_err(|e| ServerError::Spawn {
+            program: format!("{} (run tools/setup.sh)", tools.join("classpath.txt").display()),
+            source: e,
+        })?;
+        let port = crate::free_port()?;
+        let dir = std::env::temp_dir().join(format!("tm-bolt-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let mut child = Command::new(std::env::var("JAVA").unwrap_or_else(|_| "java".into()))
+            .args(["-Xmx1g", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"])
+            .args(JAVA_OPENS)
+            .arg("-cp")
+            .arg(format!("{}:{}", classpath.trim(), tools.join("classes").display()))
+            .arg("BoltServer")
+            .arg(port.to_string())
+            .arg(dir.join("data"))
+            .arg(password.unwrap_or("-"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|source| ServerError::Spawn {
+                program: "java".into(),
+                source,
+            })?;
+        let stdin = child.stdin.take().ok_or_else(|| std::io::Error::other("no stdin"))?;
+        let stdout = child.stdout.take().ok_or_else(|| std::io::Error::other("no stdout"))?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("READY") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let server = Self {
+            child,
+            _stdin: stdin,
+            port,
+            password: password.map(str::to_owned),
+            dir,
+        };
+        const SECS: u64 = 180;
+        rx.recv_timeout(Duration::from_secs(SECS))
+            .map_err(|_| ServerError::NotReady {
+                program: "BoltServer (Neo4j 4.4)".into(),
+                port,
+                secs: SECS,
+            })?;
+        Ok(server)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `bolt://127.0.0.1:PORT`
+    pub fn uri(&self) -> String {
+        format!("bolt://127.0.0.1:{}", self.port)
+    }
+
+    pub fn password(&self) -> Option<&str> {
+        self.password.as_deref()
+    }
+
+    /// A neo4rs client for set-up and assertions.
+    pub async fn graph(&self) -> neo4rs::Result<neo4rs::Graph> {
+        let config = neo4rs::ConfigBuilder::default()
+            .uri(format!("127.0.0.1:{}", self.port))
+            .user(if self.password.is_some() { USER } else { "" })
+            .password(self.password.clone().unwrap_or_default())
+            .max_connections(4)
+            .build()?;
+        neo4rs::Graph::connect(config).await
+    }
+}
+
+impl Drop for BoltServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

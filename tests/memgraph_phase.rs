@@ -1,0 +1,229 @@
+//! The Memgraph phase through the real binary against a real Cypher engine over
+//! Bolt 4.x (Neo4j 4.4 Community, started by the harness with authentication on).
+//! One server serves the whole file; each test works on tenants of its own.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::{bin, state_dir, text};
+use tenant_migrator_testkit::graph_fixture::{self, load_standard, load_tenant};
+use tenant_migrator_testkit::{BoltServer, DelayProxy, fixture};
+
+const PASSWORD: &str = "graph-s3cret";
+const SCALE: f64 = 0.02;
+
+fn server() -> &'static BoltServer {
+    static SERVER: OnceLock<BoltServer> = OnceLock::new();
+    SERVER.get_or_init(|| BoltServer::start(PASSWORD).expect("Bolt test server (run tools/setup.sh)"))
+}
+
+/// Labels a test looks at: its source, target and the source's look-alikes.
+fn labels(source: &str, target: &str) -> Vec<String> {
+    let mut v = vec![source.to_owned(), target.to_owned()];
+    v.extend(fixture::lookalikes(source));
+    v
+}
+
+async fn snapshot(source: &str, target: &str) -> (Vec<String>, Vec<String>) {
+    let g = server().graph().await.expect("connect");
+    let l = labels(source, target);
+    let refs: Vec<&str> = l.iter().map(String::as_str).collect();
+    graph_fixture::snapshot(&g, &refs).await.expect("snapshot")
+}
+
+/// What the graph must look like after migrating `source` to `target`.
+fn expected(before: &(Vec<String>, Vec<String>), source: &str, target: &str, moved: bool) -> (Vec<String>, Vec<String>) {
+    let relabel = |line: &str| line.replace(&format!("({source} "), &format!("({target} "));
+    let relabel_rel = |line: &str| {
+        line.replace(&format!("({source}:"), &format!("({target}:"))
+    };
+    let mut nodes = Vec::new();
+    for n in &before.0 {
+        let ours = n.starts_with(&format!("({source} "));
+        if ours {
+            nodes.push(relabel(n));
+        }
+        if !ours || !moved {
+            nodes.push(n.clone());
+        }
+    }
+    let mut rels = Vec::new();
+    for r in &before.1 {
+        let ours = r.starts_with(&format!("({source}:")) && r.contains(&format!("]->({source}:"));
+        if ours {
+            rels.push(relabel_rel(r));
+        }
+        if !ours || !moved {
+            rels.push(r.clone());
+        }
+    }
+    nodes.sort();
+    rels.sort();
+    (nodes, rels)
+}
+
+fn migrate(source: &str, target: &str, port: u16, state: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(bin());
+    c.args(["migrate", source, target, "--skip-config", "--skip-redis", "--skip-qdrant"])
+        .args(["--memgraph-host", "127.0.0.1", "--memgraph-port", &port.to_string()])
+        .arg("--state-dir")
+        .arg(state)
+        .args(extra)
+        .env("MEMGRAPH_USER", tenant_migrator_testkit::bolt_server::USER)
+        .env("MEMGRAPH_PASSWORD", PASSWORD);
+    c
+}
+
+async fn loaded(source: &str) -> (u64, u64) {
+    let g = server().graph().await.expect("connect");
+    load_standard(&g, source, SCALE).await.expect("load graph")
+}
+
+fn assert_same(got: &(Vec<String>, Vec<String>), want: &(Vec<String>, Vec<String>)) {
+    let diff = |a: &Vec<String>, b: &Vec<String>| -> Vec<String> {
+        a.iter().filter(|x| b.binary_search(x).is_err()).take(5).cloned().collect()
+    };
+    assert!(
+        got == want,
+        "graph differs: {} vs {} nodes, {} vs {} relationships; unexpected {:?} {:?}; missing {:?} {:?}",
+        got.0.len(),
+        want.0.len(),
+        got.1.len(),
+        want.1.len(),
+        diff(&got.0, &want.0),
+        diff(&got.1, &want.1),
+        diff(&want.0, &got.0),
+        diff(&want.1, &got.1)
+    );
+}
+
+#[tokio::test]
+async fn move_relabels_every_node_and_keeps_relationships_and_lookalikes() {
+    let (src, tgt) = ("mv_siraya", "mv_target");
+    let (nodes, _) = loaded(src).await;
+    let before = snapshot(src, tgt).await;
+    let out = migrate(src, tgt, server().port(), &state_dir("mg-move"), &[]).output().expect("run");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(&format!("{nodes} of {nodes} nodes moved and verified")), "{}", text(&out));
+    assert_same(&snapshot(src, tgt).await, &expected(&before, src, tgt, true));
+    assert!(!text(&out).contains(PASSWORD), "the password leaked");
+}
+
+#[tokio::test]
+async fn copy_clones_nodes_and_relationships_and_leaves_the_source() {
+    let (src, tgt) = ("cp_siraya", "cp_target");
+    let (nodes, _) = loaded(src).await;
+    let before = snapshot(src, tgt).await;
+    let out = migrate(src, tgt, server().port(), &state_dir("mg-copy"), &["--mode", "copy"]).output().expect("run");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(&format!("{nodes} of {nodes} nodes copied and verified")), "{}", text(&out));
+    assert_same(&snapshot(src, tgt).await, &expected(&before, src, tgt, false));
+}
+
+/// Runs `cmd` and SIGKILLs it once the state file shows the Memgraph phase in
+/// `stage` with at least `min_batch` batches done.
+fn kill_at(mut cmd: Command, state: &Path, file: &str, stage: &str, min_batch: u64) -> bool {
+    let file = state.join(file);
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return false;
+        }
+        let reached = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| {
+                let cp = &v["phases"]["memgraph"]["checkpoint"];
+                Some(cp["stage"].as_str()? == stage && cp["batch"].as_u64()? >= min_batch)
+            })
+            .unwrap_or(false);
+        if reached {
+            child.kill().expect("SIGKILL");
+            let _ = child.wait();
+            return true;
+        }
+        assert!(Instant::now() < deadline, "the run never reached {stage} batch {min_batch}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+async fn killed_and_resumed(src: &str, tgt: &str, mode: &str, points: &[(&str, u64)]) {
+    loaded(src).await;
+    let before = snapshot(src, tgt).await;
+    let state = state_dir(&format!("mg-kill-{mode}"));
+    let proxy = DelayProxy::start(([127, 0, 0, 1], server().port()).into(), Duration::from_millis(2)).expect("proxy");
+    let file = format!("{src}--{tgt}.json");
+    for (stage, batch) in points {
+        let cmd = migrate(src, tgt, proxy.port(), &state, &["--mode", mode, "--batch-size", "10"]);
+        let killed = tokio::task::block_in_place(|| kill_at(cmd, &state, &file, stage, *batch));
+        assert!(killed, "{mode}: finished before {stage} batch {batch}");
+    }
+    let out = migrate(src, tgt, proxy.port(), &state, &["--mode", mode]).output().expect("run");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_same(&snapshot(src, tgt).await, &expected(&before, src, tgt, mode == "move"));
+    // A second run changes nothing.
+    let again = migrate(src, tgt, proxy.port(), &state, &["--mode", mode]).output().expect("run");
+    assert!(again.status.success(), "{}", text(&again));
+    assert_same(&snapshot(src, tgt).await, &expected(&before, src, tgt, mode == "move"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_killed_at_several_points_resumes_and_ends_exact() {
+    killed_and_resumed("kmv_siraya", "kmv_target", "move", &[("Copy", 3), ("Copy", 12), ("Verify", 0)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_killed_in_nodes_and_in_relationships_resumes_without_duplicates() {
+    // 272 nodes in batches of 10: batches 1-28 clone nodes, later ones relationships.
+    killed_and_resumed("kcp_siraya", "kcp_target", "copy", &[("Copy", 4), ("Copy", 33), ("Verify", 0)]).await;
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_without_a_write() {
+    let (src, tgt) = ("bad_siraya", "bad_target");
+    loaded(src).await;
+    // A foreign node already carries the target label.
+    let g = server().graph().await.expect("connect");
+    load_tenant(&g, "bad_other", 0.0).await.expect("load");
+    g.run(neo4rs::query("MATCH (n:bad_other) SET n:bad_target")).await.expect("label");
+    let before = snapshot(src, tgt).await;
+    let closed = tenant_migrator_testkit::free_port().expect("port");
+    let dir = state_dir("mg-bad");
+    let cases: Vec<(Command, &str)> = vec![
+        (migrate(src, tgt, closed, &dir, &[]), "cannot connect to the graph at bolt://127.0.0.1:"),
+        (
+            {
+                let mut c = migrate(src, "fresh_target", server().port(), &dir, &[]);
+                c.env("MEMGRAPH_PASSWORD", "wrong");
+                c
+            },
+            "rejected the credentials",
+        ),
+        (migrate(src, tgt, server().port(), &dir, &[]), "target label `bad_target` already holds 50 nodes"),
+        (migrate(src, "bad`target", server().port(), &dir, &[]), "target tenant id: tenant id \"bad`target\" contains '`'"),
+        (migrate("bad siraya", tgt, server().port(), &dir, &[]), "contains ' '"),
+    ];
+    for (mut cmd, want) in cases {
+        let out = cmd.output().expect("run");
+        assert_eq!(out.status.code(), Some(2), "{want}: {}", text(&out));
+        assert!(text(&out).contains(want), "expected {want:?} in {}", text(&out));
+        assert!(!text(&out).contains(PASSWORD), "the password leaked");
+    }
+    assert_same(&snapshot(src, tgt).await, &before);
+}
+
+#[tokio::test]
+async fn an_entity_type_equal_to_the_tenant_id_is_warned_about() {
+    let (src, tgt) = ("person", "person_new");
+    let g = server().graph().await.expect("connect");
+    load_tenant(&g, src, 0.0).await.expect("load");
+    g.run(neo4rs::query("MATCH (n:person) WITH n LIMIT 3 SET n.entity_type = 'person'")).await.expect("set");
+    let out = migrate(src, tgt, server().port(), &state_dir("mg-warn"), &["--dry-run"]).output().expect("run");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("have entity_type \"person\", equal to the tenant id"), "{}", text(&out));
+}
