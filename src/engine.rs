@@ -228,13 +228,20 @@ fn build(spec: &TenantMigrationSpec, creds: &Credentials, opts: &RunOptions) -> 
             source: spec.source.clone(),
             target: spec.target.clone(),
             mode: spec.mode,
-            batch_size: spec.memgraph.batch_size.map_or(opts.memgraph_batch_size, |b| b as usize),
+            batch_size: spec
+                .memgraph
+                .batch_size
+                .map_or(opts.memgraph_batch_size, |b| b as usize),
         };
         Some(MemgraphPhase::new(settings).map_err(|e| invalid(Store::Memgraph)(&e))?)
     } else {
         None
     };
-    Ok(Phases { config, redis, memgraph })
+    Ok(Phases {
+        config,
+        redis,
+        memgraph,
+    })
 }
 
 fn enabled(spec: &TenantMigrationSpec, store: Store) -> bool {

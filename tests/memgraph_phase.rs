@@ -16,9 +16,54 @@ use tenant_migrator_testkit::{BoltServer, DelayProxy, fixture};
 const PASSWORD: &str = "graph-s3cret";
 const SCALE: f64 = 0.02;
 
-fn server() -> &'static BoltServer {
-    static SERVER: OnceLock<BoltServer> = OnceLock::new();
-    SERVER.get_or_init(|| BoltServer::start(PASSWORD).expect("Bolt test server (run tools/setup.sh)"))
+/// The graph server of this file: `MEMGRAPH_URI` (with `MEMGRAPH_USER` and
+/// `MEMGRAPH_PASSWORD`) when set — a real Memgraph — else a Neo4j 4.4 Bolt server
+/// started here.
+struct Endpoint {
+    uri: String,
+    user: String,
+    password: String,
+    _server: Option<BoltServer>,
+}
+
+impl Endpoint {
+    fn port(&self) -> u16 {
+        self.uri
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('/').parse().ok())
+            .unwrap_or(7687)
+    }
+
+    fn host(&self) -> &str {
+        let rest = self.uri.split_once("://").map_or(self.uri.as_str(), |(_, r)| r);
+        rest.rsplit_once(':').map_or(rest, |(h, _)| h)
+    }
+
+    async fn graph(&self) -> neo4rs::Result<neo4rs::Graph> {
+        tenant_migrator_testkit::bolt_server::connect(&self.uri, &self.user, &self.password).await
+    }
+}
+
+fn server() -> &'static Endpoint {
+    static SERVER: OnceLock<Endpoint> = OnceLock::new();
+    SERVER.get_or_init(|| match std::env::var("MEMGRAPH_URI") {
+        Ok(uri) => Endpoint {
+            uri,
+            user: std::env::var("MEMGRAPH_USER").unwrap_or_default(),
+            password: std::env::var("MEMGRAPH_PASSWORD").unwrap_or_default(),
+            _server: None,
+        },
+        Err(_) => {
+            let s = BoltServer::start(PASSWORD).expect("Bolt test server (run tools/setup.sh)");
+            Endpoint {
+                uri: s.uri(),
+                user: tenant_migrator_testkit::bolt_server::USER.into(),
+                password: PASSWORD.into(),
+                _server: Some(s),
+            }
+        }
+    })
 }
 
 /// Labels a test looks at: its source, target and the source's look-alikes.
@@ -36,11 +81,14 @@ async fn snapshot(source: &str, target: &str) -> (Vec<String>, Vec<String>) {
 }
 
 /// What the graph must look like after migrating `source` to `target`.
-fn expected(before: &(Vec<String>, Vec<String>), source: &str, target: &str, moved: bool) -> (Vec<String>, Vec<String>) {
+fn expected(
+    before: &(Vec<String>, Vec<String>),
+    source: &str,
+    target: &str,
+    moved: bool,
+) -> (Vec<String>, Vec<String>) {
     let relabel = |line: &str| line.replace(&format!("({source} "), &format!("({target} "));
-    let relabel_rel = |line: &str| {
-        line.replace(&format!("({source}:"), &format!("({target}:"))
-    };
+    let relabel_rel = |line: &str| line.replace(&format!("({source}:"), &format!("({target}:"));
     let mut nodes = Vec::new();
     for n in &before.0 {
         let ours = n.starts_with(&format!("({source} "));
@@ -68,13 +116,26 @@ fn expected(before: &(Vec<String>, Vec<String>), source: &str, target: &str, mov
 
 fn migrate(source: &str, target: &str, port: u16, state: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(bin());
-    c.args(["migrate", source, target, "--skip-config", "--skip-redis", "--skip-qdrant"])
-        .args(["--memgraph-host", "127.0.0.1", "--memgraph-port", &port.to_string()])
-        .arg("--state-dir")
-        .arg(state)
-        .args(extra)
-        .env("MEMGRAPH_USER", tenant_migrator_testkit::bolt_server::USER)
-        .env("MEMGRAPH_PASSWORD", PASSWORD);
+    // Through a delay proxy the host is loopback; otherwise the endpoint's own.
+    let host = if port == server().port() {
+        server().host()
+    } else {
+        "127.0.0.1"
+    };
+    c.args([
+        "migrate",
+        source,
+        target,
+        "--skip-config",
+        "--skip-redis",
+        "--skip-qdrant",
+    ])
+    .args(["--memgraph-host", host, "--memgraph-port", &port.to_string()])
+    .arg("--state-dir")
+    .arg(state)
+    .args(extra)
+    .env("MEMGRAPH_USER", &server().user)
+    .env("MEMGRAPH_PASSWORD", &server().password);
     c
 }
 
@@ -85,7 +146,11 @@ async fn loaded(source: &str) -> (u64, u64) {
 
 fn assert_same(got: &(Vec<String>, Vec<String>), want: &(Vec<String>, Vec<String>)) {
     let diff = |a: &Vec<String>, b: &Vec<String>| -> Vec<String> {
-        a.iter().filter(|x| b.binary_search(x).is_err()).take(5).cloned().collect()
+        a.iter()
+            .filter(|x| b.binary_search(x).is_err())
+            .take(5)
+            .cloned()
+            .collect()
     };
     assert!(
         got == want,
@@ -106,11 +171,20 @@ async fn move_relabels_every_node_and_keeps_relationships_and_lookalikes() {
     let (src, tgt) = ("mv_siraya", "mv_target");
     let (nodes, _) = loaded(src).await;
     let before = snapshot(src, tgt).await;
-    let out = migrate(src, tgt, server().port(), &state_dir("mg-move"), &[]).output().expect("run");
+    let out = migrate(src, tgt, server().port(), &state_dir("mg-move"), &[])
+        .output()
+        .expect("run");
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains(&format!("{nodes} of {nodes} nodes moved and verified")), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("{nodes} of {nodes} nodes moved and verified")),
+        "{}",
+        text(&out)
+    );
     assert_same(&snapshot(src, tgt).await, &expected(&before, src, tgt, true));
-    assert!(!text(&out).contains(PASSWORD), "the password leaked");
+    assert!(
+        !text(&out).contains(&server().password) || server().password.is_empty(),
+        "the password leaked"
+    );
 }
 
 #[tokio::test]
@@ -118,9 +192,15 @@ async fn copy_clones_nodes_and_relationships_and_leaves_the_source() {
     let (src, tgt) = ("cp_siraya", "cp_target");
     let (nodes, _) = loaded(src).await;
     let before = snapshot(src, tgt).await;
-    let out = migrate(src, tgt, server().port(), &state_dir("mg-copy"), &["--mode", "copy"]).output().expect("run");
+    let out = migrate(src, tgt, server().port(), &state_dir("mg-copy"), &["--mode", "copy"])
+        .output()
+        .expect("run");
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains(&format!("{nodes} of {nodes} nodes copied and verified")), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("{nodes} of {nodes} nodes copied and verified")),
+        "{}",
+        text(&out)
+    );
     assert_same(&snapshot(src, tgt).await, &expected(&before, src, tgt, false));
 }
 
@@ -147,7 +227,10 @@ fn kill_at(mut cmd: Command, state: &Path, file: &str, stage: &str, min_batch: u
             let _ = child.wait();
             return true;
         }
-        assert!(Instant::now() < deadline, "the run never reached {stage} batch {min_batch}");
+        assert!(
+            Instant::now() < deadline,
+            "the run never reached {stage} batch {min_batch}"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
 }
@@ -156,31 +239,51 @@ async fn killed_and_resumed(src: &str, tgt: &str, mode: &str, points: &[(&str, u
     loaded(src).await;
     let before = snapshot(src, tgt).await;
     let state = state_dir(&format!("mg-kill-{mode}"));
-    let proxy = DelayProxy::start(([127, 0, 0, 1], server().port()).into(), Duration::from_millis(2)).expect("proxy");
+    let upstream = std::net::ToSocketAddrs::to_socket_addrs(&(server().host(), server().port()))
+        .ok()
+        .and_then(|mut a| a.next())
+        .expect("resolve the graph server");
+    let proxy = DelayProxy::start(upstream, Duration::from_millis(2)).expect("proxy");
     let file = format!("{src}--{tgt}.json");
     for (stage, batch) in points {
         let cmd = migrate(src, tgt, proxy.port(), &state, &["--mode", mode, "--batch-size", "10"]);
         let killed = tokio::task::block_in_place(|| kill_at(cmd, &state, &file, stage, *batch));
         assert!(killed, "{mode}: finished before {stage} batch {batch}");
     }
-    let out = migrate(src, tgt, proxy.port(), &state, &["--mode", mode]).output().expect("run");
+    let out = migrate(src, tgt, proxy.port(), &state, &["--mode", mode])
+        .output()
+        .expect("run");
     assert!(out.status.success(), "{}", text(&out));
     assert_same(&snapshot(src, tgt).await, &expected(&before, src, tgt, mode == "move"));
     // A second run changes nothing.
-    let again = migrate(src, tgt, proxy.port(), &state, &["--mode", mode]).output().expect("run");
+    let again = migrate(src, tgt, proxy.port(), &state, &["--mode", mode])
+        .output()
+        .expect("run");
     assert!(again.status.success(), "{}", text(&again));
     assert_same(&snapshot(src, tgt).await, &expected(&before, src, tgt, mode == "move"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn move_killed_at_several_points_resumes_and_ends_exact() {
-    killed_and_resumed("kmv_siraya", "kmv_target", "move", &[("Copy", 3), ("Copy", 12), ("Verify", 0)]).await;
+    killed_and_resumed(
+        "kmv_siraya",
+        "kmv_target",
+        "move",
+        &[("Copy", 3), ("Copy", 12), ("Verify", 0)],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_killed_in_nodes_and_in_relationships_resumes_without_duplicates() {
     // 272 nodes in batches of 10: batches 1-28 clone nodes, later ones relationships.
-    killed_and_resumed("kcp_siraya", "kcp_target", "copy", &[("Copy", 4), ("Copy", 33), ("Verify", 0)]).await;
+    killed_and_resumed(
+        "kcp_siraya",
+        "kcp_target",
+        "copy",
+        &[("Copy", 4), ("Copy", 33), ("Verify", 0)],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -190,12 +293,17 @@ async fn bad_input_is_refused_without_a_write() {
     // A foreign node already carries the target label.
     let g = server().graph().await.expect("connect");
     load_tenant(&g, "bad_other", 0.0).await.expect("load");
-    g.run(neo4rs::query("MATCH (n:bad_other) SET n:bad_target")).await.expect("label");
+    g.run(neo4rs::query("MATCH (n:bad_other) SET n:bad_target"))
+        .await
+        .expect("label");
     let before = snapshot(src, tgt).await;
     let closed = tenant_migrator_testkit::free_port().expect("port");
     let dir = state_dir("mg-bad");
     let cases: Vec<(Command, &str)> = vec![
-        (migrate(src, tgt, closed, &dir, &[]), "cannot connect to the graph at bolt://127.0.0.1:"),
+        (
+            migrate(src, tgt, closed, &dir, &[]),
+            "cannot connect to the graph at bolt://127.0.0.1:",
+        ),
         (
             {
                 let mut c = migrate(src, "fresh_target", server().port(), &dir, &[]);
@@ -204,15 +312,24 @@ async fn bad_input_is_refused_without_a_write() {
             },
             "rejected the credentials",
         ),
-        (migrate(src, tgt, server().port(), &dir, &[]), "target label `bad_target` already holds 50 nodes"),
-        (migrate(src, "bad`target", server().port(), &dir, &[]), "target tenant id: tenant id \"bad`target\" contains '`'"),
+        (
+            migrate(src, tgt, server().port(), &dir, &[]),
+            "target label `bad_target` already holds 50 nodes",
+        ),
+        (
+            migrate(src, "bad`target", server().port(), &dir, &[]),
+            "target tenant id: tenant id \"bad`target\" contains '`'",
+        ),
         (migrate("bad siraya", tgt, server().port(), &dir, &[]), "contains ' '"),
     ];
     for (mut cmd, want) in cases {
         let out = cmd.output().expect("run");
         assert_eq!(out.status.code(), Some(2), "{want}: {}", text(&out));
         assert!(text(&out).contains(want), "expected {want:?} in {}", text(&out));
-        assert!(!text(&out).contains(PASSWORD), "the password leaked");
+        assert!(
+            !text(&out).contains(&server().password) || server().password.is_empty(),
+            "the password leaked"
+        );
     }
     assert_same(&snapshot(src, tgt).await, &before);
 }
@@ -222,8 +339,18 @@ async fn an_entity_type_equal_to_the_tenant_id_is_warned_about() {
     let (src, tgt) = ("person", "person_new");
     let g = server().graph().await.expect("connect");
     load_tenant(&g, src, 0.0).await.expect("load");
-    g.run(neo4rs::query("MATCH (n:person) WITH n LIMIT 3 SET n.entity_type = 'person'")).await.expect("set");
-    let out = migrate(src, tgt, server().port(), &state_dir("mg-warn"), &["--dry-run"]).output().expect("run");
+    g.run(neo4rs::query(
+        "MATCH (n:person) WITH n LIMIT 3 SET n.entity_type = 'person'",
+    ))
+    .await
+    .expect("set");
+    let out = migrate(src, tgt, server().port(), &state_dir("mg-warn"), &["--dry-run"])
+        .output()
+        .expect("run");
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("have entity_type \"person\", equal to the tenant id"), "{}", text(&out));
+    assert!(
+        text(&out).contains("have entity_type \"person\", equal to the tenant id"),
+        "{}",
+        text(&out)
+    );
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the demo, the tests and the benchmark need on a fresh Debian machine:
-# redis-server and redis-benchmark (Debian packages) and a Python virtualenv with the
-# reference script's packages. Idempotent: a second run only checks.
+# redis-server and redis-benchmark (Debian packages), a Python virtualenv with the
+# reference script's packages, and the Bolt test server (Neo4j 4.4 via Maven). Idempotent: a second run only checks.
 # Everything built here lives outside the repository, in $TM_CACHE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,9 +15,12 @@ if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/nu
 fi
 # Debian starts a system redis-server on 6379; the tests start their own on free ports.
 
-if ! "$TM_CACHE/venv/bin/python" -c 'import redis, requests' 2>/dev/null; then
+if ! "$TM_CACHE/venv/bin/python" -c 'import redis, requests, neo4j' 2>/dev/null; then
   echo "setup: creating the Python virtualenv for the reference script in $TM_CACHE/venv"
   python3 -m venv "$TM_CACHE/venv"
   "$TM_CACHE/venv/bin/pip" install -q --disable-pip-version-check -r tools/requirements.txt
 fi
+# The Bolt test server (Neo4j 4.4 from Maven Central, with Java 17 and Maven from the image).
+bash tools/neo4j/build.sh
+
 echo "setup: redis-server $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p'), python venv at $TM_CACHE/venv"

@@ -127,7 +127,10 @@ impl MemgraphPhase {
         let s = &self.settings;
         let uri = s.uri.clone();
         // neo4rs takes host:port; the scheme was checked in `new`.
-        let address = uri.split_once("://").map_or(uri.as_str(), |(_, rest)| rest).trim_end_matches('/');
+        let address = uri
+            .split_once("://")
+            .map_or(uri.as_str(), |(_, rest)| rest)
+            .trim_end_matches('/');
         let config = ConfigBuilder::default()
             .uri(address)
             .user(s.user.clone().unwrap_or_default())
@@ -135,8 +138,13 @@ impl MemgraphPhase {
             .max_connections(4)
             .fetch_size(1000)
             .build()
-            .map_err(|source| MemgraphStoreError::Connect { uri: uri.clone(), source })?;
-        let graph = Graph::connect(config).await.map_err(|source| classify_connect(&uri, source))?;
+            .map_err(|source| MemgraphStoreError::Connect {
+                uri: uri.clone(),
+                source,
+            })?;
+        let graph = Graph::connect(config)
+            .await
+            .map_err(|source| classify_connect(&uri, source))?;
         // The pool connects lazily: a first query proves the server and the credentials.
         Self::one(&graph, "connection check", query("RETURN 1 AS c"))
             .await
@@ -169,26 +177,39 @@ impl MemgraphPhase {
         Ok(Self::one(graph, what, query(cypher)).await?.0)
     }
 
+    /// Node and relationship counts of source and target, in one query (one round trip).
     async fn counts(&self, graph: &Graph) -> Result<Counts, MemgraphStoreError> {
         let (s, t) = (&self.src, &self.tgt);
-        Ok(Counts {
-            source_nodes: Self::count(graph, "count of source nodes", &format!("MATCH (n:{s}) RETURN count(n) AS c"))
-                .await?,
-            target_nodes: Self::count(graph, "count of target nodes", &format!("MATCH (n:{t}) RETURN count(n) AS c"))
-                .await?,
-            source_rels: Self::count(
-                graph,
-                "count of source relationships",
-                &format!("MATCH (:{s})-[r:DIRECTED]->(:{s}) RETURN count(r) AS c"),
-            )
-            .await?,
-            target_rels: Self::count(
-                graph,
-                "count of target relationships",
-                &format!("MATCH (:{t})-[r:DIRECTED]->(:{t}) RETURN count(r) AS c"),
-            )
-            .await?,
-        })
+        let q = query(&format!(
+            "OPTIONAL MATCH (n:{s}) WITH count(n) AS sn \
+             OPTIONAL MATCH (m:{t}) WITH sn, count(m) AS tn \
+             OPTIONAL MATCH (:{s})-[r:DIRECTED]->(:{s}) WITH sn, tn, count(r) AS sr \
+             OPTIONAL MATCH (:{t})-[q:DIRECTED]->(:{t}) \
+             RETURN sn, tn, sr, count(q) AS tr"
+        ));
+        let err = |source| MemgraphStoreError::Query {
+            what: "count of source and target",
+            source,
+        };
+        let mut txn = graph.start_txn().await.map_err(err)?;
+        let mut rows = txn.execute(q).await.map_err(err)?;
+        let mut c = Counts {
+            source_nodes: 0,
+            target_nodes: 0,
+            source_rels: 0,
+            target_rels: 0,
+        };
+        let n = |row: &neo4rs::Row, k: &str| row.get::<i64>(k).unwrap_or(0).max(0) as u64;
+        while let Some(row) = rows.next(txn.handle()).await.map_err(err)? {
+            c = Counts {
+                source_nodes: n(&row, "sn"),
+                target_nodes: n(&row, "tn"),
+                source_rels: n(&row, "sr"),
+                target_rels: n(&row, "tr"),
+            };
+        }
+        txn.commit().await.map_err(err)?;
+        Ok(c)
     }
 
     /// Schema changes are idempotent here: an index that exists (or is gone) is fine.
@@ -203,7 +224,13 @@ impl MemgraphPhase {
             Ok(()) => Ok(()),
             Err(e) => {
                 let text = e.to_string().to_lowercase();
-                let benign = ["already exists", "equivalent index", "no such index", "does not exist", "doesn't exist"];
+                let benign = [
+                    "already exists",
+                    "equivalent index",
+                    "no such index",
+                    "does not exist",
+                    "doesn't exist",
+                ];
                 if benign.iter().any(|b| text.contains(b)) {
                     Ok(())
                 } else {
@@ -293,7 +320,10 @@ fn classify_connect(uri: &str, source: neo4rs::Error) -> MemgraphStoreError {
             message: source.to_string(),
         }
     } else {
-        MemgraphStoreError::Connect { uri: uri.to_owned(), source }
+        MemgraphStoreError::Connect {
+            uri: uri.to_owned(),
+            source,
+        }
     }
 }
 
@@ -306,14 +336,19 @@ impl Phase for MemgraphPhase {
         let c = self.counts(&graph).await?;
         // Tenant-internal relationships among source and target nodes together: what
         // the target must hold at the end, also when a Move resumes half-way.
-        let all_rels = Self::count(
-            &graph,
-            "count of tenant relationships",
-            &format!(
-                "MATCH (a)-[r:DIRECTED]->(b) WHERE (a:{s} OR a:{t}) AND (b:{s} OR b:{t}) RETURN count(r) AS c"
-            ),
-        )
-        .await?;
+        // With an empty target (the common case) these two scans have nothing to find.
+        let all_rels = if c.target_nodes == 0 {
+            c.source_rels
+        } else {
+            Self::count(
+                &graph,
+                "count of tenant relationships",
+                &format!(
+                    "MATCH (a)-[r:DIRECTED]->(b) WHERE (a:{s} OR a:{t}) AND (b:{s} OR b:{t}) RETURN count(r) AS c"
+                ),
+            )
+            .await?
+        };
         let mut plan = PhasePlan {
             total: c.source_nodes,
             ..PhasePlan::default()
@@ -323,7 +358,11 @@ impl Phase for MemgraphPhase {
             "MATCH (m:{t}) OPTIONAL MATCH (n:{s} {{entity_id: m.entity_id}}) WITH m, n WHERE n IS NULL \
              RETURN count(m) AS c, min(m.entity_id) AS last"
         ));
-        let (foreign, example) = Self::one(&graph, "check of target nodes", foreign_q).await?;
+        let (foreign, example) = if c.target_nodes == 0 {
+            (0, None)
+        } else {
+            Self::one(&graph, "check of target nodes", foreign_q).await?
+        };
         let clones = c.target_nodes - foreign.min(c.target_nodes);
         plan.identical = clones;
         plan.extra = foreign;
@@ -431,10 +470,16 @@ impl Phase for MemgraphPhase {
         let moved = self.settings.mode == Mode::Move;
         let expected_source = if moved { 0 } else { nodes.source };
         if c.source_nodes != expected_source {
-            problems.push(format!("source has {} nodes, expected {expected_source}", c.source_nodes));
+            problems.push(format!(
+                "source has {} nodes, expected {expected_source}",
+                c.source_nodes
+            ));
         }
         if c.target_nodes != expected_nodes {
-            problems.push(format!("target has {} nodes, expected {expected_nodes}", c.target_nodes));
+            problems.push(format!(
+                "target has {} nodes, expected {expected_nodes}",
+                c.target_nodes
+            ));
         }
         if c.target_rels != expected_rels {
             problems.push(format!(

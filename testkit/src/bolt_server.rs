@@ -127,14 +127,24 @@ impl BoltServer {
 
     /// A neo4rs client for set-up and assertions.
     pub async fn graph(&self) -> neo4rs::Result<neo4rs::Graph> {
-        let config = neo4rs::ConfigBuilder::default()
-            .uri(format!("127.0.0.1:{}", self.port))
-            .user(if self.password.is_some() { USER } else { "" })
-            .password(self.password.clone().unwrap_or_default())
-            .max_connections(4)
-            .build()?;
-        neo4rs::Graph::connect(config).await
+        let user = if self.password.is_some() { USER } else { "" };
+        connect(&self.uri(), user, self.password.as_deref().unwrap_or_default()).await
     }
+}
+
+/// A neo4rs client for `uri` (`bolt://host:port`), for set-up and assertions.
+pub async fn connect(uri: &str, user: &str, password: &str) -> neo4rs::Result<neo4rs::Graph> {
+    let address = uri
+        .split_once("://")
+        .map_or(uri, |(_, rest)| rest)
+        .trim_end_matches('/');
+    let config = neo4rs::ConfigBuilder::default()
+        .uri(address)
+        .user(user)
+        .password(password)
+        .max_connections(4)
+        .build()?;
+    neo4rs::Graph::connect(config).await
 }
 
 impl Drop for BoltServer {

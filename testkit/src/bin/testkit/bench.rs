@@ -1,8 +1,11 @@
-//! `testkit bench`: the Redis phase of the reference script and of tenant-migrator
-//! (Copy and Move) on identical fresh data, at loopback and through a delay proxy,
-//! plus `redis-benchmark -P 64 -t set` on the same server as a ceiling.
+//! `testkit bench`: the reference script and tenant-migrator (Copy and Move) on
+//! identical fresh data, at loopback and through a delay proxy, store by store:
+//! - Redis: the scale-1 tenant (38,491 keys), plus `redis-benchmark -P 64 -t set`
+//!   on the same server as a ceiling, and a scale-10 Copy for peak memory;
+//! - Memgraph: the scale-1 graph (13,613 nodes) on the Bolt test server (Neo4j 4.4,
+//!   without authentication, as the reference connects without credentials).
 //!
-//! Every run starts from a flushed database loaded with the same fixture. Times are
+//! Every run starts from a flushed store loaded with the same fixture. Times are
 //! wall-clock times of the whole command (preflight, copy, verify, removal).
 
 use std::path::PathBuf;
@@ -10,20 +13,23 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use tenant_migrator_testkit::{DelayProxy, RedisServer, fixture};
+use tenant_migrator_testkit::{BoltServer, DelayProxy, RedisServer, fixture, graph_fixture};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Fixture scale (1 = 38,491 keys, the reference's tenant).
+    /// Fixture scale (1 = the reference's tenant: 38,491 keys, 13,613 nodes).
     #[arg(long, default_value_t = 1.0)]
     scale: f64,
     /// One-way delay of the proxy in ms (round trip = twice this).
     #[arg(long, default_value_t = 1.0)]
     delay_ms: f64,
-    /// Scale of the extra peak-memory run of tenant-migrator (0 = skip).
+    /// Scale of the extra peak-memory run of tenant-migrator on Redis (0 = skip).
     #[arg(long, default_value_t = 10.0)]
     memory_scale: f64,
-    /// Python with the `redis` package, for the reference script.
+    /// Stores to benchmark.
+    #[arg(long, value_delimiter = ',', default_value = "redis,memgraph")]
+    stores: Vec<String>,
+    /// Python with the reference script's packages.
     #[arg(long, env = "TM_PYTHON", default_value = "python3")]
     python: String,
     /// The reference script.
@@ -37,7 +43,7 @@ pub struct BenchArgs {
 struct Measured {
     scenario: String,
     tool: String,
-    keys: u64,
+    items: u64,
     seconds: f64,
     peak_rss_kib: i64,
     ok: bool,
@@ -45,7 +51,7 @@ struct Measured {
 
 impl Measured {
     fn rate(&self) -> f64 {
-        self.keys as f64 / self.seconds.max(1e-9)
+        self.items as f64 / self.seconds.max(1e-9)
     }
 }
 
@@ -74,58 +80,31 @@ fn run_measured(mut cmd: Command) -> std::io::Result<(bool, f64, i64, String)> {
     Ok((ok, seconds, usage.ru_maxrss, stdout))
 }
 
-fn reload(redis: &RedisServer, scale: f64) -> Result<u64, String> {
-    let mut c = redis.conn().map_err(|e| e.to_string())?;
-    redis::cmd("FLUSHALL").query::<()>(&mut c).map_err(|e| e.to_string())?;
-    let loaded = fixture::load_standard(&mut c, "siraya", scale).map_err(|e| e.to_string())?;
-    Ok(loaded.tenant_keys)
-}
-
-fn ours(port: u16, mode: &str) -> Command {
-    // A state directory of its own per run: each run is a fresh migration.
+/// `tenant-migrator migrate siraya tenant_b` on one store, with a fresh state directory.
+fn ours(store_args: &[&str], mode: &str) -> Command {
     static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let state = std::env::temp_dir().join(format!("tm-bench-state-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&state);
     let mut c = Command::new(crate::migrator_binary());
-    c.args([
-        "migrate",
-        "siraya",
-        "tenant_b",
-        "--skip-config",
-        "--skip-qdrant",
-        "--skip-memgraph",
-    ])
-    .args([
-        "--redis-host",
-        "127.0.0.1",
-        "--redis-port",
-        &port.to_string(),
-        "--mode",
-        mode,
-    ])
-    .arg("--state-dir")
-    .arg(state)
-    .args(["--output", "json"]);
+    c.args(["migrate", "siraya", "tenant_b", "--skip-config", "--skip-qdrant"])
+        .args(store_args)
+        .args(["--mode", mode, "--output", "json"])
+        .arg("--state-dir")
+        .arg(state);
     c
 }
 
-fn reference(args: &BenchArgs, port: u16) -> Command {
+fn reference(args: &BenchArgs, store_args: &[&str]) -> Command {
     let mut c = Command::new(&args.python);
     c.arg(&args.reference)
-        .args([
-            "siraya",
-            "tenant_b",
-            "--skip-config",
-            "--skip-qdrant",
-            "--skip-memgraph",
-        ])
-        .args(["--redis-host", "127.0.0.1", "--redis-port", &port.to_string()]);
+        .args(["siraya", "tenant_b", "--skip-config", "--skip-qdrant"])
+        .args(store_args);
     c
 }
 
-/// Keys the reference says it found ("Found N keys to migrate").
-fn reference_keys(stdout: &str) -> Option<u64> {
+/// Items the reference says it found ("Found N keys to migrate", "Found N nodes").
+fn reference_items(stdout: &str) -> Option<u64> {
     stdout
         .lines()
         .find_map(|l| l.trim().strip_prefix("Found ")?.split_whitespace().next()?.parse().ok())
@@ -155,89 +134,61 @@ fn redis_benchmark(port: u16) -> Option<f64> {
         .next_back()
 }
 
-pub async fn run(args: BenchArgs) -> ExitCode {
-    let redis = match RedisServer::start() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], redis.port()));
-    let proxy = match DelayProxy::start(upstream, Duration::from_secs_f64(args.delay_ms / 1000.0)) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: delay proxy: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let rtt = format!("{:.0} ms RTT", args.delay_ms * 2.0);
-    let mut rows: Vec<Measured> = Vec::new();
-    for (scenario, port) in [("loopback", redis.port()), (rtt.as_str(), proxy.port())] {
+/// Runs each tool once per scenario, reloading identical data before each run.
+async fn measure(
+    args: &BenchArgs,
+    scenarios: &[(String, u16)],
+    store_args: impl Fn(u16) -> Vec<String>,
+    mut reload: impl AsyncFnMut() -> Result<u64, String>,
+) -> Result<Vec<Measured>, String> {
+    let mut rows = Vec::new();
+    for (scenario, port) in scenarios {
+        let sa = store_args(*port);
+        let sa: Vec<&str> = sa.iter().map(String::as_str).collect();
         let mut tools: Vec<(&str, Command)> = Vec::new();
         if !args.skip_reference {
-            tools.push(("reference (python)", reference(&args, port)));
+            tools.push(("reference (python)", reference(args, &sa)));
         }
-        tools.push(("tenant-migrator Copy", ours(port, "copy")));
-        tools.push(("tenant-migrator Move", ours(port, "move")));
+        tools.push(("tenant-migrator Copy", ours(&sa, "copy")));
+        tools.push(("tenant-migrator Move", ours(&sa, "move")));
         for (tool, cmd) in tools {
-            let keys = match reload(&redis, args.scale) {
-                Ok(k) => k,
-                Err(e) => {
-                    eprintln!("error: loading the fixture: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            eprintln!("running {tool} ({scenario}) on {keys} keys…");
+            let items = reload().await?;
+            eprintln!("running {tool} ({scenario}) on {items} items…");
             let measured = tokio::task::spawn_blocking(move || run_measured(cmd)).await;
             let Ok(Ok((ok, seconds, rss, stdout))) = measured else {
-                eprintln!("error: cannot run {tool}");
-                return ExitCode::FAILURE;
+                return Err(format!("cannot run {tool}"));
             };
-            let keys = if tool.starts_with("reference") {
-                reference_keys(&stdout).unwrap_or(keys)
+            let items = if tool.starts_with("reference") {
+                reference_items(&stdout).unwrap_or(items)
             } else {
-                keys
+                items
             };
             rows.push(Measured {
-                scenario: scenario.to_owned(),
+                scenario: scenario.clone(),
                 tool: tool.to_owned(),
-                keys,
+                items,
                 seconds,
                 peak_rss_kib: rss,
                 ok,
             });
         }
     }
-    let ceiling = redis_benchmark(redis.port());
-    let mut memory = None;
-    if args.memory_scale > 0.0 {
-        match reload(&redis, args.memory_scale) {
-            Ok(keys) => {
-                eprintln!(
-                    "running tenant-migrator Copy at scale {} ({keys} keys) for peak memory…",
-                    args.memory_scale
-                );
-                let cmd = ours(redis.port(), "copy");
-                if let Ok(Ok((ok, seconds, rss, _))) = tokio::task::spawn_blocking(move || run_measured(cmd)).await {
-                    memory = Some((keys, seconds, rss, ok));
-                }
-            }
-            Err(e) => eprintln!("error: loading scale {}: {e}", args.memory_scale),
-        }
-    }
+    Ok(rows)
+}
 
-    println!(
-        "\nRedis phase, fixture scale {} ({} tenant keys), one redis-server {}",
-        args.scale,
-        fixture::Shape::at_scale(args.scale).tenant_keys(),
-        redis_version(&redis)
-    );
+fn print_table(title: &str, unit: &str, rows: &[Measured]) {
+    println!("\n{title}");
     println!(
         "{:<10} {:<22} {:>8} {:>9} {:>10} {:>12} {:>10}  ok",
-        "scenario", "tool", "keys", "seconds", "keys/s", "vs reference", "peak RSS"
+        "scenario",
+        "tool",
+        unit,
+        "seconds",
+        format!("{unit}/s"),
+        "vs reference",
+        "peak RSS"
     );
-    for r in &rows {
+    for r in rows {
         let base = rows
             .iter()
             .find(|b| b.scenario == r.scenario && b.tool.starts_with("reference"))
@@ -246,7 +197,7 @@ pub async fn run(args: BenchArgs) -> ExitCode {
             "{:<10} {:<22} {:>8} {:>9.3} {:>10.0} {:>12} {:>7} MiB  {}",
             r.scenario,
             r.tool,
-            r.keys,
+            r.items,
             r.seconds,
             r.rate(),
             base.map_or("-".into(), |b| format!("{:.1}x", r.rate() / b)),
@@ -254,6 +205,84 @@ pub async fn run(args: BenchArgs) -> ExitCode {
             if r.ok { "yes" } else { "FAILED" }
         );
     }
+}
+
+fn scenarios(args: &BenchArgs, direct: u16, proxied: u16) -> Vec<(String, u16)> {
+    vec![
+        ("loopback".to_owned(), direct),
+        (format!("{:.0} ms RTT", args.delay_ms * 2.0), proxied),
+    ]
+}
+
+fn proxy_to(port: u16, args: &BenchArgs) -> Result<DelayProxy, String> {
+    DelayProxy::start(
+        ([127, 0, 0, 1], port).into(),
+        Duration::from_secs_f64(args.delay_ms / 1000.0),
+    )
+    .map_err(|e| format!("delay proxy: {e}"))
+}
+
+async fn bench_redis(args: &BenchArgs) -> Result<bool, String> {
+    let redis = RedisServer::start().map_err(|e| e.to_string())?;
+    let proxy = proxy_to(redis.port(), args)?;
+    let reload_at = |scale: f64| {
+        let mut c = redis.conn().map_err(|e| e.to_string())?;
+        redis::cmd("FLUSHALL").query::<()>(&mut c).map_err(|e| e.to_string())?;
+        let loaded = fixture::load_standard(&mut c, "siraya", scale).map_err(|e| e.to_string())?;
+        Ok::<u64, String>(loaded.tenant_keys)
+    };
+    let store_args = |port: u16| -> Vec<String> {
+        [
+            "--skip-memgraph",
+            "--redis-host",
+            "127.0.0.1",
+            "--redis-port",
+            &port.to_string(),
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let rows = measure(
+        args,
+        &scenarios(args, redis.port(), proxy.port()),
+        store_args,
+        async || reload_at(args.scale),
+    )
+    .await?;
+    let ceiling = redis_benchmark(redis.port());
+    let mut memory = None;
+    if args.memory_scale > 0.0 {
+        let keys = reload_at(args.memory_scale)?;
+        eprintln!(
+            "running tenant-migrator Copy at scale {} ({keys} keys) for peak memory…",
+            args.memory_scale
+        );
+        let cmd = ours(
+            &store_args(redis.port()).iter().map(String::as_str).collect::<Vec<_>>(),
+            "copy",
+        );
+        if let Ok(Ok((ok, seconds, rss, _))) = tokio::task::spawn_blocking(move || run_measured(cmd)).await {
+            memory = Some((keys, seconds, rss, ok));
+        }
+    }
+    let version = redis
+        .conn()
+        .and_then(|mut c| redis::cmd("INFO").arg("server").query::<String>(&mut c))
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("redis_version:").map(|v| v.trim().to_owned()))
+        })
+        .unwrap_or_default();
+    print_table(
+        &format!(
+            "Redis phase, fixture scale {} ({} tenant keys), redis-server {version}",
+            args.scale,
+            fixture::Shape::at_scale(args.scale).tenant_keys()
+        ),
+        "keys",
+        &rows,
+    );
     if let Some(c) = ceiling {
         println!("redis-benchmark -P 64 -t set (loopback): {c:.0} SET/s");
         for r in rows
@@ -272,21 +301,68 @@ pub async fn run(args: BenchArgs) -> ExitCode {
             if ok { "" } else { " (FAILED)" }
         );
     }
-    if rows.iter().all(|r| r.ok) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    Ok(rows.iter().all(|r| r.ok) && memory.is_none_or(|m| m.3))
 }
 
-fn redis_version(redis: &RedisServer) -> String {
-    redis
-        .conn()
-        .and_then(|mut c| redis::cmd("INFO").arg("server").query::<String>(&mut c))
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("redis_version:").map(|v| format!("v{}", v.trim())))
-        })
-        .unwrap_or_default()
+async fn bench_memgraph(args: &BenchArgs) -> Result<bool, String> {
+    eprintln!("starting the Bolt test server (Neo4j 4.4)…");
+    let server = BoltServer::start_without_auth().map_err(|e| e.to_string())?;
+    let proxy = proxy_to(server.port(), args)?;
+    let graph = server.graph().await.map_err(|e| e.to_string())?;
+    let store_args = |port: u16| -> Vec<String> {
+        [
+            "--skip-redis",
+            "--memgraph-host",
+            "127.0.0.1",
+            "--memgraph-port",
+            &port.to_string(),
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let rows = measure(
+        args,
+        &scenarios(args, server.port(), proxy.port()),
+        store_args,
+        async || {
+            graph
+                .run(neo4rs::query("MATCH (n) DETACH DELETE n"))
+                .await
+                .map_err(|e| e.to_string())?;
+            let (nodes, _) = graph_fixture::load_standard(&graph, "siraya", args.scale)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(nodes)
+        },
+    )
+    .await?;
+    let (nodes, rels) = graph_fixture::shape(args.scale);
+    print_table(
+        &format!(
+            "Memgraph phase, fixture scale {} ({nodes} nodes, {rels} DIRECTED relationships), Bolt server Neo4j 4.4",
+            args.scale
+        ),
+        "nodes",
+        &rows,
+    );
+    Ok(rows.iter().all(|r| r.ok))
+}
+
+pub async fn run(args: BenchArgs) -> ExitCode {
+    let mut ok = true;
+    for store in args.stores.clone() {
+        let result = match store.as_str() {
+            "redis" => bench_redis(&args).await,
+            "memgraph" => bench_memgraph(&args).await,
+            other => Err(format!("unknown store {other:?} (redis, memgraph)")),
+        };
+        match result {
+            Ok(all_ok) => ok &= all_ok,
+            Err(e) => {
+                eprintln!("error: {store}: {e}");
+                ok = false;
+            }
+        }
+    }
+    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

@@ -13,7 +13,7 @@ use std::process::{Command, ExitCode};
 
 use clap::{Parser, Subcommand};
 use tenant_migrator_testkit::config_api::sample_config;
-use tenant_migrator_testkit::{ConfigApi, RedisServer, fixture};
+use tenant_migrator_testkit::{BoltServer, ConfigApi, RedisServer, fixture, graph_fixture};
 
 #[derive(Parser)]
 #[command(name = "testkit", about = "Demo, benchmark and test servers for tenant-migrator")]
@@ -132,51 +132,76 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Prints `error: {what}: {e}` and fails, for the demo's set-up steps.
+fn fail(what: &str, e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {what}: {e}");
+    ExitCode::FAILURE
+}
+
 async fn demo(scale: f64, source: &str, target: &str) -> ExitCode {
+    const TOKEN: &str = "demo-token";
+    const GRAPH_PASSWORD: &str = "demo-graph-password";
     let redis = match RedisServer::start() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail("Redis", e),
     };
-    let api = match ConfigApi::start(0, Some("demo-token")).await {
+    let api = match ConfigApi::start(0, Some(TOKEN)).await {
         Ok(a) => a,
-        Err(e) => {
-            eprintln!("error: config API: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail("config API", e),
+    };
+    println!("Starting the Bolt graph server (Neo4j 4.4, standing in for Memgraph)…");
+    let bolt = match BoltServer::start(GRAPH_PASSWORD) {
+        Ok(b) => b,
+        Err(e) => return fail("Bolt server (run tools/setup.sh)", e),
     };
     api.insert(source, sample_config(source));
-    println!("Redis on {}, config API on {}", redis.url(), api.url());
+    println!(
+        "Redis on {}, config API on {}, graph on {}",
+        redis.url(),
+        api.url(),
+        bolt.uri()
+    );
     let loaded = match redis
         .conn()
         .and_then(|mut c| fixture::load_standard(&mut c, source, scale))
     {
         Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: loading the fixture: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail("loading the Redis fixture", e),
+    };
+    let graph = match bolt.graph().await {
+        Ok(g) => g,
+        Err(e) => return fail("graph", e),
+    };
+    let (nodes, rels) = match graph_fixture::load_standard(&graph, source, scale).await {
+        Ok(n) => n,
+        Err(e) => return fail("loading the graph fixture", e),
     };
     println!(
-        "Loaded tenant {source}: {} keys (plus {} keys of look-alike tenants {:?})\n",
+        "Loaded tenant {source}: a config, {} Redis keys, {nodes} graph nodes and {rels} relationships \
+         (plus look-alike tenants {:?})\n",
         loaded.tenant_keys,
-        loaded.lookalike_keys,
         fixture::lookalikes(source)
     );
     let state = std::env::temp_dir().join(format!("tm-demo-{}", std::process::id()));
     let base = |extra: &[&str]| {
         let mut c = Command::new(migrator_binary());
-        c.args(["migrate", source, target, "--skip-qdrant", "--skip-memgraph"])
+        c.args(["migrate", source, target, "--skip-qdrant"])
             .args(["--redis-url", &redis.url(), "--api-url", &api.url()])
+            .args([
+                "--memgraph-host",
+                "127.0.0.1",
+                "--memgraph-port",
+                &bolt.port().to_string(),
+            ])
             .arg("--state-dir")
             .arg(&state)
             .args(extra)
-            .env("TENANT_API_TOKEN", "demo-token");
+            .env("TENANT_API_TOKEN", TOKEN)
+            .env("MEMGRAPH_USER", tenant_migrator_testkit::bolt_server::USER)
+            .env("MEMGRAPH_PASSWORD", GRAPH_PASSWORD);
         c
     };
-    println!("$ tenant-migrator migrate {source} {target} --skip-qdrant --skip-memgraph --dry-run ...");
+    println!("$ tenant-migrator migrate {source} {target} --skip-qdrant --dry-run ...");
     let plan = tokio::task::spawn_blocking({
         let mut c = base(&["--dry-run"]);
         move || c.status()
@@ -186,30 +211,36 @@ async fn demo(scale: f64, source: &str, target: &str) -> ExitCode {
         eprintln!("error: the dry run failed");
         return ExitCode::FAILURE;
     }
-    println!("\n$ tenant-migrator migrate {source} {target} --skip-qdrant --skip-memgraph ...");
+    println!("\n$ tenant-migrator migrate {source} {target} --skip-qdrant ...");
     let run = tokio::task::spawn_blocking({
         let mut c = base(&[]);
         move || c.status()
     })
     .await;
     let _ = std::fs::remove_dir_all(&state);
-    match run {
-        Ok(Ok(s)) if s.success() => {
-            if let Ok(all) = redis.conn().and_then(|mut c| fixture::snapshot(&mut c, |_| true)) {
-                let count = |t: &str| all.keys().filter(|k| fixture::is_tenant_key(k, t)).count();
-                println!(
-                    "\nKeys of {source}: {}; keys of {target}: {}; keys of look-alike tenants (untouched): {}",
-                    count(source),
-                    count(target),
-                    fixture::lookalikes(source).iter().map(|l| count(l)).sum::<usize>()
-                );
-            }
-            println!(
-                "Config of {target}: {}",
-                api.get(target).map_or("missing".into(), |v| v.to_string())
-            );
-            ExitCode::SUCCESS
-        }
-        _ => ExitCode::FAILURE,
+    if !matches!(run, Ok(Ok(s)) if s.success()) {
+        return ExitCode::FAILURE;
     }
+    if let Ok(all) = redis.conn().and_then(|mut c| fixture::snapshot(&mut c, |_| true)) {
+        let count = |t: &str| all.keys().filter(|k| fixture::is_tenant_key(k, t)).count();
+        println!(
+            "\nRedis keys of {source}: {}; of {target}: {}; of look-alike tenants (untouched): {}",
+            count(source),
+            count(target),
+            fixture::lookalikes(source).iter().map(|l| count(l)).sum::<usize>()
+        );
+    }
+    if let Ok((nodes, _)) = graph_fixture::snapshot(&graph, &[source, target]).await {
+        let count = |t: &str| nodes.iter().filter(|n| n.starts_with(&format!("({t} "))).count();
+        println!(
+            "Graph nodes of {source}: {}; of {target}: {}",
+            count(source),
+            count(target)
+        );
+    }
+    println!(
+        "Config of {target}: {}",
+        api.get(target).map_or("missing".into(), |v| v.to_string())
+    );
+    ExitCode::SUCCESS
 }
