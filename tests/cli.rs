@@ -96,6 +96,7 @@ fn the_example_manifest_parses() {
         .arg(&dir)
         .env("TENANT_API_TOKEN", "x")
         .env("REDIS_PASSWORD", "x")
+        .env("MEMGRAPH_PASSWORD", "x")
         .output()
         .expect("run");
     // The example's hosts do not resolve here: the run must get as far as the preflight.
@@ -115,8 +116,9 @@ fn the_checked_in_crd_matches_the_code() {
     let printed = String::from_utf8_lossy(&out.stdout);
     let checked_in = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/tenantmigrations.yaml"))
         .expect("crds/tenantmigrations.yaml");
-    assert_eq!(
-        printed, checked_in,
-        "crds/ is stale: run `cargo run -- crd > crds/tenantmigrations.yaml`"
+    // No diff dump: the CRD is long, and the fix is one command.
+    assert!(
+        printed == checked_in,
+        "crds/tenantmigrations.yaml is stale: run `make crd`"
     );
 }
