@@ -227,6 +227,10 @@ pub struct QdrantSpec {
     /// Re-key points the LightRAG way, or keep their ids.
     #[serde(default)]
     pub point_ids: PointIdScheme,
+    /// Points per page and upsert.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub batch_size: Option<u32>,
 }
 
 impl Default for QdrantSpec {
@@ -238,6 +242,7 @@ impl Default for QdrantSpec {
             collections: Vec::new(),
             tenant_field: workspace_id(),
             point_ids: PointIdScheme::LightRAG,
+            batch_size: None,
         }
     }
 }

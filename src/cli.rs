@@ -22,6 +22,7 @@ use crate::stores::PhasePlan;
 /// Environment variables the CLI reads credentials from (a Secret's place in a cluster).
 pub const ENV_API_TOKEN: &str = "TENANT_API_TOKEN";
 pub const ENV_REDIS_PASSWORD: &str = "REDIS_PASSWORD";
+pub const ENV_QDRANT_API_KEY: &str = "QDRANT_API_KEY";
 pub const ENV_MEMGRAPH_USER: &str = "MEMGRAPH_USER";
 pub const ENV_MEMGRAPH_PASSWORD: &str = "MEMGRAPH_PASSWORD";
 
@@ -98,7 +99,7 @@ pub struct MigrateArgs {
     /// When a target item exists with a different value [default: fail, or the manifest's]
     #[arg(long, value_enum)]
     pub on_conflict: Option<ConflictArg>,
-    /// Items per batch: Redis keys [default 1000] and Memgraph nodes [default 5000]
+    /// Items per batch: Redis keys [default 1000], Qdrant points [default 256], Memgraph nodes [default 5000]
     #[arg(long)]
     pub batch_size: Option<u32>,
     /// Attempts per failing batch before the run fails.
@@ -225,6 +226,7 @@ pub fn spec_from_args(a: &MigrateArgs) -> Result<TenantMigrationSpec, InputError
     if a.batch_size.is_some() {
         spec.redis.batch_size = a.batch_size;
         spec.memgraph.batch_size = a.batch_size;
+        spec.qdrant.batch_size = a.batch_size;
     }
     // Flags override the manifest; the manifest overrides the reference's defaults.
     if let Some(u) = &a.api_url {
@@ -284,6 +286,17 @@ pub fn credentials_from_env(spec: &TenantMigrationSpec) -> Result<Credentials, I
             env: ENV_REDIS_PASSWORD,
         });
     }
+    let qdrant_api_key = var(ENV_QDRANT_API_KEY);
+    if spec.qdrant.enabled
+        && let (Some(r), None) = (&spec.qdrant.api_key_secret_ref, &qdrant_api_key)
+    {
+        return Err(InputError::MissingSecret {
+            field: "spec.qdrant.apiKeySecretRef",
+            name: r.name.clone(),
+            key: r.key.clone(),
+            env: ENV_QDRANT_API_KEY,
+        });
+    }
     let memgraph_user = std::env::var(ENV_MEMGRAPH_USER).ok().filter(|v| !v.is_empty());
     let memgraph_password = var(ENV_MEMGRAPH_PASSWORD);
     if spec.memgraph.enabled
@@ -299,6 +312,7 @@ pub fn credentials_from_env(spec: &TenantMigrationSpec) -> Result<Credentials, I
     Ok(Credentials {
         config_token,
         redis_password,
+        qdrant_api_key,
         memgraph_user,
         memgraph_password,
     })
@@ -334,6 +348,9 @@ fn store_urls(spec: &TenantMigrationSpec) -> Vec<String> {
     }
     if spec.redis.enabled {
         v.push(format!("redis={}", spec.redis.url.as_deref().unwrap_or_default()));
+    }
+    if spec.qdrant.enabled {
+        v.push(format!("qdrant={}", spec.qdrant.url.as_deref().unwrap_or_default()));
     }
     if spec.memgraph.enabled {
         v.push(format!("memgraph={}", spec.memgraph.uri.as_deref().unwrap_or_default()));

@@ -18,6 +18,7 @@ use crate::api::{
 };
 use crate::stores::config::{ConfigPhase, ConfigSettings};
 use crate::stores::memgraph::{MemgraphPhase, MemgraphSettings};
+use crate::stores::qdrant::{QdrantPhase, QdrantSettings};
 use crate::stores::redis::{RedisPhase, RedisSettings};
 use crate::stores::{Phase, PhasePlan, StoreFailure, Verified};
 
@@ -26,6 +27,7 @@ use crate::stores::{Phase, PhasePlan, StoreFailure, Verified};
 pub struct Credentials {
     pub config_token: Option<Secret>,
     pub redis_password: Option<Secret>,
+    pub qdrant_api_key: Option<Secret>,
     pub memgraph_user: Option<String>,
     pub memgraph_password: Option<Secret>,
 }
@@ -42,6 +44,8 @@ pub struct RunOptions {
     pub redis_batch_size: usize,
     /// Memgraph nodes per transaction when the spec does not say.
     pub memgraph_batch_size: usize,
+    /// Qdrant points per page when the spec does not say.
+    pub qdrant_batch_size: usize,
 }
 
 impl Default for RunOptions {
@@ -52,6 +56,7 @@ impl Default for RunOptions {
             max_backoff: Duration::from_secs(5),
             redis_batch_size: 1000,
             memgraph_batch_size: 5000,
+            qdrant_batch_size: 256,
         }
     }
 }
@@ -177,6 +182,7 @@ fn now() -> String {
 struct Phases {
     config: Option<ConfigPhase>,
     redis: Option<RedisPhase>,
+    qdrant: Option<QdrantPhase>,
     memgraph: Option<MemgraphPhase>,
 }
 
@@ -237,9 +243,26 @@ fn build(spec: &TenantMigrationSpec, creds: &Credentials, opts: &RunOptions) -> 
     } else {
         None
     };
+    let qdrant = if spec.qdrant.enabled {
+        let settings = QdrantSettings {
+            url: required(Store::Qdrant, &spec.qdrant.url)?,
+            api_key: creds.qdrant_api_key.clone(),
+            source: spec.source.clone(),
+            target: spec.target.clone(),
+            mode: spec.mode,
+            collections: spec.qdrant.collections.clone(),
+            tenant_field: spec.qdrant.tenant_field.clone(),
+            point_ids: spec.qdrant.point_ids,
+            batch_size: spec.qdrant.batch_size.map_or(opts.qdrant_batch_size, |b| b as usize),
+        };
+        Some(QdrantPhase::new(settings).map_err(|e| invalid(Store::Qdrant)(&e))?)
+    } else {
+        None
+    };
     Ok(Phases {
         config,
         redis,
+        qdrant,
         memgraph,
     })
 }
@@ -330,9 +353,7 @@ impl Run<'_> {
                 Store::Config => preflight(phases.config.as_mut(), resuming).await,
                 Store::Redis => preflight(phases.redis.as_mut(), resuming).await,
                 Store::Memgraph => preflight(phases.memgraph.as_mut(), resuming).await,
-                Store::Qdrant => Err(format!(
-                    "the {store} phase is not available in this version yet; disable it (--skip-{store}, or spec.{store}.enabled: false)"
-                )),
+                Store::Qdrant => preflight(phases.qdrant.as_mut(), resuming).await,
             };
             tracing::info!(%store, seconds = started.elapsed().as_secs_f64(), ok = result.is_ok(), "preflight finished");
             match result {
@@ -375,7 +396,7 @@ impl Run<'_> {
                 Store::Config => self.phase(store, phases.config.as_mut(), &plan).await,
                 Store::Redis => self.phase(store, phases.redis.as_mut(), &plan).await,
                 Store::Memgraph => self.phase(store, phases.memgraph.as_mut(), &plan).await,
-                Store::Qdrant => Ok(None),
+                Store::Qdrant => self.phase(store, phases.qdrant.as_mut(), &plan).await,
             };
             match result {
                 Ok(verified) => self.report(store, PhaseState::Succeeded, Some(plan), verified, started),

@@ -368,7 +368,7 @@ fn bad_input_is_refused_with_a_clear_error_and_no_write() {
         (
             vec!["siraya", "tenant_b", "--skip-memgraph"],
             None,
-            "qdrant phase is not available",
+            "qdrant: health check of Qdrant at http://localhost:6334",
         ),
     ];
     let before = digest(&snapshot(&redis));

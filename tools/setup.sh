@@ -15,7 +15,7 @@ if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/nu
 fi
 # Debian starts a system redis-server on 6379; the tests start their own on free ports.
 
-if ! "$TM_CACHE/venv/bin/python" -c 'import redis, requests, neo4j' 2>/dev/null; then
+if ! "$TM_CACHE/venv/bin/python" -c 'import redis, requests, neo4j, qdrant_client, qdrant_edge, grpc' 2>/dev/null; then
   echo "setup: creating the Python virtualenv for the reference script in $TM_CACHE/venv"
   python3 -m venv "$TM_CACHE/venv"
   "$TM_CACHE/venv/bin/pip" install -q --disable-pip-version-check -r tools/requirements.txt

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod memgraph;
+pub mod qdrant;
 pub mod redis;
 
 use std::future::Future;

@@ -9,11 +9,14 @@ pub mod config_api;
 pub mod fixture;
 pub mod graph_fixture;
 pub mod proxy;
+pub mod qdrant_fixture;
+pub mod qdrant_server;
 pub mod redis_server;
 
 pub use bolt_server::BoltServer;
 pub use config_api::ConfigApi;
 pub use proxy::DelayProxy;
+pub use qdrant_server::QdrantServer;
 pub use redis_server::RedisServer;
 
 /// A free TCP port on 127.0.0.1 (the OS picks it; the listener is closed before use).

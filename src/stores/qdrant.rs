@@ -1,0 +1,602 @@
+//! The Qdrant phase (gRPC through qdrant-client).
+//!
+//! LightRAG stores a tenant's vectors in collections `lightrag_vdb_{ns}[_{model}_{dim}d]`,
+//! tagged with payload field `workspace_id`, and **derives every point id from the
+//! tenant**: UUID (version-4 bits) of SHA-256(workspace + payload `id`), first 16
+//! bytes. Rewriting only the payload (what the reference did) leaves ids LightRAG
+//! computes differently for the target. So by default (`pointIds: LightRAG`) each
+//! point is re-keyed: upserted under the target's id with the same vectors (named
+//! and sparse too) and payload, the tenant field set to the target; Move deletes
+//! the source points once the target count is verified. `pointIds: Keep` rewrites
+//! the tenant field in place with one server-side filtered payload update per
+//! collection.
+//!
+//! Every write waits for the server (`wait: true`), so a count taken afterwards is
+//! a true count. This module must not order phases, retry or persist checkpoints.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use qdrant_client::qdrant::{
+    Condition, CountPointsBuilder, DeletePointsBuilder, Filter, GetPointsBuilder, NamedVectors, PointId, PointStruct,
+    PointsIdsList, RetrievedPoint, ScrollPointsBuilder, SetPayloadPointsBuilder, UpsertPointsBuilder, Value, Vector,
+    Vectors, VectorsOutput, point_id::PointIdOptions, value::Kind, vector, vector_output, vectors, vectors_output,
+};
+use qdrant_client::{Qdrant, QdrantError};
+use sha2::{Digest, Sha256};
+
+use super::{GroupCount, Phase, PhasePlan, StepOutcome, StoreFailure, Verified};
+use crate::Secret;
+use crate::api::{Mode, PointIdScheme, Stage, TenantId};
+
+/// Everything the Qdrant phase needs, resolved by the engine.
+#[derive(Clone, Debug)]
+pub struct QdrantSettings {
+    pub url: String,
+    pub api_key: Option<Secret>,
+    pub source: TenantId,
+    pub target: TenantId,
+    pub mode: Mode,
+    /// Collections to migrate; empty: every collection holding source points.
+    pub collections: Vec<String>,
+    pub tenant_field: String,
+    pub point_ids: PointIdScheme,
+    /// Points per page and upsert.
+    pub batch_size: usize,
+}
+
+/// Errors of the Qdrant phase, each naming the collection or call that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QdrantStoreError {
+    #[error("invalid Qdrant settings: {0}")]
+    Settings(String),
+    #[error("Qdrant at {url} rejected the API key: {message}")]
+    Auth { url: String, message: String },
+    #[error("{what} failed: {source}")]
+    Call {
+        what: String,
+        #[source]
+        source: QdrantError,
+    },
+    #[error("collection {0:?} does not exist")]
+    MissingCollection(String),
+    #[error("collection {collection:?}: the vector configuration is unknown, so points cannot be re-keyed")]
+    UnknownVectors { collection: String },
+    #[error(
+        "collection {collection:?} already holds {count} points of the target tenant; refusing to mix them with this migration's"
+    )]
+    TargetNotEmpty { collection: String, count: u64 },
+    #[error(
+        "collection {collection:?}: point {point} has no string payload field `id`, so its LightRAG id cannot be computed"
+    )]
+    MissingPayloadId { collection: String, point: String },
+    #[error("verification failed: {0}")]
+    Mismatch(String),
+}
+
+impl StoreFailure for QdrantStoreError {
+    fn is_transient(&self) -> bool {
+        match self {
+            Self::Call { source, .. } => match source {
+                QdrantError::ResponseError { status } => matches!(
+                    status.code(),
+                    tonic::Code::Unavailable
+                        | tonic::Code::DeadlineExceeded
+                        | tonic::Code::Aborted
+                        | tonic::Code::ResourceExhausted
+                        | tonic::Code::Internal
+                        | tonic::Code::Unknown
+                ),
+                QdrantError::ResourceExhaustedError { .. } => true,
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
+/// The id LightRAG gives a point of `workspace` whose payload `id` is `id`:
+/// SHA-256(workspace + id), first 16 bytes, with UUID version-4 and RFC 4122
+/// variant bits set (Python's `uuid.UUID(bytes=…, version=4)`).
+pub fn lightrag_point_id(workspace: &str, id: &str) -> String {
+    let digest = Sha256::digest(format!("{workspace}{id}").as_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&digest[..16]);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+/// The gRPC URL: Qdrant's REST port 6333 (the reference's default) becomes the
+/// gRPC port 6334. Returns the URL and a notice when it was changed.
+pub fn grpc_url(url: &str) -> (String, Option<String>) {
+    let trimmed = url.trim_end_matches('/');
+    if let Some(base) = trimmed.strip_suffix(":6333") {
+        let mapped = format!("{base}:6334");
+        let note = format!("{url} is Qdrant's REST port; using gRPC at {mapped}");
+        return (mapped, Some(note));
+    }
+    (trimmed.to_owned(), None)
+}
+
+fn tenant_filter(field: &str, tenant: &TenantId) -> Filter {
+    Filter::must([Condition::matches(field, tenant.as_str().to_owned())])
+}
+
+fn show_id(id: &Option<PointId>) -> String {
+    match id.as_ref().and_then(|p| p.point_id_options.as_ref()) {
+        Some(PointIdOptions::Num(n)) => n.to_string(),
+        Some(PointIdOptions::Uuid(u)) => u.clone(),
+        None => "(none)".into(),
+    }
+}
+
+/// Cursor of a page: `n:<number>` or `u:<uuid>`.
+fn encode_offset(id: &PointId) -> String {
+    match &id.point_id_options {
+        Some(PointIdOptions::Num(n)) => format!("n:{n}"),
+        Some(PointIdOptions::Uuid(u)) => format!("u:{u}"),
+        None => String::new(),
+    }
+}
+
+fn decode_offset(s: &str) -> Option<PointId> {
+    match s.split_once(':') {
+        Some(("n", n)) => n.parse::<u64>().ok().map(PointId::from),
+        Some(("u", u)) => Some(PointId::from(u.to_owned())),
+        _ => None,
+    }
+}
+
+fn vector_in(v: vector_output::Vector) -> Vector {
+    let inner = match v {
+        vector_output::Vector::Dense(d) => vector::Vector::Dense(d),
+        vector_output::Vector::Sparse(s) => vector::Vector::Sparse(s),
+        vector_output::Vector::MultiDense(m) => vector::Vector::MultiDense(m),
+    };
+    Vector {
+        vector: Some(inner),
+        ..Vector::default()
+    }
+}
+
+/// A retrieved point's vectors, as vectors to write (every named and sparse vector).
+fn vectors_in(v: Option<VectorsOutput>) -> Option<Vectors> {
+    let options = match v?.vectors_options? {
+        vectors_output::VectorsOptions::Vector(v) => vectors::VectorsOptions::Vector(vector_in(v.vector?)),
+        vectors_output::VectorsOptions::Vectors(named) => vectors::VectorsOptions::Vectors(NamedVectors {
+            vectors: named
+                .vectors
+                .into_iter()
+                .filter_map(|(name, v)| Some((name, vector_in(v.vector?))))
+                .collect(),
+        }),
+    };
+    Some(Vectors {
+        vectors_options: Some(options),
+    })
+}
+
+/// The Qdrant phase of one migration.
+pub struct QdrantPhase {
+    settings: QdrantSettings,
+    url: String,
+    url_note: Option<String>,
+    client: Option<Qdrant>,
+    /// Collections in the plan, in order; cursors index into this.
+    collections: Vec<String>,
+}
+
+impl QdrantPhase {
+    pub fn new(settings: QdrantSettings) -> Result<Self, QdrantStoreError> {
+        if settings.batch_size == 0 {
+            return Err(QdrantStoreError::Settings("batch size must be at least 1".into()));
+        }
+        if settings.mode == Mode::Copy && settings.point_ids == PointIdScheme::Keep {
+            return Err(QdrantStoreError::Settings(
+                "pointIds: Keep cannot Copy: a clone needs ids of its own; use pointIds: LightRAG".into(),
+            ));
+        }
+        if settings.tenant_field.is_empty() {
+            return Err(QdrantStoreError::Settings("tenantField is empty".into()));
+        }
+        let (url, url_note) = grpc_url(&settings.url);
+        Ok(Self {
+            settings,
+            url,
+            url_note,
+            client: None,
+            collections: Vec::new(),
+        })
+    }
+
+    fn call(what: impl Into<String>) -> impl FnOnce(QdrantError) -> QdrantStoreError {
+        let what = what.into();
+        move |source| QdrantStoreError::Call { what, source }
+    }
+
+    async fn client(&mut self) -> Result<Qdrant, QdrantStoreError> {
+        if let Some(c) = &self.client {
+            return Ok(c.clone());
+        }
+        let mut builder = Qdrant::from_url(&self.url)
+            .timeout(Duration::from_secs(60))
+            .connect_timeout(Duration::from_secs(5))
+            .skip_compatibility_check();
+        if let Some(k) = &self.settings.api_key {
+            builder = builder.api_key(k.expose().to_owned());
+        }
+        let client = builder
+            .build()
+            .map_err(Self::call(format!("connecting to {}", self.url)))?;
+        if let Err(e) = client.health_check().await {
+            if let QdrantError::ResponseError { status } = &e
+                && matches!(
+                    status.code(),
+                    tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+                )
+            {
+                return Err(QdrantStoreError::Auth {
+                    url: self.url.clone(),
+                    message: status.message().to_owned(),
+                });
+            }
+            return Err(QdrantStoreError::Call {
+                what: format!("health check of Qdrant at {}", self.url),
+                source: e,
+            });
+        }
+        self.client = Some(client.clone());
+        Ok(client)
+    }
+
+    async fn count(&self, client: &Qdrant, collection: &str, tenant: &TenantId) -> Result<u64, QdrantStoreError> {
+        let r = client
+            .count(
+                CountPointsBuilder::new(collection)
+                    .filter(tenant_filter(&self.settings.tenant_field, tenant))
+                    .exact(true),
+            )
+            .await
+            .map_err(Self::call(format!("count in {collection}")))?;
+        Ok(r.result.map_or(0, |c| c.count))
+    }
+
+    /// One page of source points of `collection` from `offset`.
+    async fn page(
+        &self,
+        client: &Qdrant,
+        collection: &str,
+        offset: Option<PointId>,
+        with_data: bool,
+    ) -> Result<(Vec<RetrievedPoint>, Option<PointId>), QdrantStoreError> {
+        let mut req = ScrollPointsBuilder::new(collection)
+            .filter(tenant_filter(&self.settings.tenant_field, &self.settings.source))
+            .limit(self.settings.batch_size as u32)
+            .with_payload(with_data)
+            .with_vectors(with_data);
+        if let Some(o) = offset {
+            req = req.offset(o);
+        }
+        let r = client
+            .scroll(req)
+            .await
+            .map_err(Self::call(format!("scroll of {collection}")))?;
+        Ok((r.result, r.next_page_offset))
+    }
+
+    /// Re-keys one page of source points into the target; returns the next cursor.
+    async fn copy_page(
+        &self,
+        client: &Qdrant,
+        collection: &str,
+        offset: Option<PointId>,
+    ) -> Result<(u64, Option<PointId>), QdrantStoreError> {
+        let (points, next) = self.page(client, collection, offset, true).await?;
+        let target = self.settings.target.as_str();
+        let mut out = Vec::with_capacity(points.len());
+        for p in points {
+            let Some(Kind::StringValue(id)) = p.payload.get("id").and_then(|v| v.kind.clone()) else {
+                return Err(QdrantStoreError::MissingPayloadId {
+                    collection: collection.to_owned(),
+                    point: show_id(&p.id),
+                });
+            };
+            let mut payload: HashMap<String, Value> = p.payload;
+            payload.insert(self.settings.tenant_field.clone(), Value::from(target.to_owned()));
+            out.push(PointStruct {
+                id: Some(PointId::from(lightrag_point_id(target, &id))),
+                payload,
+                vectors: vectors_in(p.vectors),
+            });
+        }
+        let n = out.len() as u64;
+        if n > 0 {
+            client
+                .upsert_points(UpsertPointsBuilder::new(collection, out).wait(true))
+                .await
+                .map_err(Self::call(format!("upsert of {n} points into {collection}")))?;
+        }
+        Ok((n, next))
+    }
+
+    /// Deletes the first page of source points (those left are always the first page).
+    async fn remove_page(&self, client: &Qdrant, collection: &str) -> Result<u64, QdrantStoreError> {
+        let (points, _) = self.page(client, collection, None, false).await?;
+        let ids: Vec<PointId> = points.into_iter().filter_map(|p| p.id).collect();
+        let n = ids.len() as u64;
+        if n > 0 {
+            client
+                .delete_points(
+                    DeletePointsBuilder::new(collection)
+                        .points(PointsIdsList { ids })
+                        .wait(true),
+                )
+                .await
+                .map_err(Self::call(format!("delete of {n} source points in {collection}")))?;
+        }
+        Ok(n)
+    }
+
+    /// How many remaining source points already have their re-keyed copy: on a
+    /// resumed run, the other target points are copies of sources already removed.
+    async fn copies_present(&self, client: &Qdrant, collection: &str) -> Result<u64, QdrantStoreError> {
+        let target = self.settings.target.as_str();
+        let mut present = 0;
+        let mut offset = None;
+        loop {
+            let (points, next) = self.page(client, collection, offset, true).await?;
+            let ids: Vec<PointId> = points
+                .iter()
+                .filter_map(|p| match p.payload.get("id").and_then(|v| v.kind.as_ref()) {
+                    Some(Kind::StringValue(id)) => Some(PointId::from(lightrag_point_id(target, id))),
+                    _ => None,
+                })
+                .collect();
+            if !ids.is_empty() {
+                let found = client
+                    .get_points(
+                        GetPointsBuilder::new(collection, ids)
+                            .with_payload(false)
+                            .with_vectors(false),
+                    )
+                    .await
+                    .map_err(Self::call(format!("lookup of copies in {collection}")))?;
+                present += found.result.len() as u64;
+            }
+            match next {
+                Some(o) => offset = Some(o),
+                None => return Ok(present),
+            }
+        }
+    }
+
+    /// Keep: one server-side filtered payload update for the whole collection.
+    async fn rewrite_in_place(&self, client: &Qdrant, collection: &str) -> Result<(), QdrantStoreError> {
+        let mut payload = qdrant_client::Payload::new();
+        payload.insert(
+            self.settings.tenant_field.clone(),
+            self.settings.target.as_str().to_owned(),
+        );
+        client
+            .set_payload(
+                SetPayloadPointsBuilder::new(collection, payload)
+                    .points_selector(tenant_filter(&self.settings.tenant_field, &self.settings.source))
+                    .wait(true),
+            )
+            .await
+            .map_err(Self::call(format!("payload update of {collection}")))?;
+        Ok(())
+    }
+}
+
+/// `"{collection index}:{offset}"`; "" is the start.
+fn split_cursor(cursor: &str) -> (usize, Option<PointId>) {
+    match cursor.split_once(':') {
+        Some((i, rest)) => (i.parse().unwrap_or(0), decode_offset(rest)),
+        None => (0, None),
+    }
+}
+
+impl Phase for QdrantPhase {
+    type Error = QdrantStoreError;
+
+    async fn plan(&mut self, resuming: bool) -> Result<PhasePlan, QdrantStoreError> {
+        let client = self.client().await?;
+        let existing: Vec<String> = client
+            .list_collections()
+            .await
+            .map_err(Self::call("listing collections"))?
+            .collections
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        let candidates = if self.settings.collections.is_empty() {
+            existing.clone()
+        } else {
+            for c in &self.settings.collections {
+                if !existing.contains(c) {
+                    return Err(QdrantStoreError::MissingCollection(c.clone()));
+                }
+            }
+            self.settings.collections.clone()
+        };
+        let mut plan = PhasePlan::default();
+        plan.notes.extend(self.url_note.clone());
+        self.collections.clear();
+        for name in candidates {
+            let source = self.count(&client, &name, &self.settings.source).await?;
+            let target = self.count(&client, &name, &self.settings.target).await?;
+            if source == 0 && target == 0 {
+                continue;
+            }
+            if target > 0 && !resuming {
+                return Err(QdrantStoreError::TargetNotEmpty {
+                    collection: name,
+                    count: target,
+                });
+            }
+            if self.settings.point_ids == PointIdScheme::LightRAG {
+                let info = client
+                    .collection_info(name.as_str())
+                    .await
+                    .map_err(Self::call(format!("info of {name}")))?;
+                let known = info
+                    .result
+                    .and_then(|r| r.config)
+                    .and_then(|c| c.params)
+                    .is_some_and(|p| p.vectors_config.is_some() || p.sparse_vectors_config.is_some());
+                if !known {
+                    return Err(QdrantStoreError::UnknownVectors { collection: name });
+                }
+            }
+            // Target points that are not copies of a remaining source point: with
+            // Keep, every one (moved in place); with re-keying, only those whose
+            // source an interrupted run already removed.
+            let extra = match self.settings.point_ids {
+                PointIdScheme::Keep => target,
+                PointIdScheme::LightRAG if target == 0 => 0,
+                PointIdScheme::LightRAG => target - self.copies_present(&client, &name).await?.min(target),
+            };
+            plan.groups.push(GroupCount {
+                name: name.clone(),
+                source,
+                target,
+                extra,
+            });
+            self.collections.push(name);
+        }
+        plan.total = plan.groups.iter().map(|g| g.source).sum();
+        plan.extra = plan.groups.iter().map(|g| g.extra).sum();
+        Ok(plan)
+    }
+
+    async fn step(&mut self, stage: Stage, cursor: &str, _plan: &PhasePlan) -> Result<StepOutcome, QdrantStoreError> {
+        let client = self.client().await?;
+        let (index, offset) = split_cursor(cursor);
+        let Some(collection) = self.collections.get(index).cloned() else {
+            return Ok(StepOutcome::default());
+        };
+        let next_collection = || (index + 1 < self.collections.len()).then(|| format!("{}:", index + 1));
+        match (stage, self.settings.point_ids) {
+            (Stage::Copy, PointIdScheme::Keep) => {
+                let n = self.count(&client, &collection, &self.settings.source).await?;
+                self.rewrite_in_place(&client, &collection).await?;
+                Ok(StepOutcome {
+                    next: next_collection(),
+                    done: n,
+                    skipped: 0,
+                })
+            }
+            (Stage::Copy, PointIdScheme::LightRAG) => {
+                let (n, next) = self.copy_page(&client, &collection, offset).await?;
+                Ok(StepOutcome {
+                    next: match next {
+                        Some(o) => Some(format!("{index}:{}", encode_offset(&o))),
+                        None => next_collection(),
+                    },
+                    done: n,
+                    skipped: 0,
+                })
+            }
+            (Stage::RemoveSource, PointIdScheme::LightRAG) => {
+                let n = self.remove_page(&client, &collection).await?;
+                Ok(StepOutcome {
+                    next: if n > 0 {
+                        Some(format!("{index}:"))
+                    } else {
+                        next_collection()
+                    },
+                    done: n,
+                    skipped: 0,
+                })
+            }
+            // Keep moved the points in place: there is nothing left to remove.
+            (Stage::RemoveSource, PointIdScheme::Keep) => Ok(StepOutcome::default()),
+            (other, _) => Err(QdrantStoreError::Settings(format!("stage {other:?} has no batches"))),
+        }
+    }
+
+    async fn verify(&mut self, plan: &PhasePlan, removed: bool) -> Result<Verified, QdrantStoreError> {
+        let client = self.client().await?;
+        let in_place = self.settings.point_ids == PointIdScheme::Keep;
+        let mut problems = Vec::new();
+        let (mut source_left, mut target_total) = (0, 0);
+        for g in &plan.groups {
+            let source = self.count(&client, &g.name, &self.settings.source).await?;
+            let target = self.count(&client, &g.name, &self.settings.target).await?;
+            source_left += source;
+            target_total += target;
+            let expected_target = g.source + g.extra;
+            let expected_source = if removed || in_place { 0 } else { g.source };
+            if target != expected_target {
+                problems.push(format!(
+                    "{}: target has {target} points, expected {expected_target}",
+                    g.name
+                ));
+            }
+            if source != expected_source {
+                problems.push(format!(
+                    "{}: source has {source} points, expected {expected_source}",
+                    g.name
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(QdrantStoreError::Mismatch(problems.join("; ")));
+        }
+        Ok(Verified {
+            source_left,
+            target: target_total,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn point_ids_match_lightrags_formula() {
+        // Computed with LightRAG's compute_mdhash_id_for_qdrant (Python's uuid module).
+        let cases = [
+            ("siraya", "chunk-0a1b2c", "f7913f4c-02c4-4be5-8e72-979c0454305b"),
+            (
+                "tenant_76920508",
+                "ent-Siraya Corp",
+                "31a88b61-d643-489e-8451-ea4a61888408",
+            ),
+            (
+                "tenant_76920508",
+                "rel-abc<SEP>def",
+                "67a5d70c-9597-4070-be4e-fb7595960996",
+            ),
+        ];
+        for (ws, id, want) in cases {
+            assert_eq!(lightrag_point_id(ws, id), want, "{ws} {id}");
+        }
+    }
+
+    #[test]
+    fn the_rest_port_maps_to_grpc() {
+        assert_eq!(grpc_url("http://localhost:6333").0, "http://localhost:6334");
+        assert!(grpc_url("http://localhost:6333/").1.is_some());
+        assert_eq!(grpc_url("http://q:6334"), ("http://q:6334".into(), None));
+    }
+
+    #[test]
+    fn cursors_round_trip() {
+        let (i, o) = split_cursor(&format!("2:{}", encode_offset(&PointId::from(42u64))));
+        assert_eq!((i, o), (2, Some(PointId::from(42u64))));
+        assert_eq!(split_cursor(""), (0, None));
+        assert_eq!(split_cursor("1:").0, 1);
+    }
+}

@@ -1,0 +1,105 @@
+//! The Qdrant test server: `tools/qdrant/server.py` (Qdrant's storage engine from
+//! `qdrant-edge-py` behind Qdrant's own gRPC service definitions) in the virtualenv
+//! that `tools/setup.sh` makes, on a free loopback port. Stopped when dropped, or
+//! when the test process dies (its stdin closes).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::redis_server::ServerError;
+
+/// The virtualenv's Python (`$TM_PYTHON` overrides).
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("TM_PYTHON") {
+        return p.into();
+    }
+    crate::bolt_server::tooling_dir()
+        .parent()
+        .map(|d| d.join("venv/bin/python"))
+        .unwrap_or_else(|| PathBuf::from("python3"))
+}
+
+/// A running Qdrant test server.
+pub struct QdrantServer {
+    child: Child,
+    _stdin: ChildStdin,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl QdrantServer {
+    /// Starts a server; with `api_key`, every call must carry it.
+    pub fn start(api_key: Option<&str>) -> Result<Self, ServerError> {
+        let port = crate::free_port()?;
+        let dir = std::env::temp_dir().join(format!("tm-qdrant-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tools/qdrant/server.py");
+        let mut cmd = Command::new(python());
+        cmd.arg(script)
+            .args(["--port", &port.to_string()])
+            .arg("--data")
+            .arg(dir.join("data"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if let Some(k) = api_key {
+            cmd.args(["--api-key", k]);
+        }
+        let mut child = cmd.spawn().map_err(|source| ServerError::Spawn {
+            program: format!("{} (run tools/setup.sh)", python().display()),
+            source,
+        })?;
+        let stdin = child.stdin.take().ok_or_else(|| std::io::Error::other("no stdin"))?;
+        let stdout = child.stdout.take().ok_or_else(|| std::io::Error::other("no stdout"))?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("READY") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let server = Self {
+            child,
+            _stdin: stdin,
+            port,
+            dir,
+        };
+        rx.recv_timeout(Duration::from_secs(60))
+            .map_err(|_| ServerError::NotReady {
+                program: "tools/qdrant/server.py".into(),
+                port,
+                secs: 60,
+            })?;
+        Ok(server)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://127.0.0.1:PORT` (gRPC).
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A client for set-up and assertions.
+    pub fn client(&self, api_key: Option<&str>) -> Result<qdrant_client::Qdrant, qdrant_client::QdrantError> {
+        let mut b = qdrant_client::Qdrant::from_url(&self.url()).skip_compatibility_check();
+        if let Some(k) = api_key {
+            b = b.api_key(k.to_owned());
+        }
+        b.build()
+    }
+}
+
+impl Drop for QdrantServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,280 @@
+//! The Qdrant phase through the real binary against the Qdrant test server
+//! (Qdrant's storage engine behind Qdrant's gRPC definitions): LightRAG re-keying
+//! for Move and Copy, Keep, resume after SIGKILL, and bad input.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{bin, state_dir, text};
+use tenant_migrator_testkit::qdrant_fixture::{self, StoredPoint, lightrag_id};
+use tenant_migrator_testkit::{DelayProxy, QdrantServer, fixture};
+
+const SOURCE: &str = "siraya";
+const TARGET: &str = "tenant_b";
+const KEY: &str = "qdrant-k3y";
+const SCALE: f64 = 0.01;
+const DIM: u64 = 8;
+
+type Collections = BTreeMap<String, BTreeMap<String, StoredPoint>>;
+
+async fn loaded() -> (QdrantServer, u64) {
+    let server = QdrantServer::start(Some(KEY)).expect("Qdrant test server (run tools/setup.sh)");
+    let client = server.client(Some(KEY)).expect("client");
+    let n = qdrant_fixture::load_standard(&client, SOURCE, SCALE, DIM, true)
+        .await
+        .expect("load");
+    (server, n)
+}
+
+async fn snapshot(server: &QdrantServer) -> Collections {
+    let client = server.client(Some(KEY)).expect("client");
+    let mut out = BTreeMap::new();
+    for c in client.list_collections().await.expect("list").collections {
+        out.insert(
+            c.name.clone(),
+            qdrant_fixture::snapshot(&client, &c.name).await.expect("snapshot"),
+        );
+    }
+    out
+}
+
+fn migrate(port: u16, state: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(bin());
+    c.args([
+        "migrate",
+        SOURCE,
+        TARGET,
+        "--skip-config",
+        "--skip-redis",
+        "--skip-memgraph",
+    ])
+    .args(["--qdrant-url", &format!("http://127.0.0.1:{port}")])
+    .arg("--state-dir")
+    .arg(state)
+    .args(extra)
+    .env("QDRANT_API_KEY", KEY);
+    c
+}
+
+fn tenant_of(p: &StoredPoint) -> Option<String> {
+    p.payload.get("workspace_id").cloned()
+}
+
+fn ws(tenant: &str) -> String {
+    format!("{:?}", qdrant_client::qdrant::Value::from(tenant.to_owned()))
+}
+
+/// What every collection must hold after migrating SOURCE to TARGET.
+fn expected(before: &Collections, moved: bool, rekey: bool) -> Collections {
+    let mut out = BTreeMap::new();
+    for (name, points) in before {
+        let mut want = BTreeMap::new();
+        for (id, p) in points {
+            if tenant_of(p) != Some(ws(SOURCE)) {
+                want.insert(id.clone(), p.clone());
+                continue;
+            }
+            let mut q = p.clone();
+            q.payload.insert("workspace_id".into(), ws(TARGET));
+            let payload_id = p.payload.get("id").cloned().unwrap_or_default();
+            // The payload id is a Debug-formatted string value: take the text between quotes.
+            let raw = payload_id.split('"').nth(1).unwrap_or_default().to_owned();
+            let new_id = if rekey { lightrag_id(TARGET, &raw) } else { id.clone() };
+            if !moved {
+                want.insert(id.clone(), p.clone());
+            }
+            want.insert(new_id, q);
+        }
+        out.insert(name.clone(), want);
+    }
+    out
+}
+
+fn assert_same(got: &Collections, want: &Collections) {
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "collections"
+    );
+    for (name, want) in want {
+        let got = &got[name];
+        let missing: Vec<&String> = want.keys().filter(|k| !got.contains_key(*k)).take(3).collect();
+        let extra: Vec<&String> = got.keys().filter(|k| !want.contains_key(*k)).take(3).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "{name}: missing {missing:?}, unexpected {extra:?}"
+        );
+        for (id, w) in want {
+            let g = &got[id];
+            assert_eq!(g.payload, w.payload, "{name}/{id}: payload");
+            assert_eq!(g.vector.len(), w.vector.len(), "{name}/{id}: vector size");
+            let close = g.vector.iter().zip(&w.vector).all(|(a, b)| (a - b).abs() < 1e-5);
+            assert!(close, "{name}/{id}: vector differs");
+        }
+    }
+}
+
+#[tokio::test]
+async fn move_rekeys_every_point_the_lightrag_way_and_leaves_lookalikes() {
+    let (server, n) = loaded().await;
+    let before = snapshot(&server).await;
+    let out = migrate(server.port(), &state_dir("q-move"), &[]).output().expect("run");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("{n} of {n} points moved and verified")),
+        "{}",
+        text(&out)
+    );
+    assert_same(&snapshot(&server).await, &expected(&before, true, true));
+    assert!(!text(&out).contains(KEY), "the API key leaked");
+}
+
+#[tokio::test]
+async fn copy_rekeys_into_the_target_and_leaves_the_source() {
+    let (server, n) = loaded().await;
+    let before = snapshot(&server).await;
+    let out = migrate(server.port(), &state_dir("q-copy"), &["--mode", "copy"])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("{n} of {n} points copied and verified")),
+        "{}",
+        text(&out)
+    );
+    assert_same(&snapshot(&server).await, &expected(&before, false, true));
+}
+
+#[tokio::test]
+async fn keep_rewrites_the_tenant_field_in_place() {
+    let (server, _) = loaded().await;
+    let before = snapshot(&server).await;
+    let dir = state_dir("q-keep");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let manifest = dir.join("m.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: k}}\nspec:\n  source: {SOURCE}\n  target: {TARGET}\n  \
+             config: {{enabled: false}}\n  redis: {{enabled: false}}\n  memgraph: {{enabled: false}}\n  \
+             qdrant: {{url: 'http://127.0.0.1:{}', pointIds: Keep}}\n",
+            server.port()
+        ),
+    )
+    .expect("manifest");
+    let out = Command::new(bin())
+        .args(["migrate", "-f"])
+        .arg(&manifest)
+        .arg("--state-dir")
+        .arg(&dir)
+        .env("QDRANT_API_KEY", KEY)
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_same(&snapshot(&server).await, &expected(&before, true, false));
+}
+
+fn kill_at(mut cmd: Command, state: &Path, stage: &str, min_batch: u64) -> bool {
+    let file = state.join(format!("{SOURCE}--{TARGET}.json"));
+    let _ = std::fs::create_dir_all(state);
+    let log = state.join("run.log");
+    let out = std::fs::File::create(&log).expect("log");
+    let err = out.try_clone().expect("log");
+    let mut child = cmd.stdout(out).stderr(err).spawn().expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            eprintln!("{}", std::fs::read_to_string(&log).unwrap_or_default());
+            return false;
+        }
+        let reached = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| {
+                let cp = &v["phases"]["qdrant"]["checkpoint"];
+                Some(cp["stage"].as_str()? == stage && cp["batch"].as_u64()? >= min_batch)
+            })
+            .unwrap_or(false);
+        if reached {
+            child.kill().expect("SIGKILL");
+            let _ = child.wait();
+            return true;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run never reached {stage} batch {min_batch}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_killed_at_several_points_resumes_and_ends_exact() {
+    let (server, n) = loaded().await;
+    let before = snapshot(&server).await;
+    let state = state_dir("q-kill");
+    let proxy = DelayProxy::start(([127, 0, 0, 1], server.port()).into(), Duration::from_millis(2)).expect("proxy");
+    for (stage, batch) in [("Copy", 2), ("Copy", 9), ("Verify", 0), ("RemoveSource", 3)] {
+        let cmd = migrate(proxy.port(), &state, &["--batch-size", "10"]);
+        let killed = tokio::task::block_in_place(|| kill_at(cmd, &state, stage, batch));
+        assert!(killed, "finished before {stage} batch {batch}");
+    }
+    let out = migrate(proxy.port(), &state, &[]).output().expect("run");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("{n} of {n} points moved and verified")),
+        "{}",
+        text(&out)
+    );
+    assert_same(&snapshot(&server).await, &expected(&before, true, true));
+    let again = migrate(proxy.port(), &state, &[]).output().expect("run");
+    assert!(again.status.success(), "{}", text(&again));
+    assert_same(&snapshot(&server).await, &expected(&before, true, true));
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_without_a_write() {
+    let (server, _) = loaded().await;
+    // A point of the target tenant already exists.
+    let client = server.client(Some(KEY)).expect("client");
+    qdrant_fixture::load_tenant(&client, TARGET, 0.0, DIM, false)
+        .await
+        .expect("load target");
+    let before = snapshot(&server).await;
+    let closed = tenant_migrator_testkit::free_port().expect("port");
+    let dir = state_dir("q-bad");
+    let wrong_key = {
+        let mut c = migrate(server.port(), &dir, &[]);
+        c.env("QDRANT_API_KEY", "wrong");
+        c
+    };
+    let cases: Vec<(Command, &str)> = vec![
+        (
+            migrate(closed, &dir, &[]),
+            "health check of Qdrant at http://127.0.0.1:",
+        ),
+        (wrong_key, "rejected the API key"),
+        (
+            migrate(server.port(), &dir, &[]),
+            "already holds 3 points of the target tenant",
+        ),
+    ];
+    for (mut cmd, want) in cases {
+        let out = cmd.output().expect("run");
+        assert_eq!(out.status.code(), Some(2), "{want}: {}", text(&out));
+        assert!(text(&out).contains(want), "expected {want:?} in {}", text(&out));
+        assert!(!text(&out).contains(KEY), "the API key leaked");
+    }
+    assert_same(&snapshot(&server).await, &before);
+    // Look-alike tenants exist in the fixture and are part of what stayed identical.
+    assert!(
+        before
+            .values()
+            .flat_map(|c| c.values())
+            .any(|p| tenant_of(p) == Some(ws(&fixture::lookalikes(SOURCE)[2])))
+    );
+}
