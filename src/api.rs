@@ -414,6 +414,20 @@ pub struct Checkpoint {
     pub batch: u64,
 }
 
+/// Progress of one collection (Qdrant) inside a phase.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CollectionStatus {
+    /// Collection name.
+    pub name: String,
+    /// Points of the tenant the collection will hold in the target.
+    #[serde(default)]
+    pub total: u64,
+    /// Points migrated so far.
+    #[serde(default)]
+    pub done: u64,
+}
+
 /// Progress and result of one store's phase.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -444,6 +458,9 @@ pub struct PhaseStatus {
     /// Human-readable result or error: which store, which batch, which error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Per-collection progress (Qdrant).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub collections: Vec<CollectionStatus>,
 }
 
 /// One entry per store, in run order.

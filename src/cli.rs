@@ -15,7 +15,9 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use crate::Secret;
-use crate::api::{Mode, OnConflict, PhaseState, PhaseStatuses, Stage, Store, TenantId, TenantMigrationSpec};
+use crate::api::{
+    Mode, OnConflict, PhaseState, PhaseStatuses, PointIdScheme, Stage, Store, TenantId, TenantMigrationSpec,
+};
 use crate::engine::{self, Credentials, EngineError, Progress, Report, RunOptions, StageProgress};
 use crate::stores::PhasePlan;
 
@@ -42,6 +44,14 @@ pub enum OutputFormat {
 pub enum ModeArg {
     Move,
     Copy,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PointIdsArg {
+    /// Re-key each point to the id LightRAG computes for the target.
+    Lightrag,
+    /// Keep ids; rewrite the tenant field in place.
+    Keep,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -99,6 +109,9 @@ pub struct MigrateArgs {
     /// When a target item exists with a different value [default: fail, or the manifest's]
     #[arg(long, value_enum)]
     pub on_conflict: Option<ConflictArg>,
+    /// Qdrant point ids [default: lightrag, or the manifest's]
+    #[arg(long, value_enum)]
+    pub point_ids: Option<PointIdsArg>,
     /// Items per batch: Redis keys [default 1000], Qdrant points [default 256], Memgraph nodes [default 5000]
     #[arg(long)]
     pub batch_size: Option<u32>,
@@ -222,6 +235,12 @@ pub fn spec_from_args(a: &MigrateArgs) -> Result<TenantMigrationSpec, InputError
         };
         spec.redis.on_conflict = c;
         spec.config.on_conflict = c;
+    }
+    if let Some(p) = a.point_ids {
+        spec.qdrant.point_ids = match p {
+            PointIdsArg::Lightrag => PointIdScheme::LightRAG,
+            PointIdsArg::Keep => PointIdScheme::Keep,
+        };
     }
     if a.batch_size.is_some() {
         spec.redis.batch_size = a.batch_size;

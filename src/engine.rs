@@ -14,7 +14,8 @@ use serde::Serialize;
 
 use crate::Secret;
 use crate::api::{
-    Checkpoint, Mode, OnConflict, PhaseState, PhaseStatus, PhaseStatuses, Stage, Store, TenantMigrationSpec,
+    Checkpoint, CollectionStatus, Mode, OnConflict, PhaseState, PhaseStatus, PhaseStatuses, Stage, Store,
+    TenantMigrationSpec,
 };
 use crate::stores::config::{ConfigPhase, ConfigSettings};
 use crate::stores::memgraph::{MemgraphPhase, MemgraphSettings};
@@ -461,6 +462,20 @@ impl Run<'_> {
             }
             st.state = PhaseState::Running;
             st.total = plan.total.max(st.total);
+            if store == Store::Qdrant {
+                st.collections = plan
+                    .groups
+                    .iter()
+                    .map(|g| {
+                        let earlier = st.collections.iter().find(|c| c.name == g.name);
+                        CollectionStatus {
+                            name: g.name.clone(),
+                            total: g.source + g.extra,
+                            done: earlier.map_or(0, |c| c.done),
+                        }
+                    })
+                    .collect();
+            }
             st.message = None;
             st.start_time.get_or_insert_with(now);
         }
@@ -490,6 +505,9 @@ impl Run<'_> {
                             // A resumed run plans only what is left, so keep the larger total.
                             st.skipped = if skip_policy { plan.conflicts } else { 0 };
                             st.done = st.total - st.skipped.min(st.total);
+                            for c in &mut st.collections {
+                                c.done = c.total;
+                            }
                             verified = Some(v);
                             match (removed, self.spec.mode) {
                                 (false, Mode::Move) => Stage::RemoveSource,
@@ -553,6 +571,9 @@ impl Run<'_> {
             if cp.stage == Stage::Copy {
                 // SCAN may return a key twice and resumed batches recount: cap at the plan.
                 st.done = (st.done + outcome.done).min(total);
+                if let Some(c) = outcome.group.and_then(|g| st.collections.get_mut(g)) {
+                    c.done = (c.done + outcome.done).min(c.total);
+                }
                 st.skipped = (st.skipped + outcome.skipped).min(total - st.done);
             }
             cp = Checkpoint {

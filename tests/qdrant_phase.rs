@@ -137,15 +137,26 @@ async fn move_rekeys_every_point_the_lightrag_way_and_leaves_lookalikes() {
 async fn copy_rekeys_into_the_target_and_leaves_the_source() {
     let (server, n) = loaded().await;
     let before = snapshot(&server).await;
-    let out = migrate(server.port(), &state_dir("q-copy"), &["--mode", "copy"])
-        .output()
-        .expect("run");
+    let out = migrate(
+        server.port(),
+        &state_dir("q-copy"),
+        &["--mode", "copy", "--output", "json"],
+    )
+    .output()
+    .expect("run");
     assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        text(&out).contains(&format!("{n} of {n} points copied and verified")),
-        "{}",
-        text(&out)
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let status = &report["phases"][2]["status"];
+    assert_eq!(
+        status["message"],
+        format!("{n} of {n} points copied and verified"),
+        "{report}"
     );
+    // Per-collection progress, as the resource's status shows it.
+    let collections = status["collections"].as_array().expect("collections");
+    assert_eq!(collections.len(), 4, "{report}");
+    assert!(collections.iter().all(|c| c["done"] == c["total"]), "{report}");
+    assert_eq!(collections.iter().filter_map(|c| c["total"].as_u64()).sum::<u64>(), n);
     assert_same(&snapshot(&server).await, &expected(&before, false, true));
 }
 

@@ -284,6 +284,7 @@ impl Phase for ConfigPhase {
             next: None,
             done,
             skipped,
+            group: None,
         })
     }
 

@@ -252,6 +252,7 @@ impl MemgraphPhase {
             next: (c as usize >= self.settings.batch_size).then(|| "relabel".to_owned()),
             done: c,
             skipped: 0,
+            group: None,
         })
     }
 
@@ -275,6 +276,7 @@ impl MemgraphPhase {
             next: Some(next),
             done: c,
             skipped: 0,
+            group: None,
         })
     }
 
@@ -304,6 +306,7 @@ impl MemgraphPhase {
             next: (c as usize >= self.settings.batch_size).then(|| format!("e:{last}")),
             done: 0,
             skipped: 0,
+            group: None,
         })
     }
 }

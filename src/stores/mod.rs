@@ -54,6 +54,8 @@ pub struct StepOutcome {
     pub done: u64,
     /// Items left alone under `onConflict: Skip`.
     pub skipped: u64,
+    /// Index in the plan's groups of the collection this batch worked on (Qdrant).
+    pub group: Option<usize>,
 }
 
 /// Counts a verification established.

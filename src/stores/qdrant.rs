@@ -193,6 +193,7 @@ pub struct QdrantPhase {
     client: Option<Qdrant>,
     /// Collections in the plan, in order; cursors index into this.
     collections: Vec<String>,
+    prefetch: Option<Prefetch>,
 }
 
 impl QdrantPhase {
@@ -215,6 +216,7 @@ impl QdrantPhase {
             url_note,
             client: None,
             collections: Vec::new(),
+            prefetch: None,
         })
     }
 
@@ -277,30 +279,62 @@ impl QdrantPhase {
         collection: &str,
         offset: Option<PointId>,
         with_data: bool,
-    ) -> Result<(Vec<RetrievedPoint>, Option<PointId>), QdrantStoreError> {
-        let mut req = ScrollPointsBuilder::new(collection)
-            .filter(tenant_filter(&self.settings.tenant_field, &self.settings.source))
-            .limit(self.settings.batch_size as u32)
-            .with_payload(with_data)
-            .with_vectors(with_data);
-        if let Some(o) = offset {
-            req = req.offset(o);
+    ) -> Result<Page, QdrantStoreError> {
+        let filter = tenant_filter(&self.settings.tenant_field, &self.settings.source);
+        scroll_page(
+            client,
+            collection,
+            filter,
+            self.settings.batch_size as u32,
+            offset,
+            with_data,
+        )
+        .await
+    }
+
+    /// Like [`Self::page`] with data, and asks for the following page while the
+    /// caller works on this one: a round trip per page is hidden behind the upsert.
+    async fn page_ahead(
+        &mut self,
+        client: &Qdrant,
+        collection: &str,
+        offset: Option<PointId>,
+    ) -> Result<Page, QdrantStoreError> {
+        let page = match self.prefetch.take() {
+            Some(p) if p.collection == collection && p.offset == offset => match p.task.await {
+                Ok(r) => r,
+                Err(e) => Err(QdrantStoreError::Settings(format!(
+                    "prefetch of {collection} ended: {e}"
+                ))),
+            },
+            other => {
+                if let Some(p) = other {
+                    p.task.abort();
+                }
+                self.page(client, collection, offset, true).await
+            }
+        }?;
+        if let Some(next) = &page.1 {
+            let (c, name) = (client.clone(), collection.to_owned());
+            let filter = tenant_filter(&self.settings.tenant_field, &self.settings.source);
+            let (limit, at) = (self.settings.batch_size as u32, next.clone());
+            self.prefetch = Some(Prefetch {
+                collection: collection.to_owned(),
+                offset: Some(next.clone()),
+                task: tokio::spawn(async move { scroll_page(&c, &name, filter, limit, Some(at), true).await }),
+            });
         }
-        let r = client
-            .scroll(req)
-            .await
-            .map_err(Self::call(format!("scroll of {collection}")))?;
-        Ok((r.result, r.next_page_offset))
+        Ok(page)
     }
 
     /// Re-keys one page of source points into the target; returns the next cursor.
     async fn copy_page(
-        &self,
+        &mut self,
         client: &Qdrant,
         collection: &str,
         offset: Option<PointId>,
     ) -> Result<(u64, Option<PointId>), QdrantStoreError> {
-        let (points, next) = self.page(client, collection, offset, true).await?;
+        let (points, next) = self.page_ahead(client, collection, offset).await?;
         let target = self.settings.target.as_str();
         let mut out = Vec::with_capacity(points.len());
         for p in points {
@@ -398,6 +432,38 @@ impl QdrantPhase {
     }
 }
 
+type Page = (Vec<RetrievedPoint>, Option<PointId>);
+
+/// The next page of a collection, requested while the current one is written.
+struct Prefetch {
+    collection: String,
+    offset: Option<PointId>,
+    task: tokio::task::JoinHandle<Result<Page, QdrantStoreError>>,
+}
+
+async fn scroll_page(
+    client: &Qdrant,
+    collection: &str,
+    filter: Filter,
+    limit: u32,
+    offset: Option<PointId>,
+    with_data: bool,
+) -> Result<Page, QdrantStoreError> {
+    let mut req = ScrollPointsBuilder::new(collection)
+        .filter(filter)
+        .limit(limit)
+        .with_payload(with_data)
+        .with_vectors(with_data);
+    if let Some(o) = offset {
+        req = req.offset(o);
+    }
+    let r = client.scroll(req).await.map_err(|source| QdrantStoreError::Call {
+        what: format!("scroll of {collection}"),
+        source,
+    })?;
+    Ok((r.result, r.next_page_offset))
+}
+
 /// `"{collection index}:{offset}"`; "" is the start.
 fn split_cursor(cursor: &str) -> (usize, Option<PointId>) {
     match cursor.split_once(':') {
@@ -485,7 +551,8 @@ impl Phase for QdrantPhase {
         let Some(collection) = self.collections.get(index).cloned() else {
             return Ok(StepOutcome::default());
         };
-        let next_collection = || (index + 1 < self.collections.len()).then(|| format!("{}:", index + 1));
+        let count = self.collections.len();
+        let next_collection = || (index + 1 < count).then(|| format!("{}:", index + 1));
         match (stage, self.settings.point_ids) {
             (Stage::Copy, PointIdScheme::Keep) => {
                 let n = self.count(&client, &collection, &self.settings.source).await?;
@@ -494,6 +561,7 @@ impl Phase for QdrantPhase {
                     next: next_collection(),
                     done: n,
                     skipped: 0,
+                    group: Some(index),
                 })
             }
             (Stage::Copy, PointIdScheme::LightRAG) => {
@@ -505,6 +573,7 @@ impl Phase for QdrantPhase {
                     },
                     done: n,
                     skipped: 0,
+                    group: Some(index),
                 })
             }
             (Stage::RemoveSource, PointIdScheme::LightRAG) => {
@@ -517,6 +586,7 @@ impl Phase for QdrantPhase {
                     },
                     done: n,
                     skipped: 0,
+                    group: None,
                 })
             }
             // Keep moved the points in place: there is nothing left to remove.

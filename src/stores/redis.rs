@@ -861,6 +861,7 @@ impl Phase for RedisPhase {
             next: (next != 0).then(|| next.to_string()),
             done,
             skipped,
+            group: None,
         })
     }
 

@@ -13,7 +13,9 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use tenant_migrator_testkit::{BoltServer, DelayProxy, RedisServer, fixture, graph_fixture};
+use tenant_migrator_testkit::{
+    BoltServer, DelayProxy, QdrantServer, RedisServer, fixture, graph_fixture, qdrant_fixture,
+};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -27,8 +29,11 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10.0)]
     memory_scale: f64,
     /// Stores to benchmark.
-    #[arg(long, value_delimiter = ',', default_value = "redis,memgraph")]
+    #[arg(long, value_delimiter = ',', default_value = "redis,qdrant,memgraph")]
     stores: Vec<String>,
+    /// Vector size of the Qdrant fixture.
+    #[arg(long, default_value_t = 1024)]
+    qdrant_dim: u64,
     /// Python with the reference script's packages.
     #[arg(long, env = "TM_PYTHON", default_value = "python3")]
     python: String,
@@ -87,7 +92,7 @@ fn ours(store_args: &[&str], mode: &str) -> Command {
     let state = std::env::temp_dir().join(format!("tm-bench-state-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&state);
     let mut c = Command::new(crate::migrator_binary());
-    c.args(["migrate", "siraya", "tenant_b", "--skip-config", "--skip-qdrant"])
+    c.args(["migrate", "siraya", "tenant_b", "--skip-config"])
         .args(store_args)
         .args(["--mode", mode, "--output", "json"])
         .arg("--state-dir")
@@ -98,7 +103,7 @@ fn ours(store_args: &[&str], mode: &str) -> Command {
 fn reference(args: &BenchArgs, store_args: &[&str]) -> Command {
     let mut c = Command::new(&args.python);
     c.arg(&args.reference)
-        .args(["siraya", "tenant_b", "--skip-config", "--skip-qdrant"])
+        .args(["siraya", "tenant_b", "--skip-config"])
         .args(store_args);
     c
 }
@@ -139,6 +144,7 @@ async fn measure(
     args: &BenchArgs,
     scenarios: &[(String, u16)],
     store_args: impl Fn(u16) -> Vec<String>,
+    extra_tools: &[(&str, &[&str])],
     mut reload: impl AsyncFnMut() -> Result<u64, String>,
 ) -> Result<Vec<Measured>, String> {
     let mut rows = Vec::new();
@@ -151,6 +157,11 @@ async fn measure(
         }
         tools.push(("tenant-migrator Copy", ours(&sa, "copy")));
         tools.push(("tenant-migrator Move", ours(&sa, "move")));
+        for (tool, flags) in extra_tools {
+            let mut all = sa.clone();
+            all.extend_from_slice(flags);
+            tools.push((tool, ours(&all, "move")));
+        }
         for (tool, cmd) in tools {
             let items = reload().await?;
             eprintln!("running {tool} ({scenario}) on {items} items…");
@@ -246,6 +257,7 @@ async fn bench_redis(args: &BenchArgs) -> Result<bool, String> {
         args,
         &scenarios(args, redis.port(), proxy.port()),
         store_args,
+        &[],
         async || reload_at(args.scale),
     )
     .await?;
@@ -324,6 +336,7 @@ async fn bench_memgraph(args: &BenchArgs) -> Result<bool, String> {
         args,
         &scenarios(args, server.port(), proxy.port()),
         store_args,
+        &[],
         async || {
             graph
                 .run(neo4rs::query("MATCH (n) DETACH DELETE n"))
@@ -348,13 +361,74 @@ async fn bench_memgraph(args: &BenchArgs) -> Result<bool, String> {
     Ok(rows.iter().all(|r| r.ok))
 }
 
+async fn bench_qdrant(args: &BenchArgs) -> Result<bool, String> {
+    eprintln!("starting the Qdrant test server…");
+    let server = QdrantServer::start(None).map_err(|e| e.to_string())?;
+    let proxy = proxy_to(server.port(), args)?;
+    let client = server.client(None).map_err(|e| e.to_string())?;
+    let store_args = |port: u16| -> Vec<String> {
+        let url = format!("http://127.0.0.1:{port}");
+        ["--skip-redis", "--skip-memgraph", "--qdrant-url", &url]
+            .map(str::to_owned)
+            .to_vec()
+    };
+    let rows = measure(
+        args,
+        &scenarios(args, server.port(), proxy.port()),
+        store_args,
+        &[("tenant-migrator Move Keep", &["--point-ids", "keep"])],
+        async || {
+            for c in client.list_collections().await.map_err(|e| e.to_string())?.collections {
+                client.delete_collection(c.name).await.map_err(|e| e.to_string())?;
+            }
+            qdrant_fixture::load_standard(&client, "siraya", args.scale, args.qdrant_dim, false)
+                .await
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await?;
+    // The server's own bulk upsert rate for the same points: the limit for re-keying.
+    for c in client.list_collections().await.map_err(|e| e.to_string())?.collections {
+        client.delete_collection(c.name).await.map_err(|e| e.to_string())?;
+    }
+    qdrant_fixture::create_collections(&client, args.qdrant_dim, false)
+        .await
+        .map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    let loaded = qdrant_fixture::load_tenant(&client, "siraya", args.scale, args.qdrant_dim, false)
+        .await
+        .map_err(|e| e.to_string())?;
+    let bulk_seconds = start.elapsed().as_secs_f64();
+    let bulk: u64 = loaded.iter().map(|(_, n)| n).sum();
+    print_table(
+        &format!(
+            "Qdrant phase, fixture scale {} (3 collections, {}-dim vectors), Qdrant test server (qdrant-edge)",
+            args.scale, args.qdrant_dim
+        ),
+        "points",
+        &rows,
+    );
+    let bulk_rate = bulk as f64 / bulk_seconds;
+    println!(
+        "server bulk upsert (512 points per call, loopback): {bulk} points in {bulk_seconds:.2}s = {bulk_rate:.0} points/s"
+    );
+    for r in rows
+        .iter()
+        .filter(|r| r.scenario == "loopback" && r.tool.starts_with("tenant-migrator"))
+    {
+        println!("  {}: {:.0}% of that rate", r.tool, 100.0 * r.rate() / bulk_rate);
+    }
+    Ok(rows.iter().all(|r| r.ok))
+}
+
 pub async fn run(args: BenchArgs) -> ExitCode {
     let mut ok = true;
     for store in args.stores.clone() {
         let result = match store.as_str() {
             "redis" => bench_redis(&args).await,
+            "qdrant" => bench_qdrant(&args).await,
             "memgraph" => bench_memgraph(&args).await,
-            other => Err(format!("unknown store {other:?} (redis, memgraph)")),
+            other => Err(format!("unknown store {other:?} (redis, qdrant, memgraph)")),
         };
         match result {
             Ok(all_ok) => ok &= all_ok,
