@@ -13,7 +13,9 @@ use std::process::{Command, ExitCode};
 
 use clap::{Parser, Subcommand};
 use tenant_migrator_testkit::config_api::sample_config;
-use tenant_migrator_testkit::{BoltServer, ConfigApi, RedisServer, fixture, graph_fixture};
+use tenant_migrator_testkit::{
+    BoltServer, ConfigApi, QdrantServer, RedisServer, fixture, graph_fixture, qdrant_fixture,
+};
 
 #[derive(Parser)]
 #[command(name = "testkit", about = "Demo, benchmark and test servers for tenant-migrator")]
@@ -141,6 +143,7 @@ fn fail(what: &str, e: impl std::fmt::Display) -> ExitCode {
 async fn demo(scale: f64, source: &str, target: &str) -> ExitCode {
     const TOKEN: &str = "demo-token";
     const GRAPH_PASSWORD: &str = "demo-graph-password";
+    const QDRANT_KEY: &str = "demo-qdrant-key";
     let redis = match RedisServer::start() {
         Ok(r) => r,
         Err(e) => return fail("Redis", e),
@@ -154,11 +157,17 @@ async fn demo(scale: f64, source: &str, target: &str) -> ExitCode {
         Ok(b) => b,
         Err(e) => return fail("Bolt server (run tools/setup.sh)", e),
     };
+    println!("Starting the Qdrant test server (Qdrant's storage engine over gRPC)…");
+    let qdrant = match QdrantServer::start(Some(QDRANT_KEY)) {
+        Ok(q) => q,
+        Err(e) => return fail("Qdrant server (run tools/setup.sh)", e),
+    };
     api.insert(source, sample_config(source));
     println!(
-        "Redis on {}, config API on {}, graph on {}",
+        "Redis on {}, config API on {}, Qdrant on {}, graph on {}",
         redis.url(),
         api.url(),
+        qdrant.url(),
         bolt.uri()
     );
     let loaded = match redis
@@ -172,20 +181,27 @@ async fn demo(scale: f64, source: &str, target: &str) -> ExitCode {
         Ok(g) => g,
         Err(e) => return fail("graph", e),
     };
+    let points = match qdrant.client(Some(QDRANT_KEY)) {
+        Ok(c) => match qdrant_fixture::load_standard(&c, source, scale, 64, true).await {
+            Ok(n) => n,
+            Err(e) => return fail("loading the Qdrant fixture", e),
+        },
+        Err(e) => return fail("Qdrant client", e),
+    };
     let (nodes, rels) = match graph_fixture::load_standard(&graph, source, scale).await {
         Ok(n) => n,
         Err(e) => return fail("loading the graph fixture", e),
     };
     println!(
-        "Loaded tenant {source}: a config, {} Redis keys, {nodes} graph nodes and {rels} relationships \
-         (plus look-alike tenants {:?})\n",
+        "Loaded tenant {source}: a config, {} Redis keys, {points} Qdrant points in 4 collections, \
+         {nodes} graph nodes and {rels} relationships (plus look-alike tenants {:?})\n",
         loaded.tenant_keys,
         fixture::lookalikes(source)
     );
     let state = std::env::temp_dir().join(format!("tm-demo-{}", std::process::id()));
     let base = |extra: &[&str]| {
         let mut c = Command::new(migrator_binary());
-        c.args(["migrate", source, target, "--skip-qdrant"])
+        c.args(["migrate", source, target, "--qdrant-url", &qdrant.url()])
             .args(["--redis-url", &redis.url(), "--api-url", &api.url()])
             .args([
                 "--memgraph-host",
@@ -197,11 +213,12 @@ async fn demo(scale: f64, source: &str, target: &str) -> ExitCode {
             .arg(&state)
             .args(extra)
             .env("TENANT_API_TOKEN", TOKEN)
+            .env("QDRANT_API_KEY", QDRANT_KEY)
             .env("MEMGRAPH_USER", tenant_migrator_testkit::bolt_server::USER)
             .env("MEMGRAPH_PASSWORD", GRAPH_PASSWORD);
         c
     };
-    println!("$ tenant-migrator migrate {source} {target} --skip-qdrant --dry-run ...");
+    println!("$ tenant-migrator migrate {source} {target} --dry-run ...");
     let plan = tokio::task::spawn_blocking({
         let mut c = base(&["--dry-run"]);
         move || c.status()
@@ -211,7 +228,7 @@ async fn demo(scale: f64, source: &str, target: &str) -> ExitCode {
         eprintln!("error: the dry run failed");
         return ExitCode::FAILURE;
     }
-    println!("\n$ tenant-migrator migrate {source} {target} --skip-qdrant ...");
+    println!("\n$ tenant-migrator migrate {source} {target} ...");
     let run = tokio::task::spawn_blocking({
         let mut c = base(&[]);
         move || c.status()
