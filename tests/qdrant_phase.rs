@@ -21,17 +21,69 @@ const DIM: u64 = 8;
 
 type Collections = BTreeMap<String, BTreeMap<String, StoredPoint>>;
 
-async fn loaded() -> (QdrantServer, u64) {
-    let server = QdrantServer::start(Some(KEY)).expect("Qdrant test server (run tools/setup.sh)");
-    let client = server.client(Some(KEY)).expect("client");
+/// The Qdrant of a test: `QDRANT_URL` (with `QDRANT_API_KEY`) when set — a real
+/// Qdrant, whose `lightrag_vdb_*` collections the tests replace; run them with
+/// `--test-threads=1` — else a test server started here.
+struct Endpoint {
+    url: String,
+    key: String,
+    server: Option<QdrantServer>,
+}
+
+impl Endpoint {
+    fn start() -> Self {
+        match std::env::var("QDRANT_URL") {
+            Ok(url) => Endpoint {
+                url: url.trim_end_matches('/').to_owned(),
+                key: std::env::var("QDRANT_API_KEY").unwrap_or_default(),
+                server: None,
+            },
+            Err(_) => {
+                let s = QdrantServer::start(Some(KEY)).expect("Qdrant test server (run tools/setup.sh)");
+                Endpoint {
+                    url: s.url(),
+                    key: KEY.into(),
+                    server: Some(s),
+                }
+            }
+        }
+    }
+
+    fn client(&self) -> qdrant_client::Qdrant {
+        let mut b = qdrant_client::Qdrant::from_url(&self.url).skip_compatibility_check();
+        if !self.key.is_empty() {
+            b = b.api_key(self.key.clone());
+        }
+        b.build().expect("client")
+    }
+
+    fn address(&self) -> std::net::SocketAddr {
+        let host_port = self.url.split_once("://").map_or(self.url.as_str(), |(_, r)| r);
+        std::net::ToSocketAddrs::to_socket_addrs(host_port)
+            .ok()
+            .and_then(|mut a| a.next())
+            .expect("resolve the Qdrant URL")
+    }
+}
+
+async fn loaded() -> (Endpoint, u64) {
+    let server = Endpoint::start();
+    let client = server.client();
+    if server.server.is_none() {
+        for c in client.list_collections().await.expect("list").collections {
+            if c.name.starts_with("lightrag_vdb_") {
+                client.delete_collection(c.name).await.expect("delete");
+            }
+        }
+    }
     let n = qdrant_fixture::load_standard(&client, SOURCE, SCALE, DIM, true)
         .await
         .expect("load");
     (server, n)
 }
 
-async fn snapshot(server: &QdrantServer) -> Collections {
-    let client = server.client(Some(KEY)).expect("client");
+async fn snapshot(server: &Endpoint) -> Collections {
+    let client = server.client();
     let mut out = BTreeMap::new();
     for c in client.list_collections().await.expect("list").collections {
         out.insert(
@@ -42,7 +94,7 @@ async fn snapshot(server: &QdrantServer) -> Collections {
     out
 }
 
-fn migrate(port: u16, state: &Path, extra: &[&str]) -> Command {
+fn migrate(url: &str, state: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(bin());
     c.args([
         "migrate",
@@ -52,12 +104,24 @@ fn migrate(port: u16, state: &Path, extra: &[&str]) -> Command {
         "--skip-redis",
         "--skip-memgraph",
     ])
-    .args(["--qdrant-url", &format!("http://127.0.0.1:{port}")])
+    .args(["--qdrant-url", url])
     .arg("--state-dir")
     .arg(state)
     .args(extra)
-    .env("QDRANT_API_KEY", KEY);
+    .env("QDRANT_API_KEY", key());
     c
+}
+
+/// The API key the runs use: the test server's, or a real Qdrant's from the environment.
+fn key() -> String {
+    match std::env::var_os("QDRANT_URL") {
+        Some(_) => std::env::var("QDRANT_API_KEY").unwrap_or_default(),
+        None => KEY.to_owned(),
+    }
+}
+
+fn proxied(proxy: &DelayProxy) -> String {
+    format!("http://127.0.0.1:{}", proxy.port())
 }
 
 fn tenant_of(p: &StoredPoint) -> Option<String> {
@@ -122,7 +186,7 @@ fn assert_same(got: &Collections, want: &Collections) {
 async fn move_rekeys_every_point_the_lightrag_way_and_leaves_lookalikes() {
     let (server, n) = loaded().await;
     let before = snapshot(&server).await;
-    let out = migrate(server.port(), &state_dir("q-move"), &[]).output().expect("run");
+    let out = migrate(&server.url, &state_dir("q-move"), &[]).output().expect("run");
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains(&format!("{n} of {n} points moved and verified")),
@@ -138,7 +202,7 @@ async fn copy_rekeys_into_the_target_and_leaves_the_source() {
     let (server, n) = loaded().await;
     let before = snapshot(&server).await;
     let out = migrate(
-        server.port(),
+        &server.url,
         &state_dir("q-copy"),
         &["--mode", "copy", "--output", "json"],
     )
@@ -172,8 +236,8 @@ async fn keep_rewrites_the_tenant_field_in_place() {
         format!(
             "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: k}}\nspec:\n  source: {SOURCE}\n  target: {TARGET}\n  \
              config: {{enabled: false}}\n  redis: {{enabled: false}}\n  memgraph: {{enabled: false}}\n  \
-             qdrant: {{url: 'http://127.0.0.1:{}', pointIds: Keep}}\n",
-            server.port()
+             qdrant: {{url: '{}', pointIds: Keep}}\n",
+            server.url
         ),
     )
     .expect("manifest");
@@ -182,7 +246,7 @@ async fn keep_rewrites_the_tenant_field_in_place() {
         .arg(&manifest)
         .arg("--state-dir")
         .arg(&dir)
-        .env("QDRANT_API_KEY", KEY)
+        .env("QDRANT_API_KEY", key())
         .output()
         .expect("run");
     assert!(out.status.success(), "{}", text(&out));
@@ -228,13 +292,13 @@ async fn move_killed_at_several_points_resumes_and_ends_exact() {
     let (server, n) = loaded().await;
     let before = snapshot(&server).await;
     let state = state_dir("q-kill");
-    let proxy = DelayProxy::start(([127, 0, 0, 1], server.port()).into(), Duration::from_millis(2)).expect("proxy");
+    let proxy = DelayProxy::start(server.address(), Duration::from_millis(2)).expect("proxy");
     for (stage, batch) in [("Copy", 2), ("Copy", 9), ("Verify", 0), ("RemoveSource", 3)] {
-        let cmd = migrate(proxy.port(), &state, &["--batch-size", "10"]);
+        let cmd = migrate(&proxied(&proxy), &state, &["--batch-size", "10"]);
         let killed = tokio::task::block_in_place(|| kill_at(cmd, &state, stage, batch));
         assert!(killed, "finished before {stage} batch {batch}");
     }
-    let out = migrate(proxy.port(), &state, &[]).output().expect("run");
+    let out = migrate(&proxied(&proxy), &state, &[]).output().expect("run");
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains(&format!("{n} of {n} points moved and verified")),
@@ -242,7 +306,7 @@ async fn move_killed_at_several_points_resumes_and_ends_exact() {
         text(&out)
     );
     assert_same(&snapshot(&server).await, &expected(&before, true, true));
-    let again = migrate(proxy.port(), &state, &[]).output().expect("run");
+    let again = migrate(&proxied(&proxy), &state, &[]).output().expect("run");
     assert!(again.status.success(), "{}", text(&again));
     assert_same(&snapshot(&server).await, &expected(&before, true, true));
 }
@@ -251,7 +315,7 @@ async fn move_killed_at_several_points_resumes_and_ends_exact() {
 async fn bad_input_is_refused_without_a_write() {
     let (server, _) = loaded().await;
     // A point of the target tenant already exists.
-    let client = server.client(Some(KEY)).expect("client");
+    let client = server.client();
     qdrant_fixture::load_tenant(&client, TARGET, 0.0, DIM, false)
         .await
         .expect("load target");
@@ -259,18 +323,18 @@ async fn bad_input_is_refused_without_a_write() {
     let closed = tenant_migrator_testkit::free_port().expect("port");
     let dir = state_dir("q-bad");
     let wrong_key = {
-        let mut c = migrate(server.port(), &dir, &[]);
+        let mut c = migrate(&server.url, &dir, &[]);
         c.env("QDRANT_API_KEY", "wrong");
         c
     };
     let cases: Vec<(Command, &str)> = vec![
         (
-            migrate(closed, &dir, &[]),
+            migrate(&format!("http://127.0.0.1:{closed}"), &dir, &[]),
             "health check of Qdrant at http://127.0.0.1:",
         ),
         (wrong_key, "rejected the API key"),
         (
-            migrate(server.port(), &dir, &[]),
+            migrate(&server.url, &dir, &[]),
             "already holds 3 points of the target tenant",
         ),
     ];

@@ -64,7 +64,9 @@ impl Measured {
 fn run_measured(mut cmd: Command) -> std::io::Result<(bool, f64, i64, String)> {
     let out_path = std::env::temp_dir().join(format!("tm-bench-out-{}", std::process::id()));
     let out = std::fs::File::create(&out_path)?;
-    cmd.stdout(out).stderr(Stdio::null()).stdin(Stdio::null());
+    let err_path = out_path.with_extension("err");
+    let err = std::fs::File::create(&err_path)?;
+    cmd.stdout(out).stderr(err).stdin(Stdio::null());
     let start = Instant::now();
     let child = cmd.spawn()?;
     let pid = child.id() as libc::pid_t;
@@ -81,7 +83,14 @@ fn run_measured(mut cmd: Command) -> std::io::Result<(bool, f64, i64, String)> {
     std::mem::forget(child); // already reaped by wait4
     let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
     let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    if !ok {
+        // Show why a run failed: a benchmark of a failed run means nothing.
+        let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+        let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+        eprintln!("  run failed: {}", tail.into_iter().rev().collect::<Vec<_>>().join("\n  "));
+    }
     let _ = std::fs::remove_file(&out_path);
+    let _ = std::fs::remove_file(&err_path);
     Ok((ok, seconds, usage.ru_maxrss, stdout))
 }
 
@@ -244,6 +253,7 @@ async fn bench_redis(args: &BenchArgs) -> Result<bool, String> {
     };
     let store_args = |port: u16| -> Vec<String> {
         [
+            "--skip-qdrant",
             "--skip-memgraph",
             "--redis-host",
             "127.0.0.1",
@@ -324,6 +334,7 @@ async fn bench_memgraph(args: &BenchArgs) -> Result<bool, String> {
     let store_args = |port: u16| -> Vec<String> {
         [
             "--skip-redis",
+            "--skip-qdrant",
             "--memgraph-host",
             "127.0.0.1",
             "--memgraph-port",
