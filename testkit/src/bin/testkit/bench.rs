@@ -87,7 +87,10 @@ fn run_measured(mut cmd: Command) -> std::io::Result<(bool, f64, i64, String)> {
         // Show why a run failed: a benchmark of a failed run means nothing.
         let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
         let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
-        eprintln!("  run failed: {}", tail.into_iter().rev().collect::<Vec<_>>().join("\n  "));
+        eprintln!(
+            "  run failed: {}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n  ")
+        );
     }
     let _ = std::fs::remove_file(&out_path);
     let _ = std::fs::remove_file(&err_path);
