@@ -334,6 +334,10 @@ async fn bad_input_is_refused_without_a_write() {
         ),
         (wrong_key, "rejected the API key"),
         (
+            migrate(&server.url, &dir, &["--point-ids", "keep", "--mode", "copy"]),
+            "pointIds: Keep cannot Copy",
+        ),
+        (
             migrate(&server.url, &dir, &[]),
             "already holds 3 points of the target tenant",
         ),
