@@ -9,18 +9,15 @@ use std::process::Command;
 
 use common::*;
 
-/// Python with the `redis` package: `$TM_PYTHON`, or the virtualenv `.ci/run` makes.
+/// Python with the reference's packages: `$TM_PYTHON`, or the virtualenv `tools/setup.sh` makes.
 fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("TM_PYTHON") {
-        return p.into();
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
-    let venv = home.join(".cache/tenant-migrator/venv/bin/python");
+    let p = tenant_migrator_testkit::qdrant_server::python();
     assert!(
-        venv.exists(),
-        "no Python for the reference script: run `bash .ci/run` once, or set TM_PYTHON to a python with `redis`"
+        p.exists() || std::env::var_os("TM_PYTHON").is_some(),
+        "no Python for the reference script at {}: run `bash tools/setup.sh`, or set TM_PYTHON",
+        p.display()
     );
-    venv
+    p
 }
 
 #[test]

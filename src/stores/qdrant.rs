@@ -363,8 +363,11 @@ impl QdrantPhase {
     }
 
     /// Deletes the first page of source points (those left are always the first page).
+    /// Pages of ids only, so they can be much larger than copy pages.
     async fn remove_page(&self, client: &Qdrant, collection: &str) -> Result<u64, QdrantStoreError> {
-        let (points, _) = self.page(client, collection, None, false).await?;
+        let filter = tenant_filter(&self.settings.tenant_field, &self.settings.source);
+        let limit = (self.settings.batch_size * REMOVE_PAGE_FACTOR) as u32;
+        let (points, _) = scroll_page(client, collection, filter, limit, None, false).await?;
         let ids: Vec<PointId> = points.into_iter().filter_map(|p| p.id).collect();
         let n = ids.len() as u64;
         if n > 0 {
@@ -433,6 +436,9 @@ impl QdrantPhase {
 }
 
 type Page = (Vec<RetrievedPoint>, Option<PointId>);
+
+/// Removal pages carry ids only: this many copy pages' worth per call.
+const REMOVE_PAGE_FACTOR: usize = 16;
 
 /// The next page of a collection, requested while the current one is written.
 struct Prefetch {
