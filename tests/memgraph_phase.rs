@@ -5,9 +5,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{bin, state_dir, text};
 use tenant_migrator_testkit::graph_fixture::{self, load_standard, load_tenant};
@@ -204,37 +204,6 @@ async fn copy_clones_nodes_and_relationships_and_leaves_the_source() {
     assert_same(&snapshot(src, tgt).await, &expected(&before, src, tgt, false));
 }
 
-/// Runs `cmd` and SIGKILLs it once the state file shows the Memgraph phase in
-/// `stage` with at least `min_batch` batches done.
-fn kill_at(mut cmd: Command, state: &Path, file: &str, stage: &str, min_batch: u64) -> bool {
-    let file = state.join(file);
-    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            return false;
-        }
-        let reached = std::fs::read_to_string(&file)
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| {
-                let cp = &v["phases"]["memgraph"]["checkpoint"];
-                Some(cp["stage"].as_str()? == stage && cp["batch"].as_u64()? >= min_batch)
-            })
-            .unwrap_or(false);
-        if reached {
-            child.kill().expect("SIGKILL");
-            let _ = child.wait();
-            return true;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the run never reached {stage} batch {min_batch}"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 async fn killed_and_resumed(src: &str, tgt: &str, mode: &str, points: &[(&str, u64)]) {
     loaded(src).await;
     let before = snapshot(src, tgt).await;
@@ -244,10 +213,10 @@ async fn killed_and_resumed(src: &str, tgt: &str, mode: &str, points: &[(&str, u
         .and_then(|mut a| a.next())
         .expect("resolve the graph server");
     let proxy = DelayProxy::start(upstream, Duration::from_millis(2)).expect("proxy");
-    let file = format!("{src}--{tgt}.json");
     for (stage, batch) in points {
         let cmd = migrate(src, tgt, proxy.port(), &state, &["--mode", mode, "--batch-size", "10"]);
-        let killed = tokio::task::block_in_place(|| kill_at(cmd, &state, &file, stage, *batch));
+        let killed =
+            tokio::task::block_in_place(|| common::kill_at(cmd, &state, (src, tgt), "memgraph", stage, *batch));
         assert!(killed, "{mode}: finished before {stage} batch {batch}");
     }
     let out = migrate(src, tgt, proxy.port(), &state, &["--mode", mode])

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{bin, state_dir, text};
 use tenant_migrator_testkit::qdrant_fixture::{self, StoredPoint, lightrag_id};
@@ -253,40 +253,6 @@ async fn keep_rewrites_the_tenant_field_in_place() {
     assert_same(&snapshot(&server).await, &expected(&before, true, false));
 }
 
-fn kill_at(mut cmd: Command, state: &Path, stage: &str, min_batch: u64) -> bool {
-    let file = state.join(format!("{SOURCE}--{TARGET}.json"));
-    let _ = std::fs::create_dir_all(state);
-    let log = state.join("run.log");
-    let out = std::fs::File::create(&log).expect("log");
-    let err = out.try_clone().expect("log");
-    let mut child = cmd.stdout(out).stderr(err).spawn().expect("spawn");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            eprintln!("{}", std::fs::read_to_string(&log).unwrap_or_default());
-            return false;
-        }
-        let reached = std::fs::read_to_string(&file)
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| {
-                let cp = &v["phases"]["qdrant"]["checkpoint"];
-                Some(cp["stage"].as_str()? == stage && cp["batch"].as_u64()? >= min_batch)
-            })
-            .unwrap_or(false);
-        if reached {
-            child.kill().expect("SIGKILL");
-            let _ = child.wait();
-            return true;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the run never reached {stage} batch {min_batch}"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn move_killed_at_several_points_resumes_and_ends_exact() {
     let (server, n) = loaded().await;
@@ -295,7 +261,8 @@ async fn move_killed_at_several_points_resumes_and_ends_exact() {
     let proxy = DelayProxy::start(server.address(), Duration::from_millis(2)).expect("proxy");
     for (stage, batch) in [("Copy", 2), ("Copy", 9), ("Verify", 0), ("RemoveSource", 3)] {
         let cmd = migrate(&proxied(&proxy), &state, &["--batch-size", "10"]);
-        let killed = tokio::task::block_in_place(|| kill_at(cmd, &state, stage, batch));
+        let killed =
+            tokio::task::block_in_place(|| common::kill_at(cmd, &state, (SOURCE, TARGET), "qdrant", stage, batch));
         assert!(killed, "finished before {stage} batch {batch}");
     }
     let out = migrate(&proxied(&proxy), &state, &[]).output().expect("run");

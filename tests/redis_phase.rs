@@ -5,9 +5,8 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use tenant_migrator_testkit::{DelayProxy, RedisServer};
@@ -89,37 +88,6 @@ fn a_second_run_changes_nothing() {
     }
 }
 
-/// Runs `cmd` and SIGKILLs it once the state file shows the Redis phase in `stage`
-/// with at least `min_batch` batches done. Returns whether it was killed there.
-fn kill_at(mut cmd: Command, state: &Path, stage: &str, min_batch: u64) -> bool {
-    let file = state.join(format!("{SOURCE}--{TARGET}.json"));
-    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            return false;
-        }
-        let reached = std::fs::read_to_string(&file)
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| {
-                let cp = &v["phases"]["redis"]["checkpoint"];
-                Some(cp["stage"].as_str()? == stage && cp["batch"].as_u64()? >= min_batch)
-            })
-            .unwrap_or(false);
-        if reached {
-            child.kill().expect("SIGKILL");
-            let _ = child.wait();
-            return true;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the run never reached {stage} batch {min_batch}"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 fn killed_and_resumed(mode: &str, points: &[(&str, u64)]) {
     let (redis, loaded) = loaded_redis(SCALE);
     let before = snapshot(&redis);
@@ -129,7 +97,7 @@ fn killed_and_resumed(mode: &str, points: &[(&str, u64)]) {
     for (stage, batch) in points {
         let cmd = migrate_cmd(proxy.port(), &state, &["--mode", mode, "--batch-size", "20"]);
         assert!(
-            kill_at(cmd, &state, stage, *batch),
+            kill_at(cmd, &state, (SOURCE, TARGET), "redis", stage, *batch),
             "{mode}: finished before {stage} batch {batch}"
         );
     }

@@ -4,11 +4,8 @@
 //! Bolt 4.x. The JVM exits when this handle is dropped or the test process dies
 //! (its stdin closes).
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
 
 use crate::redis_server::ServerError;
 
@@ -68,8 +65,8 @@ impl BoltServer {
         let port = crate::free_port()?;
         let dir = std::env::temp_dir().join(format!("tm-bolt-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let mut child = Command::new(std::env::var("JAVA").unwrap_or_else(|_| "java".into()))
-            .args(["-Xmx1g", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"])
+        let mut cmd = Command::new(std::env::var("JAVA").unwrap_or_else(|_| "java".into()));
+        cmd.args(["-Xmx1g", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"])
             .args(JAVA_OPENS)
             .arg("-cp")
             .arg(format!("{}:{}", classpath.trim(), tools.join("classes").display()))
@@ -77,24 +74,8 @@ impl BoltServer {
             .arg(port.to_string())
             .arg(dir.join("data"))
             .arg(password.unwrap_or("-"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|source| ServerError::Spawn {
-                program: "java".into(),
-                source,
-            })?;
-        let stdin = child.stdin.take().ok_or_else(|| std::io::Error::other("no stdin"))?;
-        let stdout = child.stdout.take().ok_or_else(|| std::io::Error::other("no stdout"))?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.starts_with("READY") {
-                    let _ = tx.send(());
-                }
-            }
-        });
+            .stderr(Stdio::null());
+        let (child, stdin) = crate::spawn_until_ready(&mut cmd, "BoltServer (Neo4j 4.4, java)", port, 180)?;
         let server = Self {
             child,
             _stdin: stdin,
@@ -102,13 +83,6 @@ impl BoltServer {
             password: password.map(str::to_owned),
             dir,
         };
-        const SECS: u64 = 180;
-        rx.recv_timeout(Duration::from_secs(SECS))
-            .map_err(|_| ServerError::NotReady {
-                program: "BoltServer (Neo4j 4.4)".into(),
-                port,
-                secs: SECS,
-            })?;
         Ok(server)
     }
 

@@ -24,3 +24,43 @@ pub fn free_port() -> std::io::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
+
+/// Spawns `cmd` (stdin and stdout piped) and waits until it prints a line starting
+/// with `READY`. The returned stdin must be kept: the servers exit when it closes, so
+/// they die with the test process even when no destructor runs.
+pub(crate) fn spawn_until_ready(
+    cmd: &mut std::process::Command,
+    program: &str,
+    port: u16,
+    secs: u64,
+) -> Result<(std::process::Child, std::process::ChildStdin), redis_server::ServerError> {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|source| redis_server::ServerError::Spawn {
+            program: program.to_owned(),
+            source,
+        })?;
+    let stdin = child.stdin.take().ok_or_else(|| std::io::Error::other("no stdin"))?;
+    let stdout = child.stdout.take().ok_or_else(|| std::io::Error::other("no stdout"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with("READY") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    if rx.recv_timeout(std::time::Duration::from_secs(secs)).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(redis_server::ServerError::NotReady {
+            program: program.to_owned(),
+            port,
+            secs,
+        });
+    }
+    Ok((child, stdin))
+}

@@ -3,11 +3,8 @@
 //! that `tools/setup.sh` makes, on a free loopback port. Stopped when dropped, or
 //! when the test process dies (its stdin closes).
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
 
 use crate::redis_server::ServerError;
 
@@ -42,38 +39,18 @@ impl QdrantServer {
             .args(["--port", &port.to_string()])
             .arg("--data")
             .arg(dir.join("data"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
             .stderr(Stdio::null());
         if let Some(k) = api_key {
             cmd.args(["--api-key", k]);
         }
-        let mut child = cmd.spawn().map_err(|source| ServerError::Spawn {
-            program: format!("{} (run tools/setup.sh)", python().display()),
-            source,
-        })?;
-        let stdin = child.stdin.take().ok_or_else(|| std::io::Error::other("no stdin"))?;
-        let stdout = child.stdout.take().ok_or_else(|| std::io::Error::other("no stdout"))?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.starts_with("READY") {
-                    let _ = tx.send(());
-                }
-            }
-        });
+        let program = format!("{} tools/qdrant/server.py (run tools/setup.sh)", python().display());
+        let (child, stdin) = crate::spawn_until_ready(&mut cmd, &program, port, 60)?;
         let server = Self {
             child,
             _stdin: stdin,
             port,
             dir,
         };
-        rx.recv_timeout(Duration::from_secs(60))
-            .map_err(|_| ServerError::NotReady {
-                program: "tools/qdrant/server.py".into(),
-                port,
-                secs: 60,
-            })?;
         Ok(server)
     }
 

@@ -158,3 +158,48 @@ pub fn digest_outside(snap: &Snapshot) -> String {
         .collect();
     fixture::digest(&outside)
 }
+
+/// Runs `cmd` and SIGKILLs it once the state file `{state}/{source}--{target}.json`
+/// shows `store`'s phase in `stage` with at least `min_batch` batches done. Returns
+/// whether it was killed there (false: it finished first, and its output is printed).
+pub fn kill_at(
+    mut cmd: std::process::Command,
+    state: &Path,
+    pair: (&str, &str),
+    store: &str,
+    stage: &str,
+    min_batch: u64,
+) -> bool {
+    use std::time::Duration;
+    let file = state.join(format!("{}--{}.json", pair.0, pair.1));
+    let _ = std::fs::create_dir_all(state);
+    let log = state.join(format!("run-{store}.log"));
+    let out = std::fs::File::create(&log).expect("log");
+    let err = out.try_clone().expect("log");
+    let mut child = cmd.stdout(out).stderr(err).spawn().expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            eprintln!("{}", std::fs::read_to_string(&log).unwrap_or_default());
+            return false;
+        }
+        let reached = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| {
+                let cp = &v["phases"][store]["checkpoint"];
+                Some(cp["stage"].as_str()? == stage && cp["batch"].as_u64()? >= min_batch)
+            })
+            .unwrap_or(false);
+        if reached {
+            child.kill().expect("SIGKILL");
+            let _ = child.wait();
+            return true;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run never reached {store} {stage} batch {min_batch}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
