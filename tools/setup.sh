@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the demo, the tests and the benchmark need on a fresh Debian machine:
 # redis-server and redis-benchmark (Debian packages), a Python virtualenv with the
-# reference script's packages, and the Bolt test server (Neo4j 4.4 via Maven). Idempotent: a second run only checks.
+# reference script's packages, the Bolt test server (Neo4j 4.4 via Maven), and
+# kube-apiserver + etcd built from their Go modules. Idempotent: a second run only checks.
 # Everything built here lives outside the repository, in $TM_CACHE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,5 +23,8 @@ if ! "$TM_CACHE/venv/bin/python" -c 'import redis, requests, neo4j, qdrant_clien
 fi
 # The Bolt test server (Neo4j 4.4 from Maven Central, with Java 17 and Maven from the image).
 bash tools/neo4j/build.sh
+
+# A real kube-apiserver and etcd, built from Go modules (Go from the image).
+bash tools/envtest/build.sh
 
 echo "setup: redis-server $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p'), python venv at $TM_CACHE/venv"

@@ -8,6 +8,7 @@ pub mod bolt_server;
 pub mod config_api;
 pub mod fixture;
 pub mod graph_fixture;
+pub mod kube_server;
 pub mod proxy;
 pub mod qdrant_fixture;
 pub mod qdrant_server;
@@ -15,6 +16,7 @@ pub mod redis_server;
 
 pub use bolt_server::BoltServer;
 pub use config_api::ConfigApi;
+pub use kube_server::KubeApiServer;
 pub use proxy::DelayProxy;
 pub use qdrant_server::QdrantServer;
 pub use redis_server::RedisServer;

@@ -1,0 +1,160 @@
+//! A real Kubernetes API server for tests: `kube-apiserver` and `etcd` built from
+//! their Go modules by `tools/envtest/build.sh` (the envtest approach), started on
+//! free loopback ports with a static admin token, stopped when dropped.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::redis_server::ServerError;
+
+/// The bearer token of the admin user (group system:masters).
+pub const ADMIN_TOKEN: &str = "tenant-migrator-test-admin";
+
+fn bin_dir() -> PathBuf {
+    crate::bolt_server::tooling_dir()
+        .parent()
+        .map(|d| d.join("envtest/bin"))
+        .unwrap_or_default()
+}
+
+/// A running API server with its etcd.
+pub struct KubeApiServer {
+    etcd: Child,
+    apiserver: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl KubeApiServer {
+    pub fn start() -> Result<Self, ServerError> {
+        let bin = bin_dir();
+        let (etcd_port, peer_port, port) = (crate::free_port()?, crate::free_port()?, crate::free_port()?);
+        let dir = std::env::temp_dir().join(format!("tm-kube-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let spawn = |program: &str, cmd: &mut Command| {
+            cmd.stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|source| ServerError::Spawn {
+                    program: format!("{} (run tools/setup.sh)", bin.join(program).display()),
+                    source,
+                })
+        };
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let etcd = spawn(
+            "etcd",
+            Command::new(bin.join("etcd"))
+                .arg("--data-dir")
+                .arg(dir.join("etcd"))
+                .args(["--listen-client-urls", &etcd_url, "--advertise-client-urls", &etcd_url])
+                .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer_port}")])
+                .args([
+                    "--initial-advertise-peer-urls",
+                    &format!("http://127.0.0.1:{peer_port}"),
+                ])
+                .args(["--initial-cluster", &format!("default=http://127.0.0.1:{peer_port}")]),
+        )?;
+        // A service-account signing key and the admin token, as envtest provides them.
+        std::fs::write(
+            dir.join("tokens.csv"),
+            format!("{ADMIN_TOKEN},admin,admin,system:masters\n"),
+        )?;
+        let key = Command::new("openssl")
+            .args(["genrsa", "-out"])
+            .arg(dir.join("sa.key"))
+            .arg("2048")
+            .stderr(Stdio::null())
+            .status()?;
+        if !key.success() {
+            return Err(ServerError::Io(std::io::Error::other("openssl genrsa failed")));
+        }
+        let sa_key = dir.join("sa.key");
+        let apiserver = spawn(
+            "kube-apiserver",
+            Command::new(bin.join("kube-apiserver"))
+                .args([
+                    "--etcd-servers",
+                    &etcd_url,
+                    "--bind-address",
+                    "127.0.0.1",
+                    "--advertise-address",
+                    "127.0.0.1",
+                ])
+                .args(["--secure-port", &port.to_string()])
+                .arg("--cert-dir")
+                .arg(dir.join("certs"))
+                .args([
+                    "--service-cluster-ip-range",
+                    "10.0.0.0/24",
+                    "--authorization-mode",
+                    "RBAC",
+                ])
+                .arg("--token-auth-file")
+                .arg(dir.join("tokens.csv"))
+                .args(["--service-account-issuer", &format!("https://127.0.0.1:{port}")])
+                .arg("--service-account-key-file")
+                .arg(&sa_key)
+                .arg("--service-account-signing-key-file")
+                .arg(&sa_key)
+                .args(["--disable-admission-plugins", "ServiceAccount"]),
+        )?;
+        let server = Self {
+            etcd,
+            apiserver,
+            port,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let ready = server
+                .kubectl(&["get", "--raw", "/readyz"])
+                .is_ok_and(|o| o.status.success());
+            if ready {
+                return Ok(server);
+            }
+            if Instant::now() > deadline {
+                return Err(ServerError::NotReady {
+                    program: "kube-apiserver".into(),
+                    port,
+                    secs: 120,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `https://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs `kubectl` (the client on the machine) against this server as admin.
+    pub fn kubectl(&self, args: &[&str]) -> std::io::Result<Output> {
+        self.kubectl_cmd().args(args).output()
+    }
+
+    /// A `kubectl` command aimed at this server, for stdin or custom arguments.
+    pub fn kubectl_cmd(&self) -> Command {
+        let mut c = Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()));
+        c.args([
+            "--server",
+            &self.url(),
+            "--token",
+            ADMIN_TOKEN,
+            "--insecure-skip-tls-verify",
+        ])
+        .env("KUBECONFIG", self.dir.join("no-kubeconfig"));
+        c
+    }
+}
+
+impl Drop for KubeApiServer {
+    fn drop(&mut self) {
+        let _ = self.apiserver.kill();
+        let _ = self.apiserver.wait();
+        let _ = self.etcd.kill();
+        let _ = self.etcd.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
