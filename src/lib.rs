@@ -7,9 +7,11 @@
 //!   nothing of Kubernetes or terminals.
 //! - [`stores`]: one module per store, the only code that speaks its protocol.
 //! - [`cli`]: the `migrate` shell (flags, manifest, progress bars, summary).
+//! - [`controller`]: the Kubernetes shell (watch, Secrets, engine, status).
 
 pub mod api;
 pub mod cli;
+pub mod controller;
 pub mod engine;
 pub mod stores;
 pub mod telemetry;

@@ -24,8 +24,12 @@ enum Command {
     Migrate(Box<MigrateArgs>),
     /// Print the TenantMigration CustomResourceDefinition as YAML.
     Crd,
-    /// Run the operator (not available in this version yet).
-    Controller,
+    /// Run the operator: reconcile TenantMigrations through the engine.
+    Controller {
+        /// Watch only this namespace (default: all).
+        #[arg(long)]
+        namespace: Option<String>,
+    },
 }
 
 #[tokio::main]
@@ -46,9 +50,18 @@ async fn main() {
                 1
             }
         },
-        Command::Controller => {
-            eprintln!("error: the controller is not available in this version yet; use `tenant-migrator migrate`");
-            2
+        Command::Controller { namespace } => {
+            telemetry::init("info");
+            match kube::Client::try_default().await {
+                Ok(client) => {
+                    tenant_migrator::controller::run(client, namespace).await;
+                    0
+                }
+                Err(e) => {
+                    eprintln!("error: cannot reach the Kubernetes API: {e}");
+                    1
+                }
+            }
         }
     };
     std::process::exit(code);

@@ -129,6 +129,22 @@ impl KubeApiServer {
         format!("https://127.0.0.1:{}", self.port)
     }
 
+    /// Writes a kubeconfig for this server (admin token, TLS not verified: the
+    /// server's certificate is self-signed), with `namespace` as the default.
+    pub fn write_kubeconfig(&self, path: &std::path::Path, namespace: &str) -> std::io::Result<()> {
+        std::fs::write(
+            path,
+            format!(
+                "apiVersion: v1\nkind: Config\n\
+                 clusters: [{{name: test, cluster: {{server: '{}', insecure-skip-tls-verify: true}}}}]\n\
+                 users: [{{name: admin, user: {{token: {ADMIN_TOKEN}}}}}]\n\
+                 contexts: [{{name: test, context: {{cluster: test, user: admin, namespace: {namespace}}}}}]\n\
+                 current-context: test\n",
+                self.url()
+            ),
+        )
+    }
+
     /// Runs `kubectl` (the client on the machine) against this server as admin.
     pub fn kubectl(&self, args: &[&str]) -> std::io::Result<Output> {
         self.kubectl_cmd().args(args).output()

@@ -1,0 +1,296 @@
+//! The Kubernetes shell: watches TenantMigrations, resolves their Secrets, runs the
+//! engine, and writes progress back through the status subresource.
+//!
+//! It never speaks a store protocol: it turns a resource into an engine call and
+//! the engine's progress into status patches. A restarted controller resumes from
+//! the checkpoints in status; a finished migration is not run again unless its spec
+//! changes (a new generation).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret as KubeSecret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::Secret;
+use crate::api::{MigrationPhase, PhaseState, PhaseStatuses, SecretKeyRef, Store, TenantMigration};
+use crate::engine::{self, Credentials, EngineError, Progress, RunOptions, StageProgress};
+
+/// Errors of the controller itself (the engine's end up in status, not here).
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    MissingSecret(String),
+    #[error("the engine task ended abnormally: {0}")]
+    Engine(String),
+}
+
+struct Context {
+    client: Client,
+}
+
+const MANAGER: &str = "tenant-migrator";
+
+/// Runs the controller until SIGINT/SIGTERM. `namespace`: watch one namespace, or all.
+pub async fn run(client: Client, namespace: Option<String>) {
+    let api: Api<TenantMigration> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let ctx = Arc::new(Context { client });
+    Controller::new(api, watcher::Config::default())
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "reconcile failed");
+            }
+        })
+        .await;
+}
+
+fn now() -> Time {
+    Time(jiff::Timestamp::now())
+}
+
+/// The three conditions of a migration, built in one place.
+fn conditions(phase: MigrationPhase, generation: Option<i64>, message: &str, reason: &str) -> Vec<Condition> {
+    let cond = |type_: &str, status: bool, reason: &str| Condition {
+        type_: type_.to_owned(),
+        status: if status { "True" } else { "False" }.to_owned(),
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+        observed_generation: generation,
+        last_transition_time: now(),
+    };
+    vec![
+        cond("Ready", phase == MigrationPhase::Succeeded, reason),
+        cond("Progressing", phase == MigrationPhase::Running, reason),
+        cond("Degraded", phase == MigrationPhase::Failed, reason),
+    ]
+}
+
+/// `done/total` across stores, for the Progress printer column.
+fn progress_of(phases: &PhaseStatuses) -> String {
+    let (done, total) = Store::ALL
+        .iter()
+        .map(|s| phases.get(*s))
+        .fold((0, 0), |(d, t), p| (d + p.done, t + p.total));
+    format!("{done}/{total}")
+}
+
+async fn patch_status(api: &Api<TenantMigration>, name: &str, status: serde_json::Value) -> Result<(), kube::Error> {
+    let params = PatchParams {
+        field_manager: Some(MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    api.patch_status(name, &params, &Patch::Merge(json!({ "status": status })))
+        .await
+        .map(|_| ())
+}
+
+async fn secret_value(client: &Client, ns: &str, r: &SecretKeyRef, field: &str) -> Result<Secret, ControllerError> {
+    let secrets: Api<KubeSecret> = Api::namespaced(client.clone(), ns);
+    let missing = |what: String| ControllerError::MissingSecret(format!("{field}: {what}"));
+    let secret = secrets
+        .get_opt(&r.name)
+        .await?
+        .ok_or_else(|| missing(format!("Secret {ns}/{} not found", r.name)))?;
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&r.key))
+        .ok_or_else(|| missing(format!("Secret {ns}/{} has no key {:?}", r.name, r.key)))?;
+    let value = String::from_utf8(bytes.0.clone())
+        .map_err(|_| missing(format!("Secret {ns}/{} key {:?} is not UTF-8", r.name, r.key)))?;
+    Ok(Secret::new(value.trim_end_matches('\n')))
+}
+
+async fn credentials(client: &Client, tm: &TenantMigration, ns: &str) -> Result<Credentials, ControllerError> {
+    let s = &tm.spec;
+    let mut c = Credentials::default();
+    if let (true, Some(r)) = (s.config.enabled, &s.config.token_secret_ref) {
+        c.config_token = Some(secret_value(client, ns, r, "spec.config.tokenSecretRef").await?);
+    }
+    if let (true, Some(r)) = (s.redis.enabled, &s.redis.password_secret_ref) {
+        c.redis_password = Some(secret_value(client, ns, r, "spec.redis.passwordSecretRef").await?);
+    }
+    if let (true, Some(r)) = (s.qdrant.enabled, &s.qdrant.api_key_secret_ref) {
+        c.qdrant_api_key = Some(secret_value(client, ns, r, "spec.qdrant.apiKeySecretRef").await?);
+    }
+    if let (true, Some(r)) = (s.memgraph.enabled, &s.memgraph.credentials_secret_ref) {
+        let user = SecretKeyRef {
+            name: r.name.clone(),
+            key: "username".into(),
+        };
+        let password = SecretKeyRef {
+            name: r.name.clone(),
+            key: "password".into(),
+        };
+        c.memgraph_user = Some(
+            secret_value(client, ns, &user, "spec.memgraph.credentialsSecretRef")
+                .await?
+                .expose()
+                .to_owned(),
+        );
+        c.memgraph_password = Some(secret_value(client, ns, &password, "spec.memgraph.credentialsSecretRef").await?);
+    }
+    Ok(c)
+}
+
+/// Hands the engine's progress to a task that patches status, at most about once a second.
+struct StatusProgress {
+    tx: mpsc::UnboundedSender<PhaseStatuses>,
+    last: Option<Instant>,
+}
+
+impl Progress for StatusProgress {
+    fn update(&mut self, _store: Store, _stage: StageProgress, phases: &PhaseStatuses) {
+        let changed_state = Store::ALL
+            .iter()
+            .any(|s| matches!(phases.get(*s).state, PhaseState::Succeeded | PhaseState::Failed));
+        let due = self.last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if due || changed_state {
+            self.last = Some(Instant::now());
+            let _ = self.tx.send(phases.clone());
+        }
+    }
+}
+
+async fn reconcile(tm: Arc<TenantMigration>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
+    let ns = tm.namespace().unwrap_or_default();
+    let name = tm.name_any();
+    let api: Api<TenantMigration> = Api::namespaced(ctx.client.clone(), &ns);
+    let generation = tm.metadata.generation;
+    let status = tm.status.clone().unwrap_or_default();
+    let finished = matches!(status.phase, MigrationPhase::Succeeded | MigrationPhase::Failed);
+    if finished && status.observed_generation == generation {
+        return Ok(Action::await_change());
+    }
+    let migration = format!("{ns}/{name}");
+
+    let creds = match credentials(&ctx.client, &tm, &ns).await {
+        Ok(c) => c,
+        Err(ControllerError::MissingSecret(m)) => {
+            // A clear condition, retried slowly: creating the Secret is enough to proceed.
+            patch_status(
+                &api,
+                &name,
+                json!({
+                    "observedGeneration": generation,
+                    "phase": MigrationPhase::Pending,
+                    "conditions": conditions(MigrationPhase::Pending, generation, &m, "MissingSecret"),
+                }),
+            )
+            .await?;
+            return Ok(Action::requeue(Duration::from_secs(15)));
+        }
+        Err(e) => return Err(e),
+    };
+
+    let start_time = status
+        .start_time
+        .clone()
+        .unwrap_or_else(|| jiff::Timestamp::now().to_string());
+    patch_status(
+        &api,
+        &name,
+        json!({
+            "observedGeneration": generation,
+            "phase": MigrationPhase::Running,
+            "startTime": start_time,
+            "conditions": conditions(MigrationPhase::Running, generation, "migration running", "Running"),
+        }),
+    )
+    .await?;
+
+    // Status patches happen beside the engine, so a slow API server never stalls a batch.
+    let (tx, mut rx) = mpsc::unbounded_channel::<PhaseStatuses>();
+    let writer = {
+        let (api, name) = (api.clone(), name.clone());
+        tokio::spawn(async move {
+            while let Some(mut phases) = rx.recv().await {
+                while let Ok(newer) = rx.try_recv() {
+                    phases = newer;
+                }
+                let body = json!({ "phases": phases, "progress": progress_of(&phases) });
+                if let Err(e) = patch_status(&api, &name, body).await {
+                    tracing::warn!(error = %e, "status patch failed");
+                }
+            }
+        })
+    };
+    // The engine runs on a blocking thread of its own: its future borrows across
+    // awaits in ways the controller's Send bound cannot express, and a long
+    // migration must not occupy a reactor thread anyway.
+    let (spec, resume) = (tm.spec.clone(), status.phases.clone());
+    let handle = tokio::runtime::Handle::current();
+    let report = tokio::task::spawn_blocking(move || {
+        let mut progress = StatusProgress { tx, last: None };
+        handle.block_on(engine::run(
+            &spec,
+            &creds,
+            &resume,
+            &RunOptions::default(),
+            &mut progress,
+        ))
+    })
+    .await;
+    let _ = writer.await;
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => return Err(ControllerError::Engine(e.to_string())),
+    };
+
+    let mut phases = status.phases.clone();
+    for p in &report.phases {
+        *phases.get_mut(p.store) = p.status.clone();
+    }
+    let (phase, reason, message) = match &report.error {
+        None if tm.spec.dry_run => (
+            MigrationPhase::Succeeded,
+            "Planned",
+            "dry run: plan in status, nothing written".to_owned(),
+        ),
+        None => (
+            MigrationPhase::Succeeded,
+            "Succeeded",
+            "every phase succeeded and was verified".to_owned(),
+        ),
+        Some(EngineError::Stopped { .. }) => (
+            MigrationPhase::Suspended,
+            "Suspended",
+            report.error.as_ref().map(ToString::to_string).unwrap_or_default(),
+        ),
+        Some(e) => (MigrationPhase::Failed, "Failed", e.to_string()),
+    };
+    tracing::info!(%migration, ?phase, %message, "migration finished");
+    patch_status(
+        &api,
+        &name,
+        json!({
+            "observedGeneration": generation,
+            "phase": phase,
+            "phases": phases,
+            "progress": progress_of(&phases),
+            "completionTime": jiff::Timestamp::now().to_string(),
+            "conditions": conditions(phase, generation, &message, reason),
+        }),
+    )
+    .await?;
+    Ok(Action::await_change())
+}
+
+fn error_policy(_tm: Arc<TenantMigration>, error: &ControllerError, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(%error, "reconcile error; retrying");
+    Action::requeue(Duration::from_secs(5))
+}

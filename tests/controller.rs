@@ -1,0 +1,171 @@
+//! The operator against a real kube-apiserver (built from Go modules), a real Redis
+//! and the config API: a TenantMigration applied with kubectl is migrated by
+//! `tenant-migrator controller`, and the result is written to its status.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tenant_migrator_testkit::config_api::sample_config;
+use tenant_migrator_testkit::{ConfigApi, KubeApiServer};
+
+const NS: &str = "rag";
+
+fn ok(o: std::io::Result<std::process::Output>) -> String {
+    let o = o.expect("kubectl");
+    assert!(o.status.success(), "{}", text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn apply(kube: &KubeApiServer, yaml: &str) {
+    let mut child = kube
+        .kubectl_cmd()
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(yaml.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("kubectl");
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// The controller process; killed when the test ends.
+struct ControllerProcess(Child);
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn status_of(kube: &KubeApiServer, name: &str) -> serde_json::Value {
+    let json = ok(kube.kubectl(&["get", "tm", name, "-n", NS, "-o", "json"]));
+    serde_json::from_str(&json).expect("JSON")
+}
+
+fn wait_for(kube: &KubeApiServer, name: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let tm = status_of(kube, name);
+        if done(&tm) {
+            return tm;
+        }
+        assert!(Instant::now() < deadline, "{name} never got there: {tm:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_applied_migration_is_run_by_the_controller_and_reported_in_status() {
+    let kube = tokio::task::block_in_place(KubeApiServer::start).expect("kube-apiserver (run tools/setup.sh)");
+    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/tenantmigrations.yaml");
+    ok(kube.kubectl(&["apply", "--server-side", "-f", crd]));
+    ok(kube.kubectl(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "crd/tenantmigrations.tenancy.dev",
+        "--timeout=60s",
+    ]));
+    ok(kube.kubectl(&["create", "namespace", NS]));
+    ok(kube.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "rag-api",
+        "-n",
+        NS,
+        "--from-literal=token=t0ken",
+    ]));
+
+    let (redis, loaded) = loaded_redis(0.02);
+    let before = snapshot(&redis);
+    let api = ConfigApi::start(0, Some("t0ken")).await.expect("config API");
+    api.insert(SOURCE, sample_config(SOURCE));
+
+    let dir = state_dir("controller");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let kubeconfig = dir.join("kubeconfig");
+    kube.write_kubeconfig(&kubeconfig, NS).expect("kubeconfig");
+    let log = std::fs::File::create(dir.join("controller.log")).expect("log");
+    let _controller = ControllerProcess(
+        Command::new(bin())
+            .args(["controller", "--namespace", NS])
+            .env("KUBECONFIG", &kubeconfig)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("controller"),
+    );
+
+    apply(
+        &kube,
+        &format!(
+            "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: move-it, namespace: {NS}}}\n\
+             spec:\n  source: {SOURCE}\n  target: {TARGET}\n  \
+             config: {{url: '{}', tokenSecretRef: {{name: rag-api, key: token}}}}\n  \
+             redis: {{url: '{}'}}\n  qdrant: {{enabled: false}}\n  memgraph: {{enabled: false}}\n",
+            api.url(),
+            redis.url()
+        ),
+    );
+    // A second one whose Secret does not exist waits with a clear condition.
+    apply(
+        &kube,
+        &format!(
+            "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: no-secret, namespace: {NS}}}\n\
+             spec:\n  source: other\n  target: other_b\n  \
+             config: {{url: '{}', tokenSecretRef: {{name: missing, key: token}}}}\n  \
+             redis: {{enabled: false}}\n  qdrant: {{enabled: false}}\n  memgraph: {{enabled: false}}\n",
+            api.url()
+        ),
+    );
+
+    let tm = tokio::task::block_in_place(|| {
+        wait_for(&kube, "move-it", |tm| {
+            matches!(tm["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+        })
+    });
+    let log = std::fs::read_to_string(dir.join("controller.log")).unwrap_or_default();
+    let status = &tm["status"];
+    assert_eq!(status["phase"], "Succeeded", "{tm:#}\n{log}");
+    assert_eq!(status["observedGeneration"], tm["metadata"]["generation"], "{tm:#}");
+    let n = loaded.tenant_keys;
+    assert_eq!(status["phases"]["redis"]["done"], n, "{tm:#}");
+    assert_eq!(status["phases"]["redis"]["state"], "Succeeded", "{tm:#}");
+    assert_eq!(status["phases"]["qdrant"]["state"], "Skipped", "{tm:#}");
+    assert_eq!(status["progress"], format!("{}/{}", n + 1, n + 1), "{tm:#}");
+    let ready = status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+        .expect("Ready condition");
+    assert_eq!(ready["status"], "True", "{tm:#}");
+    assert!(
+        !log.contains("t0ken") && !tm.to_string().contains("t0ken"),
+        "the token leaked"
+    );
+
+    assert_migrated(&before, &snapshot(&redis), true);
+    assert_eq!(api.get(TARGET), Some(sample_config(SOURCE)));
+    assert_eq!(api.get(SOURCE), None);
+
+    let waiting =
+        tokio::task::block_in_place(|| wait_for(&kube, "no-secret", |tm| tm["status"]["conditions"].is_array()));
+    let text = waiting["status"]["conditions"].to_string();
+    assert_eq!(waiting["status"]["phase"], "Pending", "{waiting:#}");
+    assert!(
+        text.contains("MissingSecret") && text.contains("Secret rag/missing not found"),
+        "{waiting:#}"
+    );
+}
