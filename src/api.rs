@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -279,7 +279,7 @@ impl Default for MemgraphSpec {
 
 /// Moves (or copies) one tenant's data to a new tenant id across the tenant-config
 /// API, Redis/DragonflyDB, Qdrant and Memgraph.
-#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[kube(
     group = "tenancy.dev",
     version = "v1alpha1",
@@ -294,14 +294,18 @@ impl Default for MemgraphSpec {
     printcolumn = r#"{"name":"Progress","type":"string","jsonPath":".status.progress"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
+#[x_kube(validation = Rule::new("self.source != self.target").message("source and target must be different tenants"))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TenantMigrationSpec {
     /// Tenant id whose data is migrated.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("source is immutable; create a new TenantMigration"))]
     pub source: TenantId,
     /// New tenant id.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("target is immutable; create a new TenantMigration"))]
     pub target: TenantId,
     /// Move (rename) or Copy (clone).
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("mode is immutable; create a new TenantMigration"))]
     pub mode: Mode,
     /// Plan only: count what would move and find conflicts; write nothing.
     #[serde(default)]

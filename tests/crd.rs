@@ -1,6 +1,7 @@
 //! The CustomResourceDefinition against a real kube-apiserver (built from Go modules
 //! by tools/envtest): accepted, established, printer columns served, field
-//! descriptions in `kubectl explain`, and bad ids rejected by the schema itself.
+//! descriptions in `kubectl explain`, and bad ids, source == target and changes to
+//! source, target or mode rejected by the schema itself (patterns and CEL rules).
 
 mod common;
 
@@ -64,6 +65,40 @@ fn the_crd_is_served_by_a_real_api_server_and_validates_ids() {
         explain.contains("What to do when a target key already exists"),
         "{explain}"
     );
+
+    // CEL rules: source and target differ; source, target and mode cannot change.
+    let manifest = |name: &str, source: &str, target: &str, mode: &str| {
+        format!(
+            "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: {name}, namespace: rag}}\n\
+             spec: {{source: {source}, target: {target}, mode: {mode}}}\n"
+        )
+    };
+    let same = apply(&kube, &manifest("same", "siraya", "siraya", "Move"));
+    assert!(
+        !same.status.success() && common::text(&same).contains("source and target must be different tenants"),
+        "{}",
+        common::text(&same)
+    );
+    assert!(
+        apply(&kube, &manifest("edit", "siraya", "tenant_b", "Move"))
+            .status
+            .success()
+    );
+    for (changed, want) in [
+        (manifest("edit", "other", "tenant_b", "Move"), "source is immutable"),
+        (manifest("edit", "siraya", "tenant_c", "Move"), "target is immutable"),
+        (manifest("edit", "siraya", "tenant_b", "Copy"), "mode is immutable"),
+    ] {
+        let out = apply(&kube, &changed);
+        assert!(
+            !out.status.success() && common::text(&out).contains(want),
+            "{want}: {}",
+            common::text(&out)
+        );
+    }
+    // Everything else may change, e.g. suspending.
+    let suspended = manifest("edit", "siraya", "tenant_b", "Move").replace("mode: Move}", "mode: Move, suspend: true}");
+    assert!(apply(&kube, &suspended).status.success());
 
     for (id, field) in [
         ("sir*ya", "spec.source"),
