@@ -98,16 +98,7 @@ async fn an_applied_migration_is_run_by_the_controller_and_reported_in_status() 
     std::fs::create_dir_all(&dir).expect("dir");
     let kubeconfig = dir.join("kubeconfig");
     kube.write_kubeconfig(&kubeconfig, NS).expect("kubeconfig");
-    let log = std::fs::File::create(dir.join("controller.log")).expect("log");
-    let _controller = ControllerProcess(
-        Command::new(bin())
-            .args(["controller", "--namespace", NS])
-            .env("KUBECONFIG", &kubeconfig)
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("controller"),
-    );
+    let _controller = start_controller(&kubeconfig, &dir.join("controller.log"));
 
     apply(
         &kube,
@@ -168,4 +159,87 @@ async fn an_applied_migration_is_run_by_the_controller_and_reported_in_status() 
         text.contains("MissingSecret") && text.contains("Secret rag/missing not found"),
         "{waiting:#}"
     );
+}
+
+fn start_controller(kubeconfig: &std::path::Path, log: &std::path::Path) -> ControllerProcess {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log");
+    ControllerProcess(
+        Command::new(bin())
+            .args(["controller", "--namespace", NS])
+            .env("KUBECONFIG", kubeconfig)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("controller"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_killed_mid_phase_resumes_from_the_checkpoint_in_status() {
+    let kube = tokio::task::block_in_place(KubeApiServer::start).expect("kube-apiserver (run tools/setup.sh)");
+    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/tenantmigrations.yaml");
+    ok(kube.kubectl(&["apply", "--server-side", "-f", crd]));
+    ok(kube.kubectl(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "crd/tenantmigrations.tenancy.dev",
+        "--timeout=60s",
+    ]));
+    ok(kube.kubectl(&["create", "namespace", NS]));
+    let (redis, loaded) = loaded_redis(0.05);
+    let before = snapshot(&redis);
+    // Through a delay proxy, with small batches, the Redis phase lasts seconds.
+    let proxy =
+        tenant_migrator_testkit::DelayProxy::start(([127, 0, 0, 1], redis.port()).into(), Duration::from_millis(2))
+            .expect("proxy");
+    let dir = state_dir("controller-restart");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let kubeconfig = dir.join("kubeconfig");
+    kube.write_kubeconfig(&kubeconfig, NS).expect("kubeconfig");
+    let log = dir.join("controller.log");
+    let first = start_controller(&kubeconfig, &log);
+    apply(
+        &kube,
+        &format!(
+            "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: resume-me, namespace: {NS}}}\n\
+             spec:\n  source: {SOURCE}\n  target: {TARGET}\n  config: {{enabled: false}}\n  \
+             redis: {{url: 'redis://127.0.0.1:{}/', batchSize: 20}}\n  qdrant: {{enabled: false}}\n  memgraph: {{enabled: false}}\n",
+            proxy.port()
+        ),
+    );
+    let midway = tokio::task::block_in_place(|| {
+        wait_for(&kube, "resume-me", |tm| {
+            tm["status"]["phases"]["redis"]["checkpoint"]["batch"]
+                .as_u64()
+                .is_some_and(|b| b >= 5)
+        })
+    });
+    drop(first); // SIGKILL, mid-phase
+    let checkpoint = midway["status"]["phases"]["redis"]["checkpoint"].clone();
+    assert_ne!(
+        midway["status"]["phase"], "Succeeded",
+        "finished before the kill: {midway:#}"
+    );
+
+    let _second = start_controller(&kubeconfig, &log);
+    let tm = tokio::task::block_in_place(|| {
+        wait_for(&kube, "resume-me", |tm| {
+            matches!(tm["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+        })
+    });
+    let logs = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(tm["status"]["phase"], "Succeeded", "{tm:#}\n{logs}");
+    // The phase kept its start: it was resumed, not started over.
+    assert_eq!(
+        tm["status"]["phases"]["redis"]["startTime"],
+        midway["status"]["phases"]["redis"]["startTime"]
+    );
+    assert_eq!(tm["status"]["phases"]["redis"]["done"], loaded.tenant_keys, "{tm:#}");
+    assert!(checkpoint.is_object(), "{midway:#}");
+    assert_migrated(&before, &snapshot(&redis), true);
 }
