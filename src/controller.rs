@@ -7,6 +7,7 @@
 //! changes (a new generation).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -147,10 +148,12 @@ async fn credentials(client: &Client, tm: &TenantMigration, ns: &str) -> Result<
     Ok(c)
 }
 
-/// Hands the engine's progress to a task that patches status, at most about once a second.
+/// Hands the engine's progress to a task that patches status, at most about once a
+/// second, and tells the engine to stop at the next batch boundary when asked.
 struct StatusProgress {
     tx: mpsc::UnboundedSender<PhaseStatuses>,
     last: Option<Instant>,
+    stop: Arc<AtomicBool>,
 }
 
 impl Progress for StatusProgress {
@@ -164,6 +167,28 @@ impl Progress for StatusProgress {
             let _ = self.tx.send(phases.clone());
         }
     }
+
+    fn should_stop(&mut self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
+/// Sets `stop` once the migration is suspended or deleted; checked every second,
+/// so a run pauses at the batch boundary after the change.
+fn watch_for_stop(api: Api<TenantMigration>, name: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            match api.get_opt(&name).await {
+                Ok(Some(tm)) if !tm.spec.suspend && tm.metadata.deletion_timestamp.is_none() => {}
+                Ok(_) => {
+                    stop.store(true, Ordering::SeqCst);
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the migration; going on"),
+            }
+        }
+    })
 }
 
 async fn reconcile(tm: Arc<TenantMigration>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
@@ -174,6 +199,22 @@ async fn reconcile(tm: Arc<TenantMigration>, ctx: Arc<Context>) -> Result<Action
     let status = tm.status.clone().unwrap_or_default();
     let finished = matches!(status.phase, MigrationPhase::Succeeded | MigrationPhase::Failed);
     if finished && status.observed_generation == generation {
+        return Ok(Action::await_change());
+    }
+    if tm.spec.suspend {
+        if status.phase != MigrationPhase::Suspended || status.observed_generation != generation {
+            let message = "suspended by spec.suspend; clear it to resume from the checkpoint";
+            patch_status(
+                &api,
+                &name,
+                json!({
+                    "observedGeneration": generation,
+                    "phase": MigrationPhase::Suspended,
+                    "conditions": conditions(MigrationPhase::Suspended, generation, message, "Suspended"),
+                }),
+            )
+            .await?;
+        }
         return Ok(Action::await_change());
     }
     let migration = format!("{ns}/{name}");
@@ -234,8 +275,10 @@ async fn reconcile(tm: Arc<TenantMigration>, ctx: Arc<Context>) -> Result<Action
     // migration must not occupy a reactor thread anyway.
     let (spec, resume) = (tm.spec.clone(), status.phases.clone());
     let handle = tokio::runtime::Handle::current();
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch_for_stop(api.clone(), name.clone(), stop.clone());
     let report = tokio::task::spawn_blocking(move || {
-        let mut progress = StatusProgress { tx, last: None };
+        let mut progress = StatusProgress { tx, last: None, stop };
         handle.block_on(engine::run(
             &spec,
             &creds,
@@ -246,6 +289,7 @@ async fn reconcile(tm: Arc<TenantMigration>, ctx: Arc<Context>) -> Result<Action
     })
     .await;
     let _ = writer.await;
+    watcher.abort();
     let report = match report {
         Ok(r) => r,
         Err(e) => return Err(ControllerError::Engine(e.to_string())),

@@ -243,3 +243,83 @@ async fn a_controller_killed_mid_phase_resumes_from_the_checkpoint_in_status() {
     assert!(checkpoint.is_object(), "{midway:#}");
     assert_migrated(&before, &snapshot(&redis), true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspend_pauses_at_a_batch_boundary_and_clearing_it_resumes() {
+    let kube = tokio::task::block_in_place(KubeApiServer::start).expect("kube-apiserver (run tools/setup.sh)");
+    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/tenantmigrations.yaml");
+    ok(kube.kubectl(&["apply", "--server-side", "-f", crd]));
+    ok(kube.kubectl(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "crd/tenantmigrations.tenancy.dev",
+        "--timeout=60s",
+    ]));
+    ok(kube.kubectl(&["create", "namespace", NS]));
+    let (redis, loaded) = loaded_redis(0.05);
+    let before = snapshot(&redis);
+    let proxy =
+        tenant_migrator_testkit::DelayProxy::start(([127, 0, 0, 1], redis.port()).into(), Duration::from_millis(2))
+            .expect("proxy");
+    let dir = state_dir("controller-suspend");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let kubeconfig = dir.join("kubeconfig");
+    kube.write_kubeconfig(&kubeconfig, NS).expect("kubeconfig");
+    let _controller = start_controller(&kubeconfig, &dir.join("controller.log"));
+    apply(
+        &kube,
+        &format!(
+            "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: pause-me, namespace: {NS}}}\n\
+             spec:\n  source: {SOURCE}\n  target: {TARGET}\n  config: {{enabled: false}}\n  \
+             redis: {{url: 'redis://127.0.0.1:{}/', batchSize: 20}}\n  qdrant: {{enabled: false}}\n  memgraph: {{enabled: false}}\n",
+            proxy.port()
+        ),
+    );
+    tokio::task::block_in_place(|| {
+        wait_for(&kube, "pause-me", |tm| {
+            tm["status"]["phases"]["redis"]["checkpoint"]["batch"]
+                .as_u64()
+                .is_some_and(|b| b >= 3)
+        })
+    });
+    ok(kube.kubectl(&[
+        "patch",
+        "tm",
+        "pause-me",
+        "-n",
+        NS,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"suspend":true}}"#,
+    ]));
+    let paused = tokio::task::block_in_place(|| wait_for(&kube, "pause-me", |tm| tm["status"]["phase"] == "Suspended"));
+    // Nothing moves while suspended.
+    std::thread::sleep(Duration::from_secs(2));
+    let still = status_of(&kube, "pause-me");
+    assert_eq!(
+        still["status"]["phases"]["redis"]["checkpoint"], paused["status"]["phases"]["redis"]["checkpoint"],
+        "progress while suspended"
+    );
+    assert_eq!(still["status"]["phase"], "Suspended", "{still:#}");
+    ok(kube.kubectl(&[
+        "patch",
+        "tm",
+        "pause-me",
+        "-n",
+        NS,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"suspend":false}}"#,
+    ]));
+    let tm = tokio::task::block_in_place(|| {
+        wait_for(&kube, "pause-me", |tm| {
+            matches!(tm["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+        })
+    });
+    assert_eq!(tm["status"]["phase"], "Succeeded", "{tm:#}");
+    assert_eq!(tm["status"]["phases"]["redis"]["done"], loaded.tenant_keys, "{tm:#}");
+    assert_migrated(&before, &snapshot(&redis), true);
+}
