@@ -11,12 +11,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::Secret as KubeSecret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -37,6 +39,7 @@ pub enum ControllerError {
 
 struct Context {
     client: Client,
+    recorder: Recorder,
 }
 
 const MANAGER: &str = "tenant-migrator";
@@ -47,7 +50,14 @@ pub async fn run(client: Client, namespace: Option<String>) {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let ctx = Arc::new(Context { client });
+    let reporter = Reporter {
+        controller: MANAGER.into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+    });
     Controller::new(api, watcher::Config::default())
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
@@ -148,24 +158,45 @@ async fn credentials(client: &Client, tm: &TenantMigration, ns: &str) -> Result<
     Ok(c)
 }
 
+/// What the engine reports, on its way to status patches and Events.
+enum Update {
+    Phases(Box<PhaseStatuses>),
+    Retry {
+        store: Store,
+        batch: u64,
+        attempt: u32,
+        error: String,
+    },
+}
+
 /// Hands the engine's progress to a task that patches status, at most about once a
-/// second, and tells the engine to stop at the next batch boundary when asked.
+/// second (and at every change of a phase's state), and tells the engine to stop at
+/// the next batch boundary when asked.
 struct StatusProgress {
-    tx: mpsc::UnboundedSender<PhaseStatuses>,
+    tx: mpsc::UnboundedSender<Update>,
     last: Option<Instant>,
+    states: Vec<PhaseState>,
     stop: Arc<AtomicBool>,
 }
 
 impl Progress for StatusProgress {
     fn update(&mut self, _store: Store, _stage: StageProgress, phases: &PhaseStatuses) {
-        let changed_state = Store::ALL
-            .iter()
-            .any(|s| matches!(phases.get(*s).state, PhaseState::Succeeded | PhaseState::Failed));
+        let states: Vec<PhaseState> = Store::ALL.iter().map(|s| phases.get(*s).state).collect();
         let due = self.last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
-        if due || changed_state {
+        if due || states != self.states {
             self.last = Some(Instant::now());
-            let _ = self.tx.send(phases.clone());
+            self.states = states;
+            let _ = self.tx.send(Update::Phases(Box::new(phases.clone())));
         }
+    }
+
+    fn retrying(&mut self, store: Store, batch: u64, attempt: u32, error: &str, _wait: Duration) {
+        let _ = self.tx.send(Update::Retry {
+            store,
+            batch,
+            attempt,
+            error: error.to_owned(),
+        });
     }
 
     fn should_stop(&mut self) -> bool {
@@ -255,17 +286,37 @@ async fn reconcile(tm: Arc<TenantMigration>, ctx: Arc<Context>) -> Result<Action
     .await?;
 
     // Status patches happen beside the engine, so a slow API server never stalls a batch.
-    let (tx, mut rx) = mpsc::unbounded_channel::<PhaseStatuses>();
+    // Status patches and Events happen beside the engine, so a slow API server never stalls a batch.
+    let (tx, mut rx) = mpsc::unbounded_channel::<Update>();
+    let object = tm.object_ref(&());
     let writer = {
-        let (api, name) = (api.clone(), name.clone());
+        let (api, name, ctx, object) = (api.clone(), name.clone(), ctx.clone(), object.clone());
+        let mut previous = status.phases.clone();
         tokio::spawn(async move {
-            while let Some(mut phases) = rx.recv().await {
-                while let Ok(newer) = rx.try_recv() {
-                    phases = newer;
-                }
-                let body = json!({ "phases": phases, "progress": progress_of(&phases) });
-                if let Err(e) = patch_status(&api, &name, body).await {
-                    tracing::warn!(error = %e, "status patch failed");
+            while let Some(update) = rx.recv().await {
+                match update {
+                    Update::Retry {
+                        store,
+                        batch,
+                        attempt,
+                        error,
+                    } => {
+                        let note = format!("{store}: batch {batch} failed (attempt {attempt}), retrying: {error}");
+                        publish(&ctx, &object, EventType::Warning, "BatchRetry", note).await;
+                    }
+                    Update::Phases(phases) => {
+                        for store in Store::ALL {
+                            let (was, now) = (previous.get(store).state, phases.get(store).state);
+                            if was != now {
+                                phase_event(&ctx, &object, store, now, phases.get(store).message.clone()).await;
+                            }
+                        }
+                        let body = json!({ "phases": phases, "progress": progress_of(&phases) });
+                        if let Err(e) = patch_status(&api, &name, body).await {
+                            tracing::warn!(error = %e, "status patch failed");
+                        }
+                        previous = *phases;
+                    }
                 }
             }
         })
@@ -278,7 +329,12 @@ async fn reconcile(tm: Arc<TenantMigration>, ctx: Arc<Context>) -> Result<Action
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_for_stop(api.clone(), name.clone(), stop.clone());
     let report = tokio::task::spawn_blocking(move || {
-        let mut progress = StatusProgress { tx, last: None, stop };
+        let mut progress = StatusProgress {
+            tx,
+            last: None,
+            states: Vec::new(),
+            stop,
+        };
         handle.block_on(engine::run(
             &spec,
             &creds,
@@ -331,7 +387,43 @@ async fn reconcile(tm: Arc<TenantMigration>, ctx: Arc<Context>) -> Result<Action
         }),
     )
     .await?;
+    let kind = if phase == MigrationPhase::Failed {
+        EventType::Warning
+    } else {
+        EventType::Normal
+    };
+    publish(&ctx, &object, kind, &format!("Migration{phase:?}"), message).await;
     Ok(Action::await_change())
+}
+
+/// Publishes an Event; a failure to do so is logged, never fatal.
+async fn publish(ctx: &Context, object: &ObjectReference, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Migrate".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, object).await {
+        tracing::warn!(error = %e, reason, "cannot publish an Event");
+    }
+}
+
+async fn phase_event(
+    ctx: &Context,
+    object: &ObjectReference,
+    store: Store,
+    state: PhaseState,
+    message: Option<String>,
+) {
+    let (type_, reason, note) = match state {
+        PhaseState::Running => (EventType::Normal, "PhaseStarted", format!("{store} phase started")),
+        PhaseState::Succeeded => (EventType::Normal, "PhaseSucceeded", message.unwrap_or_default()),
+        PhaseState::Failed => (EventType::Warning, "PhaseFailed", message.unwrap_or_default()),
+        PhaseState::Skipped | PhaseState::Pending => return,
+    };
+    publish(ctx, object, type_, reason, note).await;
 }
 
 fn error_policy(_tm: Arc<TenantMigration>, error: &ControllerError, _ctx: Arc<Context>) -> Action {

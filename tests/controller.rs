@@ -147,6 +147,24 @@ async fn an_applied_migration_is_run_by_the_controller_and_reported_in_status() 
         "the token leaked"
     );
 
+    // Events on phase start and end, and on the migration's end.
+    let events: serde_json::Value =
+        serde_json::from_str(&ok(kube.kubectl(&["get", "events", "-n", NS, "-o", "json"]))).expect("JSON");
+    let reasons: Vec<&str> = events["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter(|e| e["involvedObject"]["name"] == "move-it")
+                .filter_map(|e| e["reason"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    for want in ["PhaseStarted", "PhaseSucceeded", "MigrationSucceeded"] {
+        assert!(reasons.contains(&want), "no {want} Event: {reasons:?}");
+    }
+    assert!(!events.to_string().contains("t0ken"), "the token leaked into an Event");
+
     assert_migrated(&before, &snapshot(&redis), true);
     assert_eq!(api.get(TARGET), Some(sample_config(SOURCE)));
     assert_eq!(api.get(SOURCE), None);
