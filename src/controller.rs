@@ -40,6 +40,8 @@ pub enum ControllerError {
 struct Context {
     client: Client,
     recorder: Recorder,
+    /// The one namespace watched, if not all.
+    namespace: Option<String>,
 }
 
 const MANAGER: &str = "tenant-migrator";
@@ -50,6 +52,7 @@ pub async fn run(client: Client, namespace: Option<String>) {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
+    let namespace = namespace.clone();
     let reporter = Reporter {
         controller: MANAGER.into(),
         instance: std::env::var("POD_NAME").ok(),
@@ -57,6 +60,7 @@ pub async fn run(client: Client, namespace: Option<String>) {
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
+        namespace,
     });
     Controller::new(api, watcher::Config::default())
         .shutdown_on_signal()
@@ -250,6 +254,25 @@ async fn reconcile(tm: Arc<TenantMigration>, ctx: Arc<Context>) -> Result<Action
     }
     let migration = format!("{ns}/{name}");
 
+    // One migration per tenant at a time: an older unfinished migration touching the
+    // same tenant (as source or target, in any namespace watched) goes first.
+    if let Some(other) = conflicting(&ctx, &tm).await? {
+        let message = format!("waiting for TenantMigration {other}, which touches the same tenant");
+        if status.phase != MigrationPhase::Pending || !status_says(&status, &message) {
+            patch_status(
+                &api,
+                &name,
+                json!({
+                    "observedGeneration": generation,
+                    "phase": MigrationPhase::Pending,
+                    "conditions": conditions(MigrationPhase::Pending, generation, &message, "WaitingForOtherMigration"),
+                }),
+            )
+            .await?;
+        }
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    }
+
     let creds = match credentials(&ctx.client, &tm, &ns).await {
         Ok(c) => c,
         Err(ControllerError::MissingSecret(m)) => {
@@ -394,6 +417,41 @@ async fn reconcile(tm: Arc<TenantMigration>, ctx: Arc<Context>) -> Result<Action
     };
     publish(&ctx, &object, kind, &format!("Migration{phase:?}"), message).await;
     Ok(Action::await_change())
+}
+
+/// Whether the status already carries `message` in its conditions (avoids patch loops).
+fn status_says(status: &crate::api::TenantMigrationStatus, message: &str) -> bool {
+    status.conditions.iter().any(|c| c.message == message)
+}
+
+/// An older TenantMigration, not finished, whose source or target is one of `tm`'s.
+async fn conflicting(ctx: &Context, tm: &TenantMigration) -> Result<Option<String>, ControllerError> {
+    let all: Api<TenantMigration> = match &ctx.namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    let mine = [tm.spec.source.as_str(), tm.spec.target.as_str()];
+    let key = |t: &TenantMigration| (t.metadata.creation_timestamp.clone(), t.namespace(), t.name_any());
+    let me = key(tm);
+    let list = all.list(&Default::default()).await?;
+    let mut others: Vec<&TenantMigration> = list
+        .items
+        .iter()
+        .filter(|o| o.metadata.uid != tm.metadata.uid)
+        .filter(|o| {
+            let theirs = [o.spec.source.as_str(), o.spec.target.as_str()];
+            theirs.iter().any(|t| mine.contains(t))
+        })
+        .filter(|o| {
+            let phase = o.status.as_ref().map(|s| s.phase).unwrap_or_default();
+            !matches!(phase, MigrationPhase::Succeeded | MigrationPhase::Failed)
+        })
+        .filter(|o| key(o) < me)
+        .collect();
+    others.sort_by_key(|o| key(o));
+    Ok(others
+        .first()
+        .map(|o| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any())))
 }
 
 /// Publishes an Event; a failure to do so is logged, never fatal.

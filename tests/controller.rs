@@ -341,3 +341,59 @@ async fn suspend_pauses_at_a_batch_boundary_and_clearing_it_resumes() {
     assert_eq!(tm["status"]["phases"]["redis"]["done"], loaded.tenant_keys, "{tm:#}");
     assert_migrated(&before, &snapshot(&redis), true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_migration_of_the_same_tenant_waits_for_the_first() {
+    let kube = tokio::task::block_in_place(KubeApiServer::start).expect("kube-apiserver (run tools/setup.sh)");
+    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/tenantmigrations.yaml");
+    ok(kube.kubectl(&["apply", "--server-side", "-f", crd]));
+    ok(kube.kubectl(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "crd/tenantmigrations.tenancy.dev",
+        "--timeout=60s",
+    ]));
+    ok(kube.kubectl(&["create", "namespace", NS]));
+    let (redis, _) = loaded_redis(0.02);
+    let dir = state_dir("controller-conflict");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let kubeconfig = dir.join("kubeconfig");
+    kube.write_kubeconfig(&kubeconfig, NS).expect("kubeconfig");
+    let _controller = start_controller(&kubeconfig, &dir.join("controller.log"));
+    let manifest = |name: &str, target: &str, suspend: bool| {
+        format!(
+            "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: {name}, namespace: {NS}}}\n\
+             spec:\n  source: {SOURCE}\n  target: {target}\n  suspend: {suspend}\n  config: {{enabled: false}}\n  \
+             redis: {{url: '{}'}}\n  qdrant: {{enabled: false}}\n  memgraph: {{enabled: false}}\n",
+            redis.url()
+        )
+    };
+    // The first is held (suspended); the second moves the same source elsewhere.
+    apply(&kube, &manifest("first", "tenant_one", true));
+    apply(&kube, &manifest("second", "tenant_two", false));
+    let waiting = tokio::task::block_in_place(|| {
+        wait_for(&kube, "second", |tm| {
+            tm["status"]["conditions"]
+                .to_string()
+                .contains("WaitingForOtherMigration")
+        })
+    });
+    assert_eq!(waiting["status"]["phase"], "Pending", "{waiting:#}");
+    assert!(
+        waiting["status"]["conditions"].to_string().contains("rag/first"),
+        "{waiting:#}"
+    );
+    assert!(
+        !snapshot(&redis).keys().any(|k| k.starts_with(b"tenant_two_")),
+        "the waiting migration wrote"
+    );
+    // Once the first is gone, the second runs.
+    ok(kube.kubectl(&["delete", "tm", "first", "-n", NS]));
+    let done = tokio::task::block_in_place(|| {
+        wait_for(&kube, "second", |tm| {
+            matches!(tm["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+        })
+    });
+    assert_eq!(done["status"]["phase"], "Succeeded", "{done:#}");
+}
