@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use crate::Secret;
 use crate::api::{MigrationPhase, PhaseState, PhaseStatuses, SecretKeyRef, Store, TenantMigration};
 use crate::engine::{self, Credentials, EngineError, Progress, RunOptions, StageProgress};
+use crate::telemetry::{Metrics, StoreLabel};
 
 /// Errors of the controller itself (the engine's end up in status, not here).
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,7 @@ pub enum ControllerError {
 
 struct Context {
     client: Client,
+    metrics: Arc<Metrics>,
     recorder: Recorder,
     /// The one namespace watched, if not all.
     namespace: Option<String>,
@@ -46,8 +48,19 @@ struct Context {
 
 const MANAGER: &str = "tenant-migrator";
 
-/// Runs the controller until SIGINT/SIGTERM. `namespace`: watch one namespace, or all.
-pub async fn run(client: Client, namespace: Option<String>) {
+/// Runs the controller until SIGINT/SIGTERM. `namespace`: watch one namespace, or all;
+/// `endpoints`: where to serve `/metrics`, `/healthz` and `/readyz`.
+pub async fn run(client: Client, namespace: Option<String>, endpoints: Option<std::net::SocketAddr>) {
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = endpoints {
+        let (m, r) = (metrics.clone(), ready.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::telemetry::serve(addr, m, r).await {
+                tracing::error!(error = %e, %addr, "cannot serve /metrics and health endpoints");
+            }
+        });
+    }
     let api: Api<TenantMigration> = match &namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
@@ -61,8 +74,11 @@ pub async fn run(client: Client, namespace: Option<String>) {
         recorder: Recorder::new(client.clone(), reporter),
         client,
         namespace,
+        metrics,
     });
-    Controller::new(api, watcher::Config::default())
+    let controller = Controller::new(api, watcher::Config::default());
+    ready.store(true, Ordering::SeqCst);
+    controller
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -181,10 +197,61 @@ struct StatusProgress {
     last: Option<Instant>,
     states: Vec<PhaseState>,
     stop: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+    /// Per store: items done and batch reached as last seen, and when it started running here.
+    seen: Vec<(u64, u64, Option<Instant>)>,
+}
+
+impl StatusProgress {
+    /// Turns a store's status into metric increments.
+    fn count(&mut self, store: Store, phases: &PhaseStatuses) {
+        let i = Store::ALL.iter().position(|s| *s == store).unwrap_or(0);
+        if self.seen.len() < Store::ALL.len() {
+            self.seen = Store::ALL
+                .iter()
+                .map(|s| {
+                    let p = phases.get(*s);
+                    (p.done, p.checkpoint.as_ref().map_or(0, |c| c.batch), None)
+                })
+                .collect();
+        }
+        let label = StoreLabel::of(store);
+        let p = phases.get(store);
+        let (done, batch, started) = &mut self.seen[i];
+        if p.done > *done {
+            self.metrics.items.get_or_create(&label).inc_by(p.done - *done);
+        }
+        *done = p.done;
+        let b = p.checkpoint.as_ref().map_or(0, |c| c.batch);
+        if b > *batch {
+            self.metrics.batches.get_or_create(&label).inc_by(b - *batch);
+        }
+        *batch = b;
+        match p.state {
+            PhaseState::Running => {
+                started.get_or_insert_with(Instant::now);
+            }
+            PhaseState::Succeeded => {
+                if let Some(t) = started.take() {
+                    self.metrics
+                        .phase_seconds
+                        .get_or_create(&label)
+                        .observe(t.elapsed().as_secs_f64());
+                }
+            }
+            PhaseState::Failed => {
+                if started.take().is_some() {
+                    self.metrics.failures.get_or_create(&label).inc();
+                }
+            }
+            PhaseState::Pending | PhaseState::Skipped => {}
+        }
+    }
 }
 
 impl Progress for StatusProgress {
-    fn update(&mut self, _store: Store, _stage: StageProgress, phases: &PhaseStatuses) {
+    fn update(&mut self, store: Store, _stage: StageProgress, phases: &PhaseStatuses) {
+        self.count(store, phases);
         let states: Vec<PhaseState> = Store::ALL.iter().map(|s| phases.get(*s).state).collect();
         let due = self.last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
         if due || states != self.states {
@@ -195,6 +262,7 @@ impl Progress for StatusProgress {
     }
 
     fn retrying(&mut self, store: Store, batch: u64, attempt: u32, error: &str, _wait: Duration) {
+        self.metrics.retries.get_or_create(&StoreLabel::of(store)).inc();
         let _ = self.tx.send(Update::Retry {
             store,
             batch,
@@ -351,12 +419,15 @@ async fn reconcile(tm: Arc<TenantMigration>, ctx: Arc<Context>) -> Result<Action
     let handle = tokio::runtime::Handle::current();
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_for_stop(api.clone(), name.clone(), stop.clone());
+    let metrics = ctx.metrics.clone();
     let report = tokio::task::spawn_blocking(move || {
         let mut progress = StatusProgress {
             tx,
             last: None,
             states: Vec::new(),
             stop,
+            metrics,
+            seen: Vec::new(),
         };
         handle.block_on(engine::run(
             &spec,

@@ -29,6 +29,9 @@ enum Command {
         /// Watch only this namespace (default: all).
         #[arg(long)]
         namespace: Option<String>,
+        /// Serve /metrics, /healthz and /readyz here.
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        metrics_addr: std::net::SocketAddr,
     },
 }
 
@@ -50,11 +53,14 @@ async fn main() {
                 1
             }
         },
-        Command::Controller { namespace } => {
+        Command::Controller {
+            namespace,
+            metrics_addr,
+        } => {
             telemetry::init("info");
             match kube::Client::try_default().await {
                 Ok(client) => {
-                    tenant_migrator::controller::run(client, namespace).await;
+                    tenant_migrator::controller::run(client, namespace, Some(metrics_addr)).await;
                     0
                 }
                 Err(e) => {

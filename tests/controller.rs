@@ -98,7 +98,8 @@ async fn an_applied_migration_is_run_by_the_controller_and_reported_in_status() 
     std::fs::create_dir_all(&dir).expect("dir");
     let kubeconfig = dir.join("kubeconfig");
     kube.write_kubeconfig(&kubeconfig, NS).expect("kubeconfig");
-    let _controller = start_controller(&kubeconfig, &dir.join("controller.log"));
+    let metrics_port = tenant_migrator_testkit::free_port().expect("port");
+    let _controller = start_controller_at(&kubeconfig, &dir.join("controller.log"), metrics_port);
 
     apply(
         &kube,
@@ -165,6 +166,30 @@ async fn an_applied_migration_is_run_by_the_controller_and_reported_in_status() 
     }
     assert!(!events.to_string().contains("t0ken"), "the token leaked into an Event");
 
+    // The controller's own endpoints.
+    let base = format!("http://127.0.0.1:{metrics_port}");
+    let http = reqwest::Client::new();
+    for path in ["/healthz", "/readyz"] {
+        let status = http.get(format!("{base}{path}")).send().await.expect(path).status();
+        assert!(status.is_success(), "{path}: {status}");
+    }
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains(&format!("tenant_migrator_items_total{{store=\"redis\"}} {n}")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tenant_migrator_phase_duration_seconds_count{store=\"redis\"} 1"),
+        "{metrics}"
+    );
+
     assert_migrated(&before, &snapshot(&redis), true);
     assert_eq!(api.get(TARGET), Some(sample_config(SOURCE)));
     assert_eq!(api.get(SOURCE), None);
@@ -180,6 +205,10 @@ async fn an_applied_migration_is_run_by_the_controller_and_reported_in_status() 
 }
 
 fn start_controller(kubeconfig: &std::path::Path, log: &std::path::Path) -> ControllerProcess {
+    start_controller_at(kubeconfig, log, tenant_migrator_testkit::free_port().expect("port"))
+}
+
+fn start_controller_at(kubeconfig: &std::path::Path, log: &std::path::Path, metrics_port: u16) -> ControllerProcess {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -188,6 +217,7 @@ fn start_controller(kubeconfig: &std::path::Path, log: &std::path::Path) -> Cont
     ControllerProcess(
         Command::new(bin())
             .args(["controller", "--namespace", NS])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .env("KUBECONFIG", kubeconfig)
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
