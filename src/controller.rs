@@ -36,6 +36,8 @@ pub enum ControllerError {
     MissingSecret(String),
     #[error("the engine task ended abnormally: {0}")]
     Engine(String),
+    #[error("leader election: {0}")]
+    Lease(String),
 }
 
 struct Context {
@@ -48,9 +50,67 @@ struct Context {
 
 const MANAGER: &str = "tenant-migrator";
 
-/// Runs the controller until SIGINT/SIGTERM. `namespace`: watch one namespace, or all;
-/// `endpoints`: where to serve `/metrics`, `/healthz` and `/readyz`.
-pub async fn run(client: Client, namespace: Option<String>, endpoints: Option<std::net::SocketAddr>) {
+/// How the controller runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Watch one namespace, or all.
+    pub namespace: Option<String>,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz`.
+    pub endpoints: Option<std::net::SocketAddr>,
+    /// Namespace of the Lease for leader election; `None` runs without election.
+    pub lease_namespace: Option<String>,
+    /// Seconds a leader holds the Lease without renewing it.
+    pub lease_seconds: u64,
+}
+
+/// Takes the Lease `tenant-migrator`, then runs the controller while holding it; a
+/// replica that loses it exits, so that two replicas never run a migration at once.
+pub async fn run_elected(client: Client, options: Options) -> Result<(), ControllerError> {
+    let Some(lease_ns) = options.lease_namespace.clone() else {
+        run(client, options).await;
+        return Ok(());
+    };
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("tenant-migrator-{}", std::process::id()));
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), MANAGER)
+        .with_namespace(lease_ns.as_str())
+        .with_identity(identity.as_str())
+        .with_duration(options.lease_seconds)
+        .with_grace(2.min(options.lease_seconds.saturating_sub(1)).max(1))
+        .with_field_manager(MANAGER)
+        .build()
+        .await
+        .map_err(|e| ControllerError::Lease(e.to_string()))?;
+    let (mut leading, task) = manager.watch().await;
+    tracing::info!(%identity, lease = %format!("{lease_ns}/{MANAGER}"), "waiting for leadership");
+    while !*leading.borrow_and_update() {
+        if leading.changed().await.is_err() {
+            return Err(ControllerError::Lease("the lease manager stopped".into()));
+        }
+    }
+    tracing::info!(%identity, "leading");
+    tokio::select! {
+        () = run(client, options) => {}
+        () = async {
+            while leading.changed().await.is_ok() {
+                if !*leading.borrow_and_update() {
+                    return;
+                }
+            }
+        } => {
+            tracing::error!(%identity, "lost the lease; exiting so that another replica takes over");
+            std::process::exit(1);
+        }
+    }
+    drop(leading);
+    let _ = task.await;
+    Ok(())
+}
+
+/// Runs the controller until SIGINT/SIGTERM.
+pub async fn run(client: Client, options: Options) {
+    let Options {
+        namespace, endpoints, ..
+    } = options;
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     if let Some(addr) = endpoints {
@@ -294,10 +354,16 @@ fn watch_for_stop(api: Api<TenantMigration>, name: String, stop: Arc<AtomicBool>
     })
 }
 
-async fn reconcile(tm: Arc<TenantMigration>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
-    let ns = tm.namespace().unwrap_or_default();
-    let name = tm.name_any();
+async fn reconcile(cached: Arc<TenantMigration>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
+    let ns = cached.namespace().unwrap_or_default();
+    let name = cached.name_any();
     let api: Api<TenantMigration> = Api::namespaced(ctx.client.clone(), &ns);
+    // The cache can lag behind our own status patches (a reconcile queued during a long
+    // run sees the object as it was then): decide on the object as it is now, or a
+    // finished migration would be started again from an old checkpoint.
+    let Some(tm) = api.get_opt(&name).await? else {
+        return Ok(Action::await_change());
+    };
     let generation = tm.metadata.generation;
     let status = tm.status.clone().unwrap_or_default();
     let finished = matches!(status.phase, MigrationPhase::Succeeded | MigrationPhase::Failed);

@@ -32,6 +32,13 @@ enum Command {
         /// Serve /metrics, /healthz and /readyz here.
         #[arg(long, default_value = "0.0.0.0:8080")]
         metrics_addr: std::net::SocketAddr,
+        /// Take part in leader election on a Lease in this namespace
+        /// [default: $POD_NAMESPACE; without either, no election].
+        #[arg(long, env = "POD_NAMESPACE")]
+        lease_namespace: Option<String>,
+        /// Seconds a leader holds the Lease without renewing it.
+        #[arg(long, default_value_t = 15)]
+        lease_seconds: u64,
     },
 }
 
@@ -56,12 +63,25 @@ async fn main() {
         Command::Controller {
             namespace,
             metrics_addr,
+            lease_namespace,
+            lease_seconds,
         } => {
             telemetry::init("info");
             match kube::Client::try_default().await {
                 Ok(client) => {
-                    tenant_migrator::controller::run(client, namespace, Some(metrics_addr)).await;
-                    0
+                    let options = tenant_migrator::controller::Options {
+                        namespace,
+                        endpoints: Some(metrics_addr),
+                        lease_namespace,
+                        lease_seconds,
+                    };
+                    match tenant_migrator::controller::run_elected(client, options).await {
+                        Ok(()) => 0,
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            1
+                        }
+                    }
                 }
                 Err(e) => {
                     eprintln!("error: cannot reach the Kubernetes API: {e}");

@@ -130,6 +130,14 @@ async fn an_applied_migration_is_run_by_the_controller_and_reported_in_status() 
         })
     });
     let log = std::fs::read_to_string(dir.join("controller.log")).unwrap_or_default();
+    // Run once: the status patches it triggers must not start it again.
+    std::thread::sleep(Duration::from_secs(2));
+    let log_later = std::fs::read_to_string(dir.join("controller.log")).unwrap_or_default();
+    let runs = log_later
+        .lines()
+        .filter(|l| l.contains("migration finished") && l.contains("rag/move-it"))
+        .count();
+    assert_eq!(runs, 1, "the migration ran {runs} times:\n{log_later}");
     let status = &tm["status"];
     assert_eq!(status["phase"], "Succeeded", "{tm:#}\n{log}");
     assert_eq!(status["observedGeneration"], tm["metadata"]["generation"], "{tm:#}");
@@ -426,4 +434,107 @@ async fn a_second_migration_of_the_same_tenant_waits_for_the_first() {
         })
     });
     assert_eq!(done["status"]["phase"], "Succeeded", "{done:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_elect_one_leader_and_the_other_takes_over() {
+    let kube = tokio::task::block_in_place(KubeApiServer::start).expect("kube-apiserver (run tools/setup.sh)");
+    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/tenantmigrations.yaml");
+    ok(kube.kubectl(&["apply", "--server-side", "-f", crd]));
+    ok(kube.kubectl(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "crd/tenantmigrations.tenancy.dev",
+        "--timeout=60s",
+    ]));
+    ok(kube.kubectl(&["create", "namespace", NS]));
+    let (redis, loaded) = loaded_redis(0.02);
+    let dir = state_dir("controller-election");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let kubeconfig = dir.join("kubeconfig");
+    kube.write_kubeconfig(&kubeconfig, NS).expect("kubeconfig");
+    let replica = |name: &str| {
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log");
+        let port = tenant_migrator_testkit::free_port().expect("port");
+        ControllerProcess(
+            Command::new(bin())
+                .args([
+                    "controller",
+                    "--namespace",
+                    NS,
+                    "--lease-namespace",
+                    NS,
+                    "--lease-seconds",
+                    "3",
+                ])
+                .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+                .env("KUBECONFIG", &kubeconfig)
+                .env("POD_NAME", name)
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .spawn()
+                .expect("controller"),
+        )
+    };
+    let mut replicas = vec![("c1", Some(replica("c1"))), ("c2", Some(replica("c2")))];
+    let holder = tokio::task::block_in_place(|| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = kube.kubectl(&[
+                "get",
+                "lease",
+                "tenant-migrator",
+                "-n",
+                NS,
+                "-o",
+                "jsonpath={.spec.holderIdentity}",
+            ]);
+            if let Ok(o) = out
+                && o.status.success()
+                && !o.stdout.is_empty()
+            {
+                return String::from_utf8_lossy(&o.stdout).into_owned();
+            }
+            assert!(Instant::now() < deadline, "no leader elected");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let manifest = |name: &str, source: &str, target: &str| {
+        format!(
+            "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: {name}, namespace: {NS}}}\n\
+             spec:\n  source: {source}\n  target: {target}\n  config: {{enabled: false}}\n  \
+             redis: {{url: '{}'}}\n  qdrant: {{enabled: false}}\n  memgraph: {{enabled: false}}\n",
+            redis.url()
+        )
+    };
+    let finished = |tm: &serde_json::Value| matches!(tm["status"]["phase"].as_str(), Some("Succeeded" | "Failed"));
+    apply(&kube, &manifest("one", SOURCE, TARGET));
+    let tm = tokio::task::block_in_place(|| wait_for(&kube, "one", finished));
+    assert_eq!(tm["status"]["phase"], "Succeeded", "{tm:#}");
+    let ran = |name: &str| {
+        std::fs::read_to_string(dir.join(format!("{name}.log")))
+            .unwrap_or_default()
+            .matches("migration finished")
+            .count()
+    };
+    let other = if holder == "c1" { "c2" } else { "c1" };
+    assert_eq!(
+        (ran(&holder), ran(other)),
+        (1, 0),
+        "only the leader {holder} runs migrations"
+    );
+
+    // The leader dies; the other replica takes the Lease and runs the next migration.
+    for (name, process) in &mut replicas {
+        if *name == holder {
+            process.take();
+        }
+    }
+    apply(&kube, &manifest("two", TARGET, "tenant_c"));
+    let tm = tokio::task::block_in_place(|| wait_for(&kube, "two", finished));
+    assert_eq!(tm["status"]["phase"], "Succeeded", "{tm:#}");
+    assert_eq!(ran(other), 1, "the new leader {other} ran the second migration");
+    let keys = snapshot(&redis).keys().filter(|k| is_tenant_key(k, "tenant_c")).count() as u64;
+    assert_eq!(keys, loaded.tenant_keys);
 }
