@@ -202,6 +202,35 @@ async fn an_applied_migration_is_run_by_the_controller_and_reported_in_status() 
     assert_eq!(api.get(TARGET), Some(sample_config(SOURCE)));
     assert_eq!(api.get(SOURCE), None);
 
+    // A dry run leaves the plan in status and writes nothing.
+    apply(
+        &kube,
+        &format!(
+            "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: plan-only, namespace: {NS}}}\n\
+             spec:\n  source: siraya2\n  target: tenant_x\n  dryRun: true\n  config: {{enabled: false}}\n  \
+             redis: {{url: '{}'}}\n  qdrant: {{enabled: false}}\n  memgraph: {{enabled: false}}\n",
+            redis.url()
+        ),
+    );
+    let planned = tokio::task::block_in_place(|| {
+        wait_for(&kube, "plan-only", |tm| {
+            matches!(tm["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+        })
+    });
+    let lookalike_keys = before.keys().filter(|k| is_tenant_key(k, "siraya2")).count() as u64;
+    assert_eq!(
+        planned["status"]["phases"]["redis"]["total"], lookalike_keys,
+        "{planned:#}"
+    );
+    assert!(
+        planned["status"]["conditions"].to_string().contains("Planned"),
+        "{planned:#}"
+    );
+    assert!(
+        !snapshot(&redis).keys().any(|k| k.starts_with(b"tenant_x_")),
+        "a dry run wrote"
+    );
+
     let waiting =
         tokio::task::block_in_place(|| wait_for(&kube, "no-secret", |tm| tm["status"]["conditions"].is_array()));
     let text = waiting["status"]["conditions"].to_string();
