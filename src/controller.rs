@@ -17,6 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
@@ -38,6 +39,8 @@ pub enum ControllerError {
     Engine(String),
     #[error("leader election: {0}")]
     Lease(String),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
 }
 
 struct Context {
@@ -354,6 +357,9 @@ fn watch_for_stop(api: Api<TenantMigration>, name: String, stop: Arc<AtomicBool>
     })
 }
 
+/// The finalizer that lets a deleted migration stop at a batch boundary and say what it did.
+pub const FINALIZER: &str = "tenancy.dev/stop-at-batch-boundary";
+
 async fn reconcile(cached: Arc<TenantMigration>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
     let ns = cached.namespace().unwrap_or_default();
     let name = cached.name_any();
@@ -361,9 +367,51 @@ async fn reconcile(cached: Arc<TenantMigration>, ctx: Arc<Context>) -> Result<Ac
     // The cache can lag behind our own status patches (a reconcile queued during a long
     // run sees the object as it was then): decide on the object as it is now, or a
     // finished migration would be started again from an old checkpoint.
-    let Some(tm) = api.get_opt(&name).await? else {
+    let Some(live) = api.get_opt(&name).await? else {
         return Ok(Action::await_change());
     };
+    finalizer(&api, FINALIZER, Arc::new(live), |event| async {
+        match event {
+            FinalizerEvent::Apply(tm) => apply(tm, &ctx, &api).await,
+            FinalizerEvent::Cleanup(tm) => cleanup(tm, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| ControllerError::Finalizer(e.to_string()))
+}
+
+/// The migration is being deleted. A run in progress has already stopped at a batch
+/// boundary (it watches for the deletion); the stores hold a consistent, resumable
+/// state. Say what was done, then let the object go.
+async fn cleanup(tm: Arc<TenantMigration>, ctx: &Context) -> Result<Action, ControllerError> {
+    let status = tm.status.clone().unwrap_or_default();
+    let done: Vec<String> = Store::ALL
+        .iter()
+        .map(|s| (s, status.phases.get(*s)))
+        .filter(|(_, p)| p.state != PhaseState::Pending || p.done > 0)
+        .map(|(s, p)| format!("{s}: {:?} {}/{}", p.state, p.done, p.total))
+        .collect();
+    let note = format!(
+        "deleted while {:?}; stopped at a batch boundary; {}",
+        status.phase,
+        if done.is_empty() {
+            "nothing was written".to_owned()
+        } else {
+            done.join(", ")
+        }
+    );
+    publish(ctx, &tm.object_ref(&()), EventType::Normal, "MigrationDeleted", note).await;
+    Ok(Action::await_change())
+}
+
+async fn apply(
+    tm: Arc<TenantMigration>,
+    ctx: &Arc<Context>,
+    api: &Api<TenantMigration>,
+) -> Result<Action, ControllerError> {
+    let (api, ctx) = (api.clone(), ctx.clone());
+    let name = tm.name_any();
+    let ns = tm.namespace().unwrap_or_default();
     let generation = tm.metadata.generation;
     let status = tm.status.clone().unwrap_or_default();
     let finished = matches!(status.phase, MigrationPhase::Succeeded | MigrationPhase::Failed);

@@ -567,3 +567,93 @@ async fn two_replicas_elect_one_leader_and_the_other_takes_over() {
     let keys = snapshot(&redis).keys().filter(|k| is_tenant_key(k, "tenant_c")).count() as u64;
     assert_eq!(keys, loaded.tenant_keys);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_running_migration_stops_it_at_a_batch_boundary_and_says_what_was_done() {
+    let kube = tokio::task::block_in_place(KubeApiServer::start).expect("kube-apiserver (run tools/setup.sh)");
+    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/tenantmigrations.yaml");
+    ok(kube.kubectl(&["apply", "--server-side", "-f", crd]));
+    ok(kube.kubectl(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "crd/tenantmigrations.tenancy.dev",
+        "--timeout=60s",
+    ]));
+    ok(kube.kubectl(&["create", "namespace", NS]));
+    let (redis, _) = loaded_redis(0.05);
+    let before = snapshot(&redis);
+    let proxy =
+        tenant_migrator_testkit::DelayProxy::start(([127, 0, 0, 1], redis.port()).into(), Duration::from_millis(2))
+            .expect("proxy");
+    let dir = state_dir("controller-delete");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let kubeconfig = dir.join("kubeconfig");
+    kube.write_kubeconfig(&kubeconfig, NS).expect("kubeconfig");
+    let _controller = start_controller(&kubeconfig, &dir.join("controller.log"));
+    apply(
+        &kube,
+        &format!(
+            "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: delete-me, namespace: {NS}}}\n\
+             spec:\n  source: {SOURCE}\n  target: {TARGET}\n  mode: Copy\n  config: {{enabled: false}}\n  \
+             redis: {{url: 'redis://127.0.0.1:{}/', batchSize: 20}}\n  qdrant: {{enabled: false}}\n  memgraph: {{enabled: false}}\n",
+            proxy.port()
+        ),
+    );
+    let running = tokio::task::block_in_place(|| {
+        wait_for(&kube, "delete-me", |tm| {
+            tm["status"]["phases"]["redis"]["checkpoint"]["batch"]
+                .as_u64()
+                .is_some_and(|b| b >= 3)
+        })
+    });
+    assert!(
+        running["metadata"]["finalizers"]
+            .to_string()
+            .contains("tenancy.dev/stop-at-batch-boundary"),
+        "{running:#}"
+    );
+    ok(kube.kubectl(&["delete", "tm", "delete-me", "-n", NS, "--wait=false"]));
+    tokio::task::block_in_place(|| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = kube.kubectl(&["get", "tm", "delete-me", "-n", NS]).expect("kubectl");
+            if !out.status.success() && text(&out).contains("NotFound") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the migration was never let go: {}",
+                text(&out)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let events = ok(kube.kubectl(&["get", "events", "-n", NS, "-o", "json"]));
+    assert!(
+        events.contains("MigrationDeleted") && events.contains("stopped at a batch boundary"),
+        "{events}"
+    );
+    // Stopped, not finished: the source is untouched (Copy) and no more keys appear.
+    let after = snapshot(&redis);
+    std::thread::sleep(Duration::from_secs(2));
+    let later = snapshot(&redis);
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        later.keys().collect::<Vec<_>>(),
+        "writes went on after deletion"
+    );
+    let copied = later.keys().filter(|k| is_tenant_key(k, TARGET)).count();
+    let total = before.keys().filter(|k| is_tenant_key(k, SOURCE)).count();
+    assert!(
+        copied > 0 && copied < total,
+        "expected a partial copy, got {copied} of {total}"
+    );
+    for (k, v) in before.iter().filter(|(k, _)| is_tenant_key(k, SOURCE)) {
+        assert_eq!(
+            later.get(k).map(|s| (&s.kind, &s.value)),
+            Some((&v.kind, &v.value)),
+            "source key changed"
+        );
+    }
+}
