@@ -673,3 +673,42 @@ fn error_policy(_tm: Arc<TenantMigration>, error: &ControllerError, _ctx: Arc<Co
     tracing::warn!(%error, "reconcile error; retrying");
     Action::requeue(Duration::from_secs(5))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conditions_follow_the_phase() {
+        let of = |phase| {
+            conditions(phase, Some(3), "m", "R")
+                .into_iter()
+                .map(|c| {
+                    assert_eq!(c.observed_generation, Some(3));
+                    (c.type_, c.status)
+                })
+                .collect::<Vec<_>>()
+        };
+        let t = |a: &str, b: &str, c: &str| {
+            vec![
+                ("Ready".into(), a.into()),
+                ("Progressing".into(), b.into()),
+                ("Degraded".into(), c.into()),
+            ]
+        };
+        assert_eq!(of(MigrationPhase::Succeeded), t("True", "False", "False"));
+        assert_eq!(of(MigrationPhase::Running), t("False", "True", "False"));
+        assert_eq!(of(MigrationPhase::Failed), t("False", "False", "True"));
+        assert_eq!(of(MigrationPhase::Suspended), t("False", "False", "False"));
+    }
+
+    #[test]
+    fn progress_adds_every_store() {
+        let mut p = PhaseStatuses::default();
+        p.redis.done = 10;
+        p.redis.total = 40;
+        p.qdrant.done = 5;
+        p.qdrant.total = 60;
+        assert_eq!(progress_of(&p), "15/100");
+    }
+}

@@ -202,6 +202,38 @@ async fn an_applied_migration_is_run_by_the_controller_and_reported_in_status() 
     assert_eq!(api.get(TARGET), Some(sample_config(SOURCE)));
     assert_eq!(api.get(SOURCE), None);
 
+    // What a user scripts against: Ready.
+    ok(kube.kubectl(&["wait", "--for=condition=Ready", "tm/move-it", "-n", NS, "--timeout=30s"]));
+
+    // An unreachable store fails the migration in preflight, with the store named.
+    let closed = tenant_migrator_testkit::free_port().expect("port");
+    apply(
+        &kube,
+        &format!(
+            "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: unreachable, namespace: {NS}}}\n\
+             spec:\n  source: xsiraya\n  target: tenant_y\n  config: {{enabled: false}}\n  \
+             redis: {{url: 'redis://127.0.0.1:{closed}/'}}\n  qdrant: {{enabled: false}}\n  memgraph: {{enabled: false}}\n"
+        ),
+    );
+    let failed = tokio::task::block_in_place(|| {
+        wait_for(&kube, "unreachable", |tm| {
+            matches!(tm["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+        })
+    });
+    assert_eq!(failed["status"]["phase"], "Failed", "{failed:#}");
+    let degraded = failed["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Degraded"))
+        .cloned()
+        .expect("Degraded condition");
+    assert_eq!(degraded["status"], "True", "{failed:#}");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("redis: cannot connect to Redis at redis://127.0.0.1:")),
+        "{failed:#}"
+    );
+
     // A dry run leaves the plan in status and writes nothing.
     apply(
         &kube,
