@@ -8,11 +8,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TM_CACHE=${TM_CACHE:-$HOME/.cache/tenant-migrator}
 
-if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
-  echo "setup: installing redis-server and redis-tools"
+if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null || ! command -v lua5.4 >/dev/null; then
+  echo "setup: installing redis-server, redis-tools and lua5.4 (the Argo CD health check's tests)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq redis-server redis-tools >/dev/null
+  apt-get install -y -qq redis-server redis-tools lua5.4 >/dev/null
 fi
 # Debian starts a system redis-server on 6379; the tests start their own on free ports.
 
