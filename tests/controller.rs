@@ -689,3 +689,104 @@ async fn deleting_a_running_migration_stops_it_at_a_batch_boundary_and_says_what
         );
     }
 }
+
+/// A kube client for the test server, from the kubeconfig the controller uses.
+async fn kube_client(kubeconfig: &std::path::Path) -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("config");
+    kube::Client::try_from(config).expect("client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_created_through_the_api_moves_every_store() {
+    use tenant_migrator_testkit::{BoltServer, QdrantServer, graph_fixture, qdrant_fixture};
+
+    let kube = tokio::task::block_in_place(KubeApiServer::start).expect("kube-apiserver (run tools/setup.sh)");
+    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/tenantmigrations.yaml");
+    ok(kube.kubectl(&["apply", "--server-side", "-f", crd]));
+    ok(kube.kubectl(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "crd/tenantmigrations.tenancy.dev",
+        "--timeout=60s",
+    ]));
+    ok(kube.kubectl(&["create", "namespace", NS]));
+    for (secret, pairs) in [
+        ("rag-api", vec!["--from-literal=token=t0ken"]),
+        ("rag-qdrant", vec!["--from-literal=key=q-k3y"]),
+        (
+            "rag-graph",
+            vec!["--from-literal=username=neo4j", "--from-literal=password=g-pw"],
+        ),
+    ] {
+        let mut args = vec!["create", "secret", "generic", secret, "-n", NS];
+        args.extend(pairs);
+        ok(kube.kubectl(&args));
+    }
+    // Every store, with the tenant in each.
+    let (redis, loaded) = loaded_redis(0.02);
+    let api = ConfigApi::start(0, Some("t0ken")).await.expect("config API");
+    api.insert(SOURCE, sample_config(SOURCE));
+    let qdrant = QdrantServer::start(Some("q-k3y")).expect("Qdrant test server");
+    let points = qdrant_fixture::load_standard(&qdrant.client(Some("q-k3y")).expect("client"), SOURCE, 0.01, 8, false)
+        .await
+        .expect("load points");
+    let bolt = tokio::task::block_in_place(|| BoltServer::start("g-pw")).expect("Bolt server");
+    let graph = bolt.graph().await.expect("graph");
+    let (nodes, _) = graph_fixture::load_standard(&graph, SOURCE, 0.01)
+        .await
+        .expect("load graph");
+
+    let dir = state_dir("controller-all");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let kubeconfig = dir.join("kubeconfig");
+    kube.write_kubeconfig(&kubeconfig, NS).expect("kubeconfig");
+    let _controller = start_controller(&kubeconfig, &dir.join("controller.log"));
+
+    // Created through the API, not kubectl.
+    let manifest = format!(
+        "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: everything, namespace: {NS}}}\n\
+         spec:\n  source: {SOURCE}\n  target: {TARGET}\n  \
+         config: {{url: '{}', tokenSecretRef: {{name: rag-api, key: token}}}}\n  \
+         redis: {{url: '{}'}}\n  \
+         qdrant: {{url: '{}', apiKeySecretRef: {{name: rag-qdrant, key: key}}}}\n  \
+         memgraph: {{uri: '{}', credentialsSecretRef: {{name: rag-graph}}}}\n",
+        api.url(),
+        redis.url(),
+        qdrant.url(),
+        bolt.uri()
+    );
+    let tm: tenant_migrator::api::TenantMigration = serde_yaml::from_str(&manifest).expect("manifest");
+    let tms: kube::Api<tenant_migrator::api::TenantMigration> =
+        kube::Api::namespaced(kube_client(&kubeconfig).await, NS);
+    tms.create(&Default::default(), &tm)
+        .await
+        .expect("create through the API");
+
+    let tm = tokio::task::block_in_place(|| {
+        wait_for(&kube, "everything", |tm| {
+            matches!(tm["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+        })
+    });
+    let log = std::fs::read_to_string(dir.join("controller.log")).unwrap_or_default();
+    assert_eq!(tm["status"]["phase"], "Succeeded", "{tm:#}\n{log}");
+    let phases = &tm["status"]["phases"];
+    assert_eq!(phases["config"]["done"], 1, "{tm:#}");
+    assert_eq!(phases["redis"]["done"], loaded.tenant_keys, "{tm:#}");
+    assert_eq!(phases["qdrant"]["done"], points, "{tm:#}");
+    assert_eq!(phases["memgraph"]["done"], nodes, "{tm:#}");
+    assert_eq!(
+        phases["qdrant"]["collections"].as_array().map(Vec::len),
+        Some(3),
+        "{tm:#}"
+    );
+    for secret in ["t0ken", "q-k3y", "g-pw"] {
+        assert!(
+            !log.contains(secret) && !tm.to_string().contains(secret),
+            "{secret} leaked"
+        );
+    }
+}
