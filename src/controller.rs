@@ -22,6 +22,7 @@ use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::Secret;
 use crate::api::{MigrationPhase, PhaseState, PhaseStatuses, SecretKeyRef, Store, TenantMigration};
@@ -370,12 +371,15 @@ async fn reconcile(cached: Arc<TenantMigration>, ctx: Arc<Context>) -> Result<Ac
     let Some(live) = api.get_opt(&name).await? else {
         return Ok(Action::await_change());
     };
+    // Every log line of this reconcile, the engine's included, names the migration.
+    let span = tracing::info_span!("reconcile", migration = %format!("{ns}/{name}"));
     finalizer(&api, FINALIZER, Arc::new(live), |event| async {
         match event {
             FinalizerEvent::Apply(tm) => apply(tm, &ctx, &api).await,
             FinalizerEvent::Cleanup(tm) => cleanup(tm, &ctx).await,
         }
     })
+    .instrument(span)
     .await
     .map_err(|e| ControllerError::Finalizer(e.to_string()))
 }
@@ -534,7 +538,9 @@ async fn apply(
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_for_stop(api.clone(), name.clone(), stop.clone());
     let metrics = ctx.metrics.clone();
+    let span = tracing::Span::current();
     let report = tokio::task::spawn_blocking(move || {
+        let _in_span = span.enter();
         let mut progress = StatusProgress {
             tx,
             last: None,

@@ -60,11 +60,17 @@ fn the_crd_is_served_by_a_real_api_server_and_validates_ids() {
     }
     assert!(table.contains("siraya") && table.contains("tenant_76920508"), "{table}");
 
-    let explain = ok(kube.kubectl(&["explain", "tenantmigration.spec.redis.onConflict"]));
-    assert!(
-        explain.contains("What to do when a target key already exists"),
-        "{explain}"
-    );
+    let explain = ok(kube.kubectl(&["explain", "tm.spec.redis"]));
+    for text in [
+        "Redis / DragonflyDB phase",
+        "What to do when a target key already exists",
+        "Key prefix templates",
+    ] {
+        assert!(
+            explain.contains(text),
+            "kubectl explain tm.spec.redis lacks {text:?}:\n{explain}"
+        );
+    }
 
     // CEL rules: source and target differ; source, target and mode cannot change.
     let manifest = |name: &str, source: &str, target: &str, mode: &str| {
