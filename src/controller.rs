@@ -423,19 +423,8 @@ async fn apply(
         return Ok(Action::await_change());
     }
     if tm.spec.suspend {
-        if status.phase != MigrationPhase::Suspended || status.observed_generation != generation {
-            let message = "suspended by spec.suspend; clear it to resume from the checkpoint";
-            patch_status(
-                &api,
-                &name,
-                json!({
-                    "observedGeneration": generation,
-                    "phase": MigrationPhase::Suspended,
-                    "conditions": conditions(MigrationPhase::Suspended, generation, message, "Suspended"),
-                }),
-            )
-            .await?;
-        }
+        let message = "suspended by spec.suspend; clear it to resume from the checkpoint";
+        set_state(&api, &tm, MigrationPhase::Suspended, "Suspended", message).await?;
         return Ok(Action::await_change());
     }
     let migration = format!("{ns}/{name}");
@@ -444,18 +433,7 @@ async fn apply(
     // same tenant (as source or target, in any namespace watched) goes first.
     if let Some(other) = conflicting(&ctx, &tm).await? {
         let message = format!("waiting for TenantMigration {other}, which touches the same tenant");
-        if status.phase != MigrationPhase::Pending || !status_says(&status, &message) {
-            patch_status(
-                &api,
-                &name,
-                json!({
-                    "observedGeneration": generation,
-                    "phase": MigrationPhase::Pending,
-                    "conditions": conditions(MigrationPhase::Pending, generation, &message, "WaitingForOtherMigration"),
-                }),
-            )
-            .await?;
-        }
+        set_state(&api, &tm, MigrationPhase::Pending, "WaitingForOtherMigration", &message).await?;
         return Ok(Action::requeue(Duration::from_secs(5)));
     }
 
@@ -463,16 +441,7 @@ async fn apply(
         Ok(c) => c,
         Err(ControllerError::MissingSecret(m)) => {
             // A clear condition, retried slowly: creating the Secret is enough to proceed.
-            patch_status(
-                &api,
-                &name,
-                json!({
-                    "observedGeneration": generation,
-                    "phase": MigrationPhase::Pending,
-                    "conditions": conditions(MigrationPhase::Pending, generation, &m, "MissingSecret"),
-                }),
-            )
-            .await?;
+            set_state(&api, &tm, MigrationPhase::Pending, "MissingSecret", &m).await?;
             return Ok(Action::requeue(Duration::from_secs(15)));
         }
         Err(e) => return Err(e),
@@ -610,9 +579,37 @@ async fn apply(
     Ok(Action::await_change())
 }
 
-/// Whether the status already carries `message` in its conditions (avoids patch loops).
-fn status_says(status: &crate::api::TenantMigrationStatus, message: &str) -> bool {
-    status.conditions.iter().any(|c| c.message == message)
+/// Puts a migration that is not running into `phase` with one reason and message.
+/// Writes only when something changes: every status write is a watch event, and an
+/// unconditional one would make each reconcile trigger the next.
+async fn set_state(
+    api: &Api<TenantMigration>,
+    tm: &TenantMigration,
+    phase: MigrationPhase,
+    reason: &str,
+    message: &str,
+) -> Result<(), kube::Error> {
+    let generation = tm.metadata.generation;
+    let status = tm.status.clone().unwrap_or_default();
+    let same = status.phase == phase
+        && status.observed_generation == generation
+        && status
+            .conditions
+            .iter()
+            .any(|c| c.reason == reason && c.message == message);
+    if same {
+        return Ok(());
+    }
+    patch_status(
+        api,
+        &tm.name_any(),
+        json!({
+            "observedGeneration": generation,
+            "phase": phase,
+            "conditions": conditions(phase, generation, message, reason),
+        }),
+    )
+    .await
 }
 
 /// An older TenantMigration, not finished, whose source or target is one of `tm`'s.

@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -13,31 +12,6 @@ use tenant_migrator_testkit::config_api::sample_config;
 use tenant_migrator_testkit::{ConfigApi, KubeApiServer};
 
 const NS: &str = "rag";
-
-fn ok(o: std::io::Result<std::process::Output>) -> String {
-    let o = o.expect("kubectl");
-    assert!(o.status.success(), "{}", text(&o));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn apply(kube: &KubeApiServer, yaml: &str) {
-    let mut child = kube
-        .kubectl_cmd()
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(yaml.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("kubectl");
-    assert!(out.status.success(), "{}", text(&out));
-}
 
 /// The controller process; killed when the test ends.
 struct ControllerProcess(Child);
@@ -68,17 +42,7 @@ fn wait_for(kube: &KubeApiServer, name: &str, done: impl Fn(&serde_json::Value) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_applied_migration_is_run_by_the_controller_and_reported_in_status() {
-    let kube = tokio::task::block_in_place(KubeApiServer::start).expect("kube-apiserver (run tools/setup.sh)");
-    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/tenantmigrations.yaml");
-    ok(kube.kubectl(&["apply", "--server-side", "-f", crd]));
-    ok(kube.kubectl(&[
-        "wait",
-        "--for",
-        "condition=established",
-        "crd/tenantmigrations.tenancy.dev",
-        "--timeout=60s",
-    ]));
-    ok(kube.kubectl(&["create", "namespace", NS]));
+    let kube = tokio::task::block_in_place(|| kube_with_crd(NS));
     ok(kube.kubectl(&[
         "create",
         "secret",
@@ -101,7 +65,7 @@ async fn an_applied_migration_is_run_by_the_controller_and_reported_in_status() 
     let metrics_port = tenant_migrator_testkit::free_port().expect("port");
     let _controller = start_controller_at(&kubeconfig, &dir.join("controller.log"), metrics_port);
 
-    apply(
+    apply_ok(
         &kube,
         &format!(
             "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: move-it, namespace: {NS}}}\n\
@@ -113,7 +77,7 @@ async fn an_applied_migration_is_run_by_the_controller_and_reported_in_status() 
         ),
     );
     // A second one whose Secret does not exist waits with a clear condition.
-    apply(
+    apply_ok(
         &kube,
         &format!(
             "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: no-secret, namespace: {NS}}}\n\
@@ -207,7 +171,7 @@ async fn an_applied_migration_is_run_by_the_controller_and_reported_in_status() 
 
     // An unreachable store fails the migration in preflight, with the store named.
     let closed = tenant_migrator_testkit::free_port().expect("port");
-    apply(
+    apply_ok(
         &kube,
         &format!(
             "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: unreachable, namespace: {NS}}}\n\
@@ -235,7 +199,7 @@ async fn an_applied_migration_is_run_by_the_controller_and_reported_in_status() 
     );
 
     // A dry run leaves the plan in status and writes nothing.
-    apply(
+    apply_ok(
         &kube,
         &format!(
             "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: plan-only, namespace: {NS}}}\n\
@@ -297,17 +261,7 @@ fn start_controller_at(kubeconfig: &std::path::Path, log: &std::path::Path, metr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_controller_killed_mid_phase_resumes_from_the_checkpoint_in_status() {
-    let kube = tokio::task::block_in_place(KubeApiServer::start).expect("kube-apiserver (run tools/setup.sh)");
-    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/tenantmigrations.yaml");
-    ok(kube.kubectl(&["apply", "--server-side", "-f", crd]));
-    ok(kube.kubectl(&[
-        "wait",
-        "--for",
-        "condition=established",
-        "crd/tenantmigrations.tenancy.dev",
-        "--timeout=60s",
-    ]));
-    ok(kube.kubectl(&["create", "namespace", NS]));
+    let kube = tokio::task::block_in_place(|| kube_with_crd(NS));
     let (redis, loaded) = loaded_redis(0.05);
     let before = snapshot(&redis);
     // Through a delay proxy, with small batches, the Redis phase lasts seconds.
@@ -320,7 +274,7 @@ async fn a_controller_killed_mid_phase_resumes_from_the_checkpoint_in_status() {
     kube.write_kubeconfig(&kubeconfig, NS).expect("kubeconfig");
     let log = dir.join("controller.log");
     let first = start_controller(&kubeconfig, &log);
-    apply(
+    apply_ok(
         &kube,
         &format!(
             "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: resume-me, namespace: {NS}}}\n\
@@ -363,17 +317,7 @@ async fn a_controller_killed_mid_phase_resumes_from_the_checkpoint_in_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suspend_pauses_at_a_batch_boundary_and_clearing_it_resumes() {
-    let kube = tokio::task::block_in_place(KubeApiServer::start).expect("kube-apiserver (run tools/setup.sh)");
-    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/tenantmigrations.yaml");
-    ok(kube.kubectl(&["apply", "--server-side", "-f", crd]));
-    ok(kube.kubectl(&[
-        "wait",
-        "--for",
-        "condition=established",
-        "crd/tenantmigrations.tenancy.dev",
-        "--timeout=60s",
-    ]));
-    ok(kube.kubectl(&["create", "namespace", NS]));
+    let kube = tokio::task::block_in_place(|| kube_with_crd(NS));
     let (redis, loaded) = loaded_redis(0.05);
     let before = snapshot(&redis);
     let proxy =
@@ -384,7 +328,7 @@ async fn suspend_pauses_at_a_batch_boundary_and_clearing_it_resumes() {
     let kubeconfig = dir.join("kubeconfig");
     kube.write_kubeconfig(&kubeconfig, NS).expect("kubeconfig");
     let _controller = start_controller(&kubeconfig, &dir.join("controller.log"));
-    apply(
+    apply_ok(
         &kube,
         &format!(
             "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: pause-me, namespace: {NS}}}\n\
@@ -443,17 +387,7 @@ async fn suspend_pauses_at_a_batch_boundary_and_clearing_it_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_migration_of_the_same_tenant_waits_for_the_first() {
-    let kube = tokio::task::block_in_place(KubeApiServer::start).expect("kube-apiserver (run tools/setup.sh)");
-    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/tenantmigrations.yaml");
-    ok(kube.kubectl(&["apply", "--server-side", "-f", crd]));
-    ok(kube.kubectl(&[
-        "wait",
-        "--for",
-        "condition=established",
-        "crd/tenantmigrations.tenancy.dev",
-        "--timeout=60s",
-    ]));
-    ok(kube.kubectl(&["create", "namespace", NS]));
+    let kube = tokio::task::block_in_place(|| kube_with_crd(NS));
     let (redis, _) = loaded_redis(0.02);
     let dir = state_dir("controller-conflict");
     std::fs::create_dir_all(&dir).expect("dir");
@@ -469,8 +403,8 @@ async fn a_second_migration_of_the_same_tenant_waits_for_the_first() {
         )
     };
     // The first is held (suspended); the second moves the same source elsewhere.
-    apply(&kube, &manifest("first", "tenant_one", true));
-    apply(&kube, &manifest("second", "tenant_two", false));
+    apply_ok(&kube, &manifest("first", "tenant_one", true));
+    apply_ok(&kube, &manifest("second", "tenant_two", false));
     let waiting = tokio::task::block_in_place(|| {
         wait_for(&kube, "second", |tm| {
             tm["status"]["conditions"]
@@ -499,17 +433,7 @@ async fn a_second_migration_of_the_same_tenant_waits_for_the_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_elect_one_leader_and_the_other_takes_over() {
-    let kube = tokio::task::block_in_place(KubeApiServer::start).expect("kube-apiserver (run tools/setup.sh)");
-    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/tenantmigrations.yaml");
-    ok(kube.kubectl(&["apply", "--server-side", "-f", crd]));
-    ok(kube.kubectl(&[
-        "wait",
-        "--for",
-        "condition=established",
-        "crd/tenantmigrations.tenancy.dev",
-        "--timeout=60s",
-    ]));
-    ok(kube.kubectl(&["create", "namespace", NS]));
+    let kube = tokio::task::block_in_place(|| kube_with_crd(NS));
     let (redis, loaded) = loaded_redis(0.02);
     let dir = state_dir("controller-election");
     std::fs::create_dir_all(&dir).expect("dir");
@@ -570,7 +494,7 @@ async fn two_replicas_elect_one_leader_and_the_other_takes_over() {
         )
     };
     let finished = |tm: &serde_json::Value| matches!(tm["status"]["phase"].as_str(), Some("Succeeded" | "Failed"));
-    apply(&kube, &manifest("one", SOURCE, TARGET));
+    apply_ok(&kube, &manifest("one", SOURCE, TARGET));
     let tm = tokio::task::block_in_place(|| wait_for(&kube, "one", finished));
     assert_eq!(tm["status"]["phase"], "Succeeded", "{tm:#}");
     let ran = |name: &str| {
@@ -592,7 +516,7 @@ async fn two_replicas_elect_one_leader_and_the_other_takes_over() {
             process.take();
         }
     }
-    apply(&kube, &manifest("two", TARGET, "tenant_c"));
+    apply_ok(&kube, &manifest("two", TARGET, "tenant_c"));
     let tm = tokio::task::block_in_place(|| wait_for(&kube, "two", finished));
     assert_eq!(tm["status"]["phase"], "Succeeded", "{tm:#}");
     assert_eq!(ran(other), 1, "the new leader {other} ran the second migration");
@@ -602,17 +526,7 @@ async fn two_replicas_elect_one_leader_and_the_other_takes_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_running_migration_stops_it_at_a_batch_boundary_and_says_what_was_done() {
-    let kube = tokio::task::block_in_place(KubeApiServer::start).expect("kube-apiserver (run tools/setup.sh)");
-    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/tenantmigrations.yaml");
-    ok(kube.kubectl(&["apply", "--server-side", "-f", crd]));
-    ok(kube.kubectl(&[
-        "wait",
-        "--for",
-        "condition=established",
-        "crd/tenantmigrations.tenancy.dev",
-        "--timeout=60s",
-    ]));
-    ok(kube.kubectl(&["create", "namespace", NS]));
+    let kube = tokio::task::block_in_place(|| kube_with_crd(NS));
     let (redis, _) = loaded_redis(0.05);
     let before = snapshot(&redis);
     let proxy =
@@ -623,7 +537,7 @@ async fn deleting_a_running_migration_stops_it_at_a_batch_boundary_and_says_what
     let kubeconfig = dir.join("kubeconfig");
     kube.write_kubeconfig(&kubeconfig, NS).expect("kubeconfig");
     let _controller = start_controller(&kubeconfig, &dir.join("controller.log"));
-    apply(
+    apply_ok(
         &kube,
         &format!(
             "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: delete-me, namespace: {NS}}}\n\
@@ -703,17 +617,7 @@ async fn kube_client(kubeconfig: &std::path::Path) -> kube::Client {
 async fn a_migration_created_through_the_api_moves_every_store() {
     use tenant_migrator_testkit::{BoltServer, QdrantServer, graph_fixture, qdrant_fixture};
 
-    let kube = tokio::task::block_in_place(KubeApiServer::start).expect("kube-apiserver (run tools/setup.sh)");
-    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/tenantmigrations.yaml");
-    ok(kube.kubectl(&["apply", "--server-side", "-f", crd]));
-    ok(kube.kubectl(&[
-        "wait",
-        "--for",
-        "condition=established",
-        "crd/tenantmigrations.tenancy.dev",
-        "--timeout=60s",
-    ]));
-    ok(kube.kubectl(&["create", "namespace", NS]));
+    let kube = tokio::task::block_in_place(|| kube_with_crd(NS));
     for (secret, pairs) in [
         ("rag-api", vec!["--from-literal=token=t0ken"]),
         ("rag-qdrant", vec!["--from-literal=key=q-k3y"]),

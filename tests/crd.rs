@@ -5,62 +5,22 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::Stdio;
-
-use tenant_migrator_testkit::KubeApiServer;
-
-fn ok(o: std::io::Result<std::process::Output>) -> String {
-    let o = o.expect("run kubectl (the image's client)");
-    let all = common::text(&o);
-    assert!(o.status.success(), "{all}");
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn apply(kube: &KubeApiServer, yaml: &str) -> std::process::Output {
-    let mut child = kube
-        .kubectl_cmd()
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(yaml.as_bytes())
-        .expect("write");
-    child.wait_with_output().expect("kubectl")
-}
-
 #[test]
 fn the_crd_is_served_by_a_real_api_server_and_validates_ids() {
-    let kube = KubeApiServer::start().expect("kube-apiserver (run tools/setup.sh)");
-    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/tenantmigrations.yaml");
-    ok(kube.kubectl(&["apply", "--server-side", "-f", crd]));
-    ok(kube.kubectl(&[
-        "wait",
-        "--for",
-        "condition=established",
-        "crd/tenantmigrations.tenancy.dev",
-        "--timeout=60s",
-    ]));
-    ok(kube.kubectl(&["create", "namespace", "rag"]));
-    ok(kube.kubectl(&[
+    let kube = common::kube_with_crd("rag");
+    common::ok(kube.kubectl(&[
         "apply",
         "-f",
         concat!(env!("CARGO_MANIFEST_DIR"), "/examples/tenantmigration.yaml"),
     ]));
 
-    let table = ok(kube.kubectl(&["get", "tm", "-n", "rag"]));
+    let table = common::ok(kube.kubectl(&["get", "tm", "-n", "rag"]));
     for column in ["SOURCE", "TARGET", "PHASE", "PROGRESS", "AGE"] {
         assert!(table.contains(column), "printer column {column} missing:\n{table}");
     }
     assert!(table.contains("siraya") && table.contains("tenant_76920508"), "{table}");
 
-    let explain = ok(kube.kubectl(&["explain", "tm.spec.redis"]));
+    let explain = common::ok(kube.kubectl(&["explain", "tm.spec.redis"]));
     for text in [
         "Redis / DragonflyDB phase",
         "What to do when a target key already exists",
@@ -79,14 +39,17 @@ fn the_crd_is_served_by_a_real_api_server_and_validates_ids() {
              spec: {{source: {source}, target: {target}, mode: {mode}}}\n"
         )
     };
-    let same = apply(&kube, &manifest("same", "siraya", "siraya", "Move"));
+    let same = kube
+        .apply(&manifest("same", "siraya", "siraya", "Move"))
+        .expect("kubectl");
     assert!(
         !same.status.success() && common::text(&same).contains("source and target must be different tenants"),
         "{}",
         common::text(&same)
     );
     assert!(
-        apply(&kube, &manifest("edit", "siraya", "tenant_b", "Move"))
+        kube.apply(&manifest("edit", "siraya", "tenant_b", "Move"))
+            .expect("kubectl")
             .status
             .success()
     );
@@ -95,7 +58,7 @@ fn the_crd_is_served_by_a_real_api_server_and_validates_ids() {
         (manifest("edit", "siraya", "tenant_c", "Move"), "target is immutable"),
         (manifest("edit", "siraya", "tenant_b", "Copy"), "mode is immutable"),
     ] {
-        let out = apply(&kube, &changed);
+        let out = kube.apply(&changed).expect("kubectl");
         assert!(
             !out.status.success() && common::text(&out).contains(want),
             "{want}: {}",
@@ -104,7 +67,7 @@ fn the_crd_is_served_by_a_real_api_server_and_validates_ids() {
     }
     // Everything else may change, e.g. suspending.
     let suspended = manifest("edit", "siraya", "tenant_b", "Move").replace("mode: Move}", "mode: Move, suspend: true}");
-    assert!(apply(&kube, &suspended).status.success());
+    assert!(kube.apply(&suspended).expect("kubectl").status.success());
 
     for (id, field) in [
         ("sir*ya", "spec.source"),
@@ -115,7 +78,7 @@ fn the_crd_is_served_by_a_real_api_server_and_validates_ids() {
             "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: bad, namespace: rag}}\n\
              spec: {{source: '{id}', target: tenant_b}}\n"
         );
-        let out = apply(&kube, &yaml);
+        let out = kube.apply(&yaml).expect("kubectl");
         let all = common::text(&out);
         assert!(!out.status.success(), "{id:?} was accepted: {all}");
         assert!(all.contains(field) && all.contains("should match"), "{id:?}: {all}");

@@ -150,6 +150,47 @@ impl KubeApiServer {
         self.kubectl_cmd().args(args).output()
     }
 
+    /// `kubectl apply -f -` with `yaml` on stdin.
+    pub fn apply(&self, yaml: &str) -> std::io::Result<Output> {
+        use std::io::Write;
+        let mut child = self
+            .kubectl_cmd()
+            .args(["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .ok_or_else(|| std::io::Error::other("no stdin"))?
+            .write_all(yaml.as_bytes())?;
+        child.wait_with_output()
+    }
+
+    /// Applies the CRD at `crd`, waits until it is established, creates `namespace`.
+    pub fn install_crd(&self, crd: &std::path::Path, namespace: &str) -> Result<(), String> {
+        let crd = crd.to_string_lossy();
+        let steps: [&[&str]; 3] = [
+            &["apply", "--server-side", "-f", &crd],
+            &[
+                "wait",
+                "--for",
+                "condition=established",
+                "crd/tenantmigrations.tenancy.dev",
+                "--timeout=60s",
+            ],
+            &["create", "namespace", namespace],
+        ];
+        for args in steps {
+            let out = self.kubectl(args).map_err(|e| format!("kubectl: {e}"))?;
+            if !out.status.success() {
+                return Err(format!("kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr)));
+            }
+        }
+        Ok(())
+    }
+
     /// A `kubectl` command aimed at this server, for stdin or custom arguments.
     pub fn kubectl_cmd(&self) -> Command {
         let mut c = Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()));

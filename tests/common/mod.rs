@@ -203,3 +203,23 @@ pub fn kill_at(
         std::thread::sleep(Duration::from_millis(1));
     }
 }
+
+/// Stdout of a successful command; panics with its output otherwise.
+pub fn ok(o: std::io::Result<Output>) -> String {
+    let o = o.expect("run kubectl (the image's client)");
+    assert!(o.status.success(), "{}", text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A real API server with the TenantMigration CRD installed and `namespace` created.
+pub fn kube_with_crd(namespace: &str) -> tenant_migrator_testkit::KubeApiServer {
+    let kube = tenant_migrator_testkit::KubeApiServer::start().expect("kube-apiserver (run tools/setup.sh)");
+    let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/tenantmigrations.yaml");
+    kube.install_crd(&crd, namespace).expect("install the CRD");
+    kube
+}
+
+/// `kubectl apply` of `yaml`, which must succeed.
+pub fn apply_ok(kube: &tenant_migrator_testkit::KubeApiServer, yaml: &str) {
+    ok(kube.apply(yaml));
+}
