@@ -5,7 +5,8 @@ setup:
 	bash tools/setup.sh
 
 demo: setup
-	cargo run --release -q -p tenant-migrator-testkit --bin testkit -- demo
+	cargo build --release -q --workspace
+	./target/release/testkit demo
 
 test: setup
 	cargo test --workspace
