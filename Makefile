@@ -21,3 +21,4 @@ bench: setup
 
 crd:
 	cargo run -q -- crd > crds/tenantmigrations.yaml
+	cp crds/tenantmigrations.yaml deploy/crds/tenantmigrations.yaml

@@ -121,4 +121,13 @@ fn the_checked_in_crd_matches_the_code() {
         printed == checked_in,
         "crds/tenantmigrations.yaml is stale: run `make crd`"
     );
+    let deployed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/crds/tenantmigrations.yaml"
+    ))
+    .expect("deploy/crds/tenantmigrations.yaml");
+    assert!(
+        printed == deployed,
+        "deploy/crds/tenantmigrations.yaml is stale: run `make crd`"
+    );
 }

@@ -132,12 +132,17 @@ impl KubeApiServer {
     /// Writes a kubeconfig for this server (admin token, TLS not verified: the
     /// server's certificate is self-signed), with `namespace` as the default.
     pub fn write_kubeconfig(&self, path: &std::path::Path, namespace: &str) -> std::io::Result<()> {
+        self.write_kubeconfig_for(path, namespace, ADMIN_TOKEN)
+    }
+
+    /// Like [`Self::write_kubeconfig`], for another identity's bearer token (a ServiceAccount's).
+    pub fn write_kubeconfig_for(&self, path: &std::path::Path, namespace: &str, token: &str) -> std::io::Result<()> {
         std::fs::write(
             path,
             format!(
                 "apiVersion: v1\nkind: Config\n\
                  clusters: [{{name: test, cluster: {{server: '{}', insecure-skip-tls-verify: true}}}}]\n\
-                 users: [{{name: admin, user: {{token: {ADMIN_TOKEN}}}}}]\n\
+                 users: [{{name: admin, user: {{token: {token}}}}}]\n\
                  contexts: [{{name: test, context: {{cluster: test, user: admin, namespace: {namespace}}}}}]\n\
                  current-context: test\n",
                 self.url()
