@@ -22,3 +22,4 @@ bench: setup
 crd:
 	cargo run -q -- crd > crds/tenantmigrations.yaml
 	cp crds/tenantmigrations.yaml deploy/crds/tenantmigrations.yaml
+	cp crds/tenantmigrations.yaml charts/tenant-migrator/crds/tenantmigrations.yaml

@@ -130,4 +130,10 @@ fn the_checked_in_crd_matches_the_code() {
         printed == deployed,
         "deploy/crds/tenantmigrations.yaml is stale: run `make crd`"
     );
+    let charted = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/charts/tenant-migrator/crds/tenantmigrations.yaml"
+    ))
+    .expect("charts/tenant-migrator/crds/tenantmigrations.yaml");
+    assert!(printed == charted, "the chart's CRD is stale: run `make crd`");
 }

@@ -157,10 +157,17 @@ impl KubeApiServer {
 
     /// `kubectl apply -f -` with `yaml` on stdin.
     pub fn apply(&self, yaml: &str) -> std::io::Result<Output> {
+        self.apply_with(&[], yaml)
+    }
+
+    /// `kubectl apply {args} -f -` with `yaml` on stdin (e.g. `--dry-run=server`).
+    pub fn apply_with(&self, args: &[&str], yaml: &str) -> std::io::Result<Output> {
         use std::io::Write;
         let mut child = self
             .kubectl_cmd()
-            .args(["apply", "-f", "-"])
+            .arg("apply")
+            .args(args)
+            .args(["-f", "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
