@@ -24,20 +24,11 @@ impl Drop for ControllerProcess {
 }
 
 fn status_of(kube: &KubeApiServer, name: &str) -> serde_json::Value {
-    let json = ok(kube.kubectl(&["get", "tm", name, "-n", NS, "-o", "json"]));
-    serde_json::from_str(&json).expect("JSON")
+    get_tm(kube, NS, name)
 }
 
 fn wait_for(kube: &KubeApiServer, name: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let tm = status_of(kube, name);
-        if done(&tm) {
-            return tm;
-        }
-        assert!(Instant::now() < deadline, "{name} never got there: {tm:#}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_tm(kube, NS, name, done)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,10 +49,7 @@ async fn an_applied_migration_is_run_by_the_controller_and_reported_in_status() 
     let api = ConfigApi::start(0, Some("t0ken")).await.expect("config API");
     api.insert(SOURCE, sample_config(SOURCE));
 
-    let dir = state_dir("controller");
-    std::fs::create_dir_all(&dir).expect("dir");
-    let kubeconfig = dir.join("kubeconfig");
-    kube.write_kubeconfig(&kubeconfig, NS).expect("kubeconfig");
+    let (dir, kubeconfig) = controller_dir(&kube, "controller", NS, None);
     let metrics_port = tenant_migrator_testkit::free_port().expect("port");
     let _controller = start_controller_at(&kubeconfig, &dir.join("controller.log"), metrics_port);
 
@@ -88,11 +76,7 @@ async fn an_applied_migration_is_run_by_the_controller_and_reported_in_status() 
         ),
     );
 
-    let tm = tokio::task::block_in_place(|| {
-        wait_for(&kube, "move-it", |tm| {
-            matches!(tm["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
-        })
-    });
+    let tm = tokio::task::block_in_place(|| wait_for(&kube, "move-it", finished));
     let log = std::fs::read_to_string(dir.join("controller.log")).unwrap_or_default();
     // Run once: the status patches it triggers must not start it again.
     std::thread::sleep(Duration::from_secs(2));
@@ -173,17 +157,16 @@ async fn an_applied_migration_is_run_by_the_controller_and_reported_in_status() 
     let closed = tenant_migrator_testkit::free_port().expect("port");
     apply_ok(
         &kube,
-        &format!(
-            "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: unreachable, namespace: {NS}}}\n\
-             spec:\n  source: xsiraya\n  target: tenant_y\n  config: {{enabled: false}}\n  \
-             redis: {{url: 'redis://127.0.0.1:{closed}/'}}\n  qdrant: {{enabled: false}}\n  memgraph: {{enabled: false}}\n"
+        &redis_only_tm(
+            "unreachable",
+            NS,
+            "xsiraya",
+            "tenant_y",
+            &format!("{{url: 'redis://127.0.0.1:{closed}/'}}"),
+            "",
         ),
     );
-    let failed = tokio::task::block_in_place(|| {
-        wait_for(&kube, "unreachable", |tm| {
-            matches!(tm["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
-        })
-    });
+    let failed = tokio::task::block_in_place(|| wait_for(&kube, "unreachable", finished));
     assert_eq!(failed["status"]["phase"], "Failed", "{failed:#}");
     let degraded = failed["status"]["conditions"]
         .as_array()
@@ -201,18 +184,16 @@ async fn an_applied_migration_is_run_by_the_controller_and_reported_in_status() 
     // A dry run leaves the plan in status and writes nothing.
     apply_ok(
         &kube,
-        &format!(
-            "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: plan-only, namespace: {NS}}}\n\
-             spec:\n  source: siraya2\n  target: tenant_x\n  dryRun: true\n  config: {{enabled: false}}\n  \
-             redis: {{url: '{}'}}\n  qdrant: {{enabled: false}}\n  memgraph: {{enabled: false}}\n",
-            redis.url()
+        &redis_only_tm(
+            "plan-only",
+            NS,
+            "siraya2",
+            "tenant_x",
+            &format!("{{url: '{}'}}", redis.url()),
+            "  dryRun: true\n",
         ),
     );
-    let planned = tokio::task::block_in_place(|| {
-        wait_for(&kube, "plan-only", |tm| {
-            matches!(tm["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
-        })
-    });
+    let planned = tokio::task::block_in_place(|| wait_for(&kube, "plan-only", finished));
     let lookalike_keys = before.keys().filter(|k| is_tenant_key(k, "siraya2")).count() as u64;
     assert_eq!(
         planned["status"]["phases"]["redis"]["total"], lookalike_keys,
@@ -268,19 +249,18 @@ async fn a_controller_killed_mid_phase_resumes_from_the_checkpoint_in_status() {
     let proxy =
         tenant_migrator_testkit::DelayProxy::start(([127, 0, 0, 1], redis.port()).into(), Duration::from_millis(2))
             .expect("proxy");
-    let dir = state_dir("controller-restart");
-    std::fs::create_dir_all(&dir).expect("dir");
-    let kubeconfig = dir.join("kubeconfig");
-    kube.write_kubeconfig(&kubeconfig, NS).expect("kubeconfig");
+    let (dir, kubeconfig) = controller_dir(&kube, "controller-restart", NS, None);
     let log = dir.join("controller.log");
     let first = start_controller(&kubeconfig, &log);
     apply_ok(
         &kube,
-        &format!(
-            "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: resume-me, namespace: {NS}}}\n\
-             spec:\n  source: {SOURCE}\n  target: {TARGET}\n  config: {{enabled: false}}\n  \
-             redis: {{url: 'redis://127.0.0.1:{}/', batchSize: 20}}\n  qdrant: {{enabled: false}}\n  memgraph: {{enabled: false}}\n",
-            proxy.port()
+        &redis_only_tm(
+            "resume-me",
+            NS,
+            SOURCE,
+            TARGET,
+            &format!("{{url: 'redis://127.0.0.1:{}/', batchSize: 20}}", proxy.port()),
+            "",
         ),
     );
     let midway = tokio::task::block_in_place(|| {
@@ -298,11 +278,7 @@ async fn a_controller_killed_mid_phase_resumes_from_the_checkpoint_in_status() {
     );
 
     let _second = start_controller(&kubeconfig, &log);
-    let tm = tokio::task::block_in_place(|| {
-        wait_for(&kube, "resume-me", |tm| {
-            matches!(tm["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
-        })
-    });
+    let tm = tokio::task::block_in_place(|| wait_for(&kube, "resume-me", finished));
     let logs = std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(tm["status"]["phase"], "Succeeded", "{tm:#}\n{logs}");
     // The phase kept its start: it was resumed, not started over.
@@ -323,18 +299,17 @@ async fn suspend_pauses_at_a_batch_boundary_and_clearing_it_resumes() {
     let proxy =
         tenant_migrator_testkit::DelayProxy::start(([127, 0, 0, 1], redis.port()).into(), Duration::from_millis(2))
             .expect("proxy");
-    let dir = state_dir("controller-suspend");
-    std::fs::create_dir_all(&dir).expect("dir");
-    let kubeconfig = dir.join("kubeconfig");
-    kube.write_kubeconfig(&kubeconfig, NS).expect("kubeconfig");
+    let (dir, kubeconfig) = controller_dir(&kube, "controller-suspend", NS, None);
     let _controller = start_controller(&kubeconfig, &dir.join("controller.log"));
     apply_ok(
         &kube,
-        &format!(
-            "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: pause-me, namespace: {NS}}}\n\
-             spec:\n  source: {SOURCE}\n  target: {TARGET}\n  config: {{enabled: false}}\n  \
-             redis: {{url: 'redis://127.0.0.1:{}/', batchSize: 20}}\n  qdrant: {{enabled: false}}\n  memgraph: {{enabled: false}}\n",
-            proxy.port()
+        &redis_only_tm(
+            "pause-me",
+            NS,
+            SOURCE,
+            TARGET,
+            &format!("{{url: 'redis://127.0.0.1:{}/', batchSize: 20}}", proxy.port()),
+            "",
         ),
     );
     tokio::task::block_in_place(|| {
@@ -375,11 +350,7 @@ async fn suspend_pauses_at_a_batch_boundary_and_clearing_it_resumes() {
         "-p",
         r#"{"spec":{"suspend":false}}"#,
     ]));
-    let tm = tokio::task::block_in_place(|| {
-        wait_for(&kube, "pause-me", |tm| {
-            matches!(tm["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
-        })
-    });
+    let tm = tokio::task::block_in_place(|| wait_for(&kube, "pause-me", finished));
     assert_eq!(tm["status"]["phase"], "Succeeded", "{tm:#}");
     assert_eq!(tm["status"]["phases"]["redis"]["done"], loaded.tenant_keys, "{tm:#}");
     assert_migrated(&before, &snapshot(&redis), true);
@@ -389,17 +360,17 @@ async fn suspend_pauses_at_a_batch_boundary_and_clearing_it_resumes() {
 async fn a_second_migration_of_the_same_tenant_waits_for_the_first() {
     let kube = tokio::task::block_in_place(|| kube_with_crd(NS));
     let (redis, _) = loaded_redis(0.02);
-    let dir = state_dir("controller-conflict");
-    std::fs::create_dir_all(&dir).expect("dir");
-    let kubeconfig = dir.join("kubeconfig");
-    kube.write_kubeconfig(&kubeconfig, NS).expect("kubeconfig");
+    let (dir, kubeconfig) = controller_dir(&kube, "controller-conflict", NS, None);
     let _controller = start_controller(&kubeconfig, &dir.join("controller.log"));
+    let redis_spec = format!("{{url: '{}'}}", redis.url());
     let manifest = |name: &str, target: &str, suspend: bool| {
-        format!(
-            "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: {name}, namespace: {NS}}}\n\
-             spec:\n  source: {SOURCE}\n  target: {target}\n  suspend: {suspend}\n  config: {{enabled: false}}\n  \
-             redis: {{url: '{}'}}\n  qdrant: {{enabled: false}}\n  memgraph: {{enabled: false}}\n",
-            redis.url()
+        redis_only_tm(
+            name,
+            NS,
+            SOURCE,
+            target,
+            &redis_spec,
+            &format!("  suspend: {suspend}\n"),
         )
     };
     // The first is held (suspended); the second moves the same source elsewhere.
@@ -423,11 +394,7 @@ async fn a_second_migration_of_the_same_tenant_waits_for_the_first() {
     );
     // Once the first is gone, the second runs.
     ok(kube.kubectl(&["delete", "tm", "first", "-n", NS]));
-    let done = tokio::task::block_in_place(|| {
-        wait_for(&kube, "second", |tm| {
-            matches!(tm["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
-        })
-    });
+    let done = tokio::task::block_in_place(|| wait_for(&kube, "second", finished));
     assert_eq!(done["status"]["phase"], "Succeeded", "{done:#}");
 }
 
@@ -435,10 +402,7 @@ async fn a_second_migration_of_the_same_tenant_waits_for_the_first() {
 async fn two_replicas_elect_one_leader_and_the_other_takes_over() {
     let kube = tokio::task::block_in_place(|| kube_with_crd(NS));
     let (redis, loaded) = loaded_redis(0.02);
-    let dir = state_dir("controller-election");
-    std::fs::create_dir_all(&dir).expect("dir");
-    let kubeconfig = dir.join("kubeconfig");
-    kube.write_kubeconfig(&kubeconfig, NS).expect("kubeconfig");
+    let (dir, kubeconfig) = controller_dir(&kube, "controller-election", NS, None);
     let replica = |name: &str| {
         let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log");
         let port = tenant_migrator_testkit::free_port().expect("port");
@@ -485,15 +449,8 @@ async fn two_replicas_elect_one_leader_and_the_other_takes_over() {
             std::thread::sleep(Duration::from_millis(200));
         }
     });
-    let manifest = |name: &str, source: &str, target: &str| {
-        format!(
-            "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: {name}, namespace: {NS}}}\n\
-             spec:\n  source: {source}\n  target: {target}\n  config: {{enabled: false}}\n  \
-             redis: {{url: '{}'}}\n  qdrant: {{enabled: false}}\n  memgraph: {{enabled: false}}\n",
-            redis.url()
-        )
-    };
-    let finished = |tm: &serde_json::Value| matches!(tm["status"]["phase"].as_str(), Some("Succeeded" | "Failed"));
+    let redis_spec = format!("{{url: '{}'}}", redis.url());
+    let manifest = |name: &str, source: &str, target: &str| redis_only_tm(name, NS, source, target, &redis_spec, "");
     apply_ok(&kube, &manifest("one", SOURCE, TARGET));
     let tm = tokio::task::block_in_place(|| wait_for(&kube, "one", finished));
     assert_eq!(tm["status"]["phase"], "Succeeded", "{tm:#}");
@@ -532,18 +489,17 @@ async fn deleting_a_running_migration_stops_it_at_a_batch_boundary_and_says_what
     let proxy =
         tenant_migrator_testkit::DelayProxy::start(([127, 0, 0, 1], redis.port()).into(), Duration::from_millis(2))
             .expect("proxy");
-    let dir = state_dir("controller-delete");
-    std::fs::create_dir_all(&dir).expect("dir");
-    let kubeconfig = dir.join("kubeconfig");
-    kube.write_kubeconfig(&kubeconfig, NS).expect("kubeconfig");
+    let (dir, kubeconfig) = controller_dir(&kube, "controller-delete", NS, None);
     let _controller = start_controller(&kubeconfig, &dir.join("controller.log"));
     apply_ok(
         &kube,
-        &format!(
-            "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: delete-me, namespace: {NS}}}\n\
-             spec:\n  source: {SOURCE}\n  target: {TARGET}\n  mode: Copy\n  config: {{enabled: false}}\n  \
-             redis: {{url: 'redis://127.0.0.1:{}/', batchSize: 20}}\n  qdrant: {{enabled: false}}\n  memgraph: {{enabled: false}}\n",
-            proxy.port()
+        &redis_only_tm(
+            "delete-me",
+            NS,
+            SOURCE,
+            TARGET,
+            &format!("{{url: 'redis://127.0.0.1:{}/', batchSize: 20}}", proxy.port()),
+            "  mode: Copy\n",
         ),
     );
     let running = tokio::task::block_in_place(|| {
@@ -644,10 +600,7 @@ async fn a_migration_created_through_the_api_moves_every_store() {
         .await
         .expect("load graph");
 
-    let dir = state_dir("controller-all");
-    std::fs::create_dir_all(&dir).expect("dir");
-    let kubeconfig = dir.join("kubeconfig");
-    kube.write_kubeconfig(&kubeconfig, NS).expect("kubeconfig");
+    let (dir, kubeconfig) = controller_dir(&kube, "controller-all", NS, None);
     let _controller = start_controller(&kubeconfig, &dir.join("controller.log"));
 
     // Created through the API, not kubectl.
@@ -670,11 +623,7 @@ async fn a_migration_created_through_the_api_moves_every_store() {
         .await
         .expect("create through the API");
 
-    let tm = tokio::task::block_in_place(|| {
-        wait_for(&kube, "everything", |tm| {
-            matches!(tm["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
-        })
-    });
+    let tm = tokio::task::block_in_place(|| wait_for(&kube, "everything", finished));
     let log = std::fs::read_to_string(dir.join("controller.log")).unwrap_or_default();
     assert_eq!(tm["status"]["phase"], "Succeeded", "{tm:#}\n{log}");
     let phases = &tm["status"]["phases"];

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::*;
 use tenant_migrator_testkit::config_api::sample_config;
 use tenant_migrator_testkit::{ConfigApi, KubeApiServer};
@@ -48,11 +46,7 @@ async fn the_deployed_rbac_is_enough_for_everything_the_controller_does() {
     let api = ConfigApi::start(0, Some("t0ken")).await.expect("config API");
     api.insert(SOURCE, sample_config(SOURCE));
 
-    let dir = state_dir("deploy-rbac");
-    std::fs::create_dir_all(&dir).expect("dir");
-    let kubeconfig = dir.join("kubeconfig");
-    kube.write_kubeconfig_for(&kubeconfig, NS, token.trim())
-        .expect("kubeconfig");
+    let (dir, kubeconfig) = controller_dir(&kube, "deploy-rbac", NS, Some(token.trim()));
     let log = std::fs::File::create(dir.join("controller.log")).expect("log");
     let port = tenant_migrator_testkit::free_port().expect("port");
     let mut controller = std::process::Command::new(bin())
@@ -82,16 +76,7 @@ async fn the_deployed_rbac_is_enough_for_everything_the_controller_does() {
             redis.url()
         ),
     );
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let tm = loop {
-        let tm: serde_json::Value =
-            serde_json::from_str(&ok(kube.kubectl(&["get", "tm", "rbac", "-n", NS, "-o", "json"]))).expect("JSON");
-        if matches!(tm["status"]["phase"].as_str(), Some("Succeeded" | "Failed")) {
-            break tm;
-        }
-        assert!(Instant::now() < deadline, "never finished: {tm:#}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let tm = tokio::task::block_in_place(|| wait_for_tm(&kube, NS, "rbac", finished));
     let _ = controller.kill();
     let _ = controller.wait();
     let logs = std::fs::read_to_string(dir.join("controller.log")).unwrap_or_default();

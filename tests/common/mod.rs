@@ -223,3 +223,58 @@ pub fn kube_with_crd(namespace: &str) -> tenant_migrator_testkit::KubeApiServer 
 pub fn apply_ok(kube: &tenant_migrator_testkit::KubeApiServer, yaml: &str) {
     ok(kube.apply(yaml));
 }
+
+/// A TenantMigration as `kubectl get -o json` shows it.
+pub fn get_tm(kube: &tenant_migrator_testkit::KubeApiServer, ns: &str, name: &str) -> serde_json::Value {
+    serde_json::from_str(&ok(kube.kubectl(&["get", "tm", name, "-n", ns, "-o", "json"]))).expect("JSON")
+}
+
+/// Polls a TenantMigration until `done` holds (90 s at most).
+pub fn wait_for_tm(
+    kube: &tenant_migrator_testkit::KubeApiServer,
+    ns: &str,
+    name: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let tm = get_tm(kube, ns, name);
+        if done(&tm) {
+            return tm;
+        }
+        assert!(Instant::now() < deadline, "{name} never got there: {tm:#}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// Whether a TenantMigration reached Succeeded or Failed.
+pub fn finished(tm: &serde_json::Value) -> bool {
+    matches!(tm["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+}
+
+/// A fresh directory for a controller test and the kubeconfig (admin, or `token`) in it.
+pub fn controller_dir(
+    kube: &tenant_migrator_testkit::KubeApiServer,
+    name: &str,
+    ns: &str,
+    token: Option<&str>,
+) -> (PathBuf, PathBuf) {
+    let dir = state_dir(name);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let kubeconfig = dir.join("kubeconfig");
+    match token {
+        Some(t) => kube.write_kubeconfig_for(&kubeconfig, ns, t),
+        None => kube.write_kubeconfig(&kubeconfig, ns),
+    }
+    .expect("kubeconfig");
+    (dir, kubeconfig)
+}
+
+/// A TenantMigration of Redis only; `spec_extra` adds spec lines (each ending in a newline).
+pub fn redis_only_tm(name: &str, ns: &str, source: &str, target: &str, redis: &str, spec_extra: &str) -> String {
+    format!(
+        "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+         spec:\n  source: {source}\n  target: {target}\n{spec_extra}  config: {{enabled: false}}\n  \
+         redis: {redis}\n  qdrant: {{enabled: false}}\n  memgraph: {{enabled: false}}\n"
+    )
+}
