@@ -427,7 +427,6 @@ async fn apply(
         set_state(&api, &tm, MigrationPhase::Suspended, "Suspended", message).await?;
         return Ok(Action::await_change());
     }
-    let migration = format!("{ns}/{name}");
 
     // One migration per tenant at a time: an older unfinished migration touching the
     // same tenant (as source or target, in any namespace watched) goes first.
@@ -556,7 +555,7 @@ async fn apply(
         ),
         Some(e) => (MigrationPhase::Failed, "Failed", e.to_string()),
     };
-    tracing::info!(%migration, ?phase, %message, "migration finished");
+    tracing::info!(?phase, %message, "migration finished");
     patch_status(
         &api,
         &name,
