@@ -308,7 +308,7 @@ async fn suspend_pauses_at_a_batch_boundary_and_clearing_it_resumes() {
             NS,
             SOURCE,
             TARGET,
-            &format!("{{url: 'redis://127.0.0.1:{}/', batchSize: 20}}", proxy.port()),
+            &format!("{{url: 'redis://127.0.0.1:{}/', batchSize: 5}}", proxy.port()),
             "",
         ),
     );
@@ -498,7 +498,9 @@ async fn deleting_a_running_migration_stops_it_at_a_batch_boundary_and_says_what
             NS,
             SOURCE,
             TARGET,
-            &format!("{{url: 'redis://127.0.0.1:{}/', batchSize: 20}}", proxy.port()),
+            // Batches of 5 keep the copy stage running for seconds, well past the stop
+            // watcher's one-second poll, so the deletion lands mid-copy.
+            &format!("{{url: 'redis://127.0.0.1:{}/', batchSize: 5}}", proxy.port()),
             "  mode: Copy\n",
         ),
     );
