@@ -325,6 +325,51 @@ pub struct TenantMigrationSpec {
     /// Memgraph phase.
     #[serde(default)]
     pub memgraph: MemgraphSpec,
+    /// Workloads in this namespace that write to the stores (the RAG API, its workers):
+    /// scaled to zero once every preflight passed, before the first write, and back to
+    /// their former replica counts when the migration ends (succeeded, failed or
+    /// deleted). A suspended migration keeps them at zero: they would see a half-moved
+    /// tenant. Needs the controller's quiesce role (see the README).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quiesce: Vec<WorkloadRef>,
+}
+
+/// Kinds of workload that `spec.quiesce` can scale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+}
+
+impl fmt::Display for WorkloadKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// A Deployment or StatefulSet in the migration's namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadRef {
+    /// Deployment or StatefulSet.
+    pub kind: WorkloadKind,
+    /// Its name.
+    pub name: String,
+}
+
+/// A workload scaled down for the migration, and the replica count to give back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QuiescedWorkload {
+    /// Deployment or StatefulSet.
+    pub kind: WorkloadKind,
+    /// Its name.
+    pub name: String,
+    /// Replicas it had before the migration scaled it to zero.
+    pub replicas: i32,
+    /// Whether those replicas were given back.
+    #[serde(default)]
+    pub restored: bool,
 }
 
 /// The four stores, in the order their phases run.
@@ -527,6 +572,10 @@ pub struct TenantMigrationStatus {
     /// One entry per store, in run order.
     #[serde(default)]
     pub phases: PhaseStatuses,
+    /// Workloads of `spec.quiesce` scaled to zero, recorded before scaling so that a
+    /// restarted controller still knows what to give back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quiesced: Vec<QuiescedWorkload>,
     /// Ready, Progressing and Degraded, in metav1.Condition shape.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,

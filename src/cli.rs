@@ -213,9 +213,16 @@ pub fn spec_from_args(a: &MigrateArgs) -> Result<TenantMigrationSpec, InputError
                 redis: Default::default(),
                 qdrant: Default::default(),
                 memgraph: Default::default(),
+                quiesce: Vec::new(),
             }
         }
     };
+    if !spec.quiesce.is_empty() {
+        // Scaling needs a cluster; the CLI has none. Say so rather than pretend.
+        eprintln!(
+            "warning: spec.quiesce is applied by the controller only; stop the workloads that write to the stores yourself"
+        );
+    }
     spec.dry_run |= a.dry_run;
     spec.config.enabled &= !a.skip_config;
     spec.redis.enabled &= !a.skip_redis;

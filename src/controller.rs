@@ -25,8 +25,11 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::Secret;
-use crate::api::{MigrationPhase, PhaseState, PhaseStatuses, SecretKeyRef, Store, TenantMigration};
+use crate::api::{
+    MigrationPhase, PhaseState, PhaseStatuses, QuiescedWorkload, SecretKeyRef, Store, TenantMigration, WorkloadRef,
+};
 use crate::engine::{self, Credentials, EngineError, Progress, RunOptions, StageProgress};
+use crate::quiesce::{self, QuiesceError, Quiescer};
 use crate::telemetry::{Metrics, StoreLabel};
 
 /// Errors of the controller itself (the engine's end up in status, not here).
@@ -42,14 +45,16 @@ pub enum ControllerError {
     Lease(String),
     #[error("finalizer: {0}")]
     Finalizer(String),
+    #[error("spec.quiesce: {0}")]
+    Quiesce(#[from] QuiesceError),
 }
 
 struct Context {
     client: Client,
     metrics: Arc<Metrics>,
     recorder: Recorder,
-    /// The one namespace watched, if not all.
-    namespace: Option<String>,
+    /// The namespaces watched; empty for all.
+    namespaces: Vec<String>,
 }
 
 const MANAGER: &str = "tenant-migrator";
@@ -57,8 +62,8 @@ const MANAGER: &str = "tenant-migrator";
 /// How the controller runs.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Watch one namespace, or all.
-    pub namespace: Option<String>,
+    /// Watch these namespaces; empty for all.
+    pub namespaces: Vec<String>,
     /// Where to serve `/metrics`, `/healthz` and `/readyz`.
     pub endpoints: Option<std::net::SocketAddr>,
     /// Namespace of the Lease for leader election; `None` runs without election.
@@ -113,7 +118,7 @@ pub async fn run_elected(client: Client, options: Options) -> Result<(), Control
 /// Runs the controller until SIGINT/SIGTERM.
 pub async fn run(client: Client, options: Options) {
     let Options {
-        namespace, endpoints, ..
+        namespaces, endpoints, ..
     } = options;
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
@@ -125,11 +130,16 @@ pub async fn run(client: Client, options: Options) {
             }
         });
     }
-    let api: Api<TenantMigration> = match &namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
+    // One watch per namespace (or one over all): a controller watching a list of
+    // namespaces needs rights in those namespaces only.
+    let apis: Vec<Api<TenantMigration>> = if namespaces.is_empty() {
+        vec![Api::all(client.clone())]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| Api::namespaced(client.clone(), ns))
+            .collect()
     };
-    let namespace = namespace.clone();
     let reporter = Reporter {
         controller: MANAGER.into(),
         instance: std::env::var("POD_NAME").ok(),
@@ -137,14 +147,17 @@ pub async fn run(client: Client, options: Options) {
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
-        namespace,
+        namespaces,
         metrics,
     });
-    let controller = Controller::new(api, watcher::Config::default());
+    let controllers = apis.into_iter().map(|api| {
+        Controller::new(api, watcher::Config::default())
+            .shutdown_on_signal()
+            .run(reconcile, error_policy, ctx.clone())
+            .boxed()
+    });
     ready.store(true, Ordering::SeqCst);
-    controller
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
+    futures::stream::select_all(controllers)
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::warn!(error = %e, "reconcile failed");
@@ -157,7 +170,9 @@ fn now() -> Time {
     Time(jiff::Timestamp::now())
 }
 
-/// The three conditions of a migration, built in one place.
+/// The conditions of a migration, built in one place: Ready/Progressing/Degraded for
+/// people and `kubectl wait`, Reconciling/Stalled for kstatus (Flux `wait`, kpt), which
+/// would otherwise take a migration as finished as soon as observedGeneration matches.
 fn conditions(phase: MigrationPhase, generation: Option<i64>, message: &str, reason: &str) -> Vec<Condition> {
     let cond = |type_: &str, status: bool, reason: &str| Condition {
         type_: type_.to_owned(),
@@ -171,6 +186,12 @@ fn conditions(phase: MigrationPhase, generation: Option<i64>, message: &str, rea
         cond("Ready", phase == MigrationPhase::Succeeded, reason),
         cond("Progressing", phase == MigrationPhase::Running, reason),
         cond("Degraded", phase == MigrationPhase::Failed, reason),
+        cond(
+            "Reconciling",
+            matches!(phase, MigrationPhase::Pending | MigrationPhase::Running),
+            reason,
+        ),
+        cond("Stalled", phase == MigrationPhase::Failed, reason),
     ]
 }
 
@@ -264,6 +285,44 @@ struct StatusProgress {
     metrics: Arc<Metrics>,
     /// Per store: items done and batch reached as last seen, and when it started running here.
     seen: Vec<(u64, u64, Option<Instant>)>,
+    /// Workloads to stop before the first write, if `spec.quiesce` names any.
+    quiesce: Option<QuiesceStep>,
+}
+
+/// Stops the workloads of `spec.quiesce` from the engine's thread, on the runtime.
+struct QuiesceStep {
+    quiescer: Quiescer,
+    wanted: Vec<WorkloadRef>,
+    recorded: Vec<QuiescedWorkload>,
+    ctx: Arc<Context>,
+    object: ObjectReference,
+    handle: tokio::runtime::Handle,
+}
+
+impl QuiesceStep {
+    async fn run(self) -> Result<(), String> {
+        match self.quiescer.stop(&self.wanted, &self.recorded).await {
+            Ok(records) => {
+                let note = format!(
+                    "scaled to zero until the migration ends: {}",
+                    quiesce::describe(&records)
+                );
+                publish(&self.ctx, &self.object, EventType::Normal, "WorkloadsQuiesced", note).await;
+                Ok(())
+            }
+            Err(e) => {
+                publish(
+                    &self.ctx,
+                    &self.object,
+                    EventType::Warning,
+                    "QuiesceFailed",
+                    e.to_string(),
+                )
+                .await;
+                Err(e.to_string())
+            }
+        }
+    }
 }
 
 impl StatusProgress {
@@ -335,8 +394,48 @@ impl Progress for StatusProgress {
         });
     }
 
+    fn before_writes(&mut self) -> Result<(), String> {
+        let Some(step) = self.quiesce.take() else {
+            return Ok(());
+        };
+        // This is the engine's blocking thread: hand the API calls to the runtime and wait.
+        let (tx, rx) = std::sync::mpsc::channel();
+        step.handle.clone().spawn(async move {
+            let _ = tx.send(step.run().await);
+        });
+        rx.recv()
+            .unwrap_or_else(|_| Err("spec.quiesce: the task ended abnormally".to_owned()))
+    }
+
     fn should_stop(&mut self) -> bool {
         self.stop.load(Ordering::SeqCst)
+    }
+}
+
+/// Gives back the replicas of every workload this migration scaled to zero (read from
+/// its live status), and says so in an Event. Nothing to do without `status.quiesced`.
+async fn restore_workloads(ctx: &Context, api: &Api<TenantMigration>, name: &str) -> Result<(), ControllerError> {
+    let Some(tm) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    let recorded = tm.status.as_ref().map(|s| s.quiesced.clone()).unwrap_or_default();
+    if recorded.iter().all(|r| r.restored) {
+        return Ok(());
+    }
+    let ns = tm.namespace().unwrap_or_default();
+    let object = tm.object_ref(&());
+    match Quiescer::new(ctx.client.clone(), &ns, name).restore(&recorded).await {
+        Ok(restored) => {
+            if !restored.is_empty() {
+                let note = format!("replicas given back: {}", quiesce::describe(&restored));
+                publish(ctx, &object, EventType::Normal, "WorkloadsRestored", note).await;
+            }
+            Ok(())
+        }
+        Err(e) => {
+            publish(ctx, &object, EventType::Warning, "RestoreFailed", e.to_string()).await;
+            Err(e.into())
+        }
     }
 }
 
@@ -388,6 +487,9 @@ async fn reconcile(cached: Arc<TenantMigration>, ctx: Arc<Context>) -> Result<Ac
 /// boundary (it watches for the deletion); the stores hold a consistent, resumable
 /// state. Say what was done, then let the object go.
 async fn cleanup(tm: Arc<TenantMigration>, ctx: &Context) -> Result<Action, ControllerError> {
+    // The finalizer stays until the workloads have their replicas back.
+    let api: Api<TenantMigration> = Api::namespaced(ctx.client.clone(), &tm.namespace().unwrap_or_default());
+    restore_workloads(ctx, &api, &tm.name_any()).await?;
     let status = tm.status.clone().unwrap_or_default();
     let done: Vec<String> = Store::ALL
         .iter()
@@ -420,6 +522,8 @@ async fn apply(
     let status = tm.status.clone().unwrap_or_default();
     let finished = matches!(status.phase, MigrationPhase::Succeeded | MigrationPhase::Failed);
     if finished && status.observed_generation == generation {
+        // A controller that died between the final status and the restore finishes it here.
+        restore_workloads(&ctx, &api, &name).await?;
         return Ok(Action::await_change());
     }
     if tm.spec.suspend {
@@ -506,6 +610,14 @@ async fn apply(
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_for_stop(api.clone(), name.clone(), stop.clone());
     let metrics = ctx.metrics.clone();
+    let quiesce = (!tm.spec.quiesce.is_empty()).then(|| QuiesceStep {
+        quiescer: Quiescer::new(ctx.client.clone(), &ns, &name),
+        wanted: tm.spec.quiesce.clone(),
+        recorded: status.quiesced.clone(),
+        ctx: ctx.clone(),
+        object: object.clone(),
+        handle: handle.clone(),
+    });
     let span = tracing::Span::current();
     let report = tokio::task::spawn_blocking(move || {
         let _in_span = span.enter();
@@ -516,6 +628,7 @@ async fn apply(
             stop,
             metrics,
             seen: Vec::new(),
+            quiesce,
         };
         handle.block_on(engine::run(
             &spec,
@@ -575,6 +688,10 @@ async fn apply(
         EventType::Normal
     };
     publish(&ctx, &object, kind, &format!("Migration{phase:?}"), message).await;
+    // A suspended migration keeps its workloads stopped: they would see a half-moved tenant.
+    if phase != MigrationPhase::Suspended {
+        restore_workloads(&ctx, &api, &name).await?;
+    }
     Ok(Action::await_change())
 }
 
@@ -613,16 +730,22 @@ async fn set_state(
 
 /// An older TenantMigration, not finished, whose source or target is one of `tm`'s.
 async fn conflicting(ctx: &Context, tm: &TenantMigration) -> Result<Option<String>, ControllerError> {
-    let all: Api<TenantMigration> = match &ctx.namespace {
-        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-        None => Api::all(ctx.client.clone()),
+    let apis: Vec<Api<TenantMigration>> = if ctx.namespaces.is_empty() {
+        vec![Api::all(ctx.client.clone())]
+    } else {
+        ctx.namespaces
+            .iter()
+            .map(|ns| Api::namespaced(ctx.client.clone(), ns))
+            .collect()
     };
     let mine = [tm.spec.source.as_str(), tm.spec.target.as_str()];
     let key = |t: &TenantMigration| (t.metadata.creation_timestamp.clone(), t.namespace(), t.name_any());
     let me = key(tm);
-    let list = all.list(&Default::default()).await?;
+    let mut list = Vec::new();
+    for api in apis {
+        list.extend(api.list(&Default::default()).await?.items);
+    }
     let mut others: Vec<&TenantMigration> = list
-        .items
         .iter()
         .filter(|o| o.metadata.uid != tm.metadata.uid)
         .filter(|o| {
@@ -691,17 +814,21 @@ mod tests {
                 })
                 .collect::<Vec<_>>()
         };
-        let t = |a: &str, b: &str, c: &str| {
+        let t = |[a, b, c, d, e]: [&str; 5]| {
             vec![
                 ("Ready".into(), a.into()),
                 ("Progressing".into(), b.into()),
                 ("Degraded".into(), c.into()),
+                ("Reconciling".into(), d.into()),
+                ("Stalled".into(), e.into()),
             ]
         };
-        assert_eq!(of(MigrationPhase::Succeeded), t("True", "False", "False"));
-        assert_eq!(of(MigrationPhase::Running), t("False", "True", "False"));
-        assert_eq!(of(MigrationPhase::Failed), t("False", "False", "True"));
-        assert_eq!(of(MigrationPhase::Suspended), t("False", "False", "False"));
+        let (y, n) = ("True", "False");
+        assert_eq!(of(MigrationPhase::Succeeded), t([y, n, n, n, n]));
+        assert_eq!(of(MigrationPhase::Running), t([n, y, n, y, n]));
+        assert_eq!(of(MigrationPhase::Pending), t([n, n, n, y, n]));
+        assert_eq!(of(MigrationPhase::Failed), t([n, n, y, n, y]));
+        assert_eq!(of(MigrationPhase::Suspended), t([n, n, n, n, n]));
     }
 
     #[test]

@@ -84,6 +84,13 @@ pub trait Progress: Send {
     /// A batch failed and will be tried again after `wait`.
     fn retrying(&mut self, _store: Store, _batch: u64, _attempt: u32, _error: &str, _wait: Duration) {}
 
+    /// Every preflight passed and the first write is next (never called for a dry run
+    /// or when nothing is left to do). An error ends the run with nothing written; the
+    /// controller stops the workloads of `spec.quiesce` here.
+    fn before_writes(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Asked at every batch boundary: `true` stops the run there (suspend, SIGINT).
     fn should_stop(&mut self) -> bool {
         false
@@ -108,6 +115,8 @@ pub enum EngineError {
     },
     #[error("{store}: {message}")]
     Verify { store: Store, message: String },
+    #[error("not started, nothing was written: {0}")]
+    NotStarted(String),
     #[error("stopped at a batch boundary before {store} finished; run again to resume from the checkpoint")]
     Stopped { store: Store },
 }
@@ -367,6 +376,9 @@ impl Run<'_> {
         }
         if !failures.is_empty() {
             return Err(EngineError::Preflight { failures });
+        }
+        if !self.spec.dry_run && !plans.is_empty() {
+            self.progress.before_writes().map_err(EngineError::NotStarted)?;
         }
 
         for store in Store::ALL {

@@ -8,11 +8,13 @@
 //! - [`stores`]: one module per store, the only code that speaks its protocol.
 //! - [`cli`]: the `migrate` shell (flags, manifest, progress bars, summary).
 //! - [`controller`]: the Kubernetes shell (watch, Secrets, engine, status).
+//! - [`quiesce`]: the controller's scaling of `spec.quiesce` workloads to zero and back.
 
 pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod engine;
+pub mod quiesce;
 pub mod stores;
 pub mod telemetry;
 

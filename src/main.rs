@@ -26,9 +26,10 @@ enum Command {
     Crd,
     /// Run the operator: reconcile TenantMigrations through the engine.
     Controller {
-        /// Watch only this namespace (default: all).
-        #[arg(long)]
-        namespace: Option<String>,
+        /// Watch only these namespaces (repeat the flag or separate with commas;
+        /// default: all).
+        #[arg(long = "namespace", value_delimiter = ',')]
+        namespaces: Vec<String>,
         /// Serve /metrics, /healthz and /readyz here.
         #[arg(long, default_value = "0.0.0.0:8080")]
         metrics_addr: std::net::SocketAddr,
@@ -61,7 +62,7 @@ async fn main() {
             }
         },
         Command::Controller {
-            namespace,
+            namespaces,
             metrics_addr,
             lease_namespace,
             lease_seconds,
@@ -70,7 +71,7 @@ async fn main() {
             match kube::Client::try_default().await {
                 Ok(client) => {
                     let options = tenant_migrator::controller::Options {
-                        namespace,
+                        namespaces,
                         endpoints: Some(metrics_addr),
                         lease_namespace,
                         lease_seconds,

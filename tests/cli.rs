@@ -96,9 +96,15 @@ fn the_example_manifest_parses() {
         .arg(&dir)
         .env("TENANT_API_TOKEN", "x")
         .env("REDIS_PASSWORD", "x")
+        .env("QDRANT_API_KEY", "x")
         .env("MEMGRAPH_PASSWORD", "x")
         .output()
         .expect("run");
+    assert!(
+        text(&out).contains("spec.quiesce is applied by the controller only"),
+        "{}",
+        text(&out)
+    );
     // The example's hosts do not resolve here: the run must get as far as the preflight.
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(

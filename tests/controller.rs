@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -12,16 +12,6 @@ use tenant_migrator_testkit::config_api::sample_config;
 use tenant_migrator_testkit::{ConfigApi, KubeApiServer};
 
 const NS: &str = "rag";
-
-/// The controller process; killed when the test ends.
-struct ControllerProcess(Child);
-
-impl Drop for ControllerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn status_of(kube: &KubeApiServer, name: &str) -> serde_json::Value {
     get_tm(kube, NS, name)
@@ -223,21 +213,7 @@ fn start_controller(kubeconfig: &std::path::Path, log: &std::path::Path) -> Cont
 }
 
 fn start_controller_at(kubeconfig: &std::path::Path, log: &std::path::Path, metrics_port: u16) -> ControllerProcess {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("log");
-    ControllerProcess(
-        Command::new(bin())
-            .args(["controller", "--namespace", NS])
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-            .env("KUBECONFIG", kubeconfig)
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("controller"),
-    )
+    start_controller_in(NS, kubeconfig, log, metrics_port)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -357,27 +333,34 @@ async fn suspend_pauses_at_a_batch_boundary_and_clearing_it_resumes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_migration_of_the_same_tenant_waits_for_the_first() {
+async fn a_second_migration_of_the_same_tenant_waits_for_the_first_across_watched_namespaces() {
     let kube = tokio::task::block_in_place(|| kube_with_crd(NS));
+    for ns in ["search", "elsewhere"] {
+        ok(kube.kubectl(&["create", "namespace", ns]));
+    }
     let (redis, _) = loaded_redis(0.02);
     let (dir, kubeconfig) = controller_dir(&kube, "controller-conflict", NS, None);
-    let _controller = start_controller(&kubeconfig, &dir.join("controller.log"));
+    // Two watched namespaces; "elsewhere" is not one of them.
+    let port = tenant_migrator_testkit::free_port().expect("port");
+    let _controller = start_controller_in("rag,search", &kubeconfig, &dir.join("controller.log"), port);
     let redis_spec = format!("{{url: '{}'}}", redis.url());
-    let manifest = |name: &str, target: &str, suspend: bool| {
+    let manifest = |name: &str, ns: &str, target: &str, suspend: bool| {
         redis_only_tm(
             name,
-            NS,
+            ns,
             SOURCE,
             target,
             &redis_spec,
             &format!("  suspend: {suspend}\n"),
         )
     };
-    // The first is held (suspended); the second moves the same source elsewhere.
-    apply_ok(&kube, &manifest("first", "tenant_one", true));
-    apply_ok(&kube, &manifest("second", "tenant_two", false));
+    // The first is held (suspended); the second, in the other namespace, moves the same
+    // source elsewhere.
+    apply_ok(&kube, &manifest("first", NS, "tenant_one", true));
+    apply_ok(&kube, &manifest("second", "search", "tenant_two", false));
+    apply_ok(&kube, &manifest("unwatched", "elsewhere", "tenant_three", false));
     let waiting = tokio::task::block_in_place(|| {
-        wait_for(&kube, "second", |tm| {
+        wait_for_tm(&kube, "search", "second", |tm| {
             tm["status"]["conditions"]
                 .to_string()
                 .contains("WaitingForOtherMigration")
@@ -394,8 +377,12 @@ async fn a_second_migration_of_the_same_tenant_waits_for_the_first() {
     );
     // Once the first is gone, the second runs.
     ok(kube.kubectl(&["delete", "tm", "first", "-n", NS]));
-    let done = tokio::task::block_in_place(|| wait_for(&kube, "second", finished));
+    let done = tokio::task::block_in_place(|| wait_for_tm(&kube, "search", "second", finished));
     assert_eq!(done["status"]["phase"], "Succeeded", "{done:#}");
+    // A namespace not watched is not touched.
+    let unwatched = get_tm(&kube, "elsewhere", "unwatched");
+    assert!(unwatched["status"].is_null(), "{unwatched:#}");
+    assert!(!snapshot(&redis).keys().any(|k| k.starts_with(b"tenant_three_")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

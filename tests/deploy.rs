@@ -15,6 +15,7 @@ async fn the_deployed_rbac_is_enough_for_everything_the_controller_does() {
     let kube = tokio::task::block_in_place(KubeApiServer::start).expect("kube-apiserver (run tools/setup.sh)");
     let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
     ok(kube.kubectl(&["apply", "-k", deploy]));
+    ok(kube.kubectl(&["apply", "-k", &format!("{deploy}/quiesce")]));
     ok(kube.kubectl(&[
         "wait",
         "--for",
@@ -32,6 +33,15 @@ async fn the_deployed_rbac_is_enough_for_everything_the_controller_does() {
     let token = ok(kube.kubectl(&["create", "token", "tenant-migrator", "-n", "tenant-migrator"]));
 
     ok(kube.kubectl(&["create", "namespace", NS]));
+    ok(kube.kubectl(&[
+        "create",
+        "deployment",
+        "rag-api",
+        "-n",
+        NS,
+        "--image=rag-api:1",
+        "--replicas=2",
+    ]));
     ok(kube.kubectl(&[
         "create",
         "secret",
@@ -71,7 +81,8 @@ async fn the_deployed_rbac_is_enough_for_everything_the_controller_does() {
             "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: rbac, namespace: {NS}}}\n\
              spec:\n  source: {SOURCE}\n  target: {TARGET}\n  \
              config: {{url: '{}', tokenSecretRef: {{name: rag-api, key: token}}}}\n  \
-             redis: {{url: '{}'}}\n  qdrant: {{enabled: false}}\n  memgraph: {{enabled: false}}\n",
+             redis: {{url: '{}'}}\n  qdrant: {{enabled: false}}\n  memgraph: {{enabled: false}}\n  \
+             quiesce: [{{kind: Deployment, name: rag-api}}]\n",
             api.url(),
             redis.url()
         ),
@@ -102,6 +113,16 @@ async fn the_deployed_rbac_is_enough_for_everything_the_controller_does() {
     );
     assert_eq!(tm["status"]["phases"]["redis"]["done"], loaded.tenant_keys);
     assert_migrated(&before, &snapshot(&redis), true);
+    let replicas = ok(kube.kubectl(&[
+        "get",
+        "deployment",
+        "rag-api",
+        "-n",
+        NS,
+        "-o",
+        "jsonpath={.spec.replicas} {.metadata.generation}",
+    ]));
+    assert_eq!(replicas, "2 3", "scaled to zero and back through the quiesce role");
 
     // Least privilege: the ServiceAccount cannot touch what the controller never needs.
     let sa = "system:serviceaccount:tenant-migrator:tenant-migrator";
@@ -110,6 +131,7 @@ async fn the_deployed_rbac_is_enough_for_everything_the_controller_does() {
         ("list", "secrets"),
         ("create", "deployments.apps"),
         ("update", "secrets"),
+        ("patch", "deployments.apps"),
     ] {
         let out = kube
             .kubectl(&["auth", "can-i", verb, resource, "-n", NS, "--as", sa])
@@ -118,6 +140,27 @@ async fn the_deployed_rbac_is_enough_for_everything_the_controller_does() {
             String::from_utf8_lossy(&out.stdout).trim(),
             "no",
             "{sa} may {verb} {resource}"
+        );
+    }
+    // The quiesce role: the scale subresource, read and patched, nothing else.
+    for (verb, want) in [("get", "yes"), ("patch", "yes"), ("update", "no"), ("delete", "no")] {
+        let out = kube
+            .kubectl(&[
+                "auth",
+                "can-i",
+                verb,
+                "statefulsets.apps",
+                "--subresource=scale",
+                "-n",
+                NS,
+                "--as",
+                sa,
+            ])
+            .expect("kubectl");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            want,
+            "{verb} statefulsets/scale"
         );
     }
 }
@@ -151,4 +194,49 @@ fn the_image_and_the_deployment_run_as_non_root() {
     assert_eq!(container["allowPrivilegeEscalation"], serde_yaml::Value::Bool(false));
     assert_eq!(container["readOnlyRootFilesystem"], serde_yaml::Value::Bool(true));
     assert_eq!(container["capabilities"]["drop"][0], serde_yaml::Value::from("ALL"));
+}
+
+#[test]
+fn the_grafana_dashboard_queries_only_metrics_the_controller_exports() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/grafana/tenant-migrator-dashboard.json"
+    );
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("the dashboard is JSON");
+    // A family is exported once it has a sample: give each one.
+    let metrics = tenant_migrator::telemetry::Metrics::default();
+    let label = tenant_migrator::telemetry::StoreLabel::of(tenant_migrator::api::Store::Redis);
+    for family in [&metrics.items, &metrics.batches, &metrics.retries, &metrics.failures] {
+        family.get_or_create(&label).inc();
+    }
+    metrics.phase_seconds.get_or_create(&label).observe(1.0);
+    let exported = metrics.encode();
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        assert!(panel["title"].is_string() && panel["gridPos"].is_object(), "{panel}");
+        for t in panel["targets"].as_array().expect("targets") {
+            exprs.push(t["expr"].as_str().expect("expr").to_owned());
+        }
+    }
+    let mut checked = 0;
+    for expr in &exprs {
+        for (i, _) in expr.match_indices("tenant_migrator_") {
+            let name: String = expr[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            // Samples carry suffixes that the family's TYPE line does not.
+            let family = ["_total", "_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(&name);
+            assert!(
+                exported.contains(&format!("# TYPE {family} ")),
+                "the dashboard queries {name}, which the controller does not export:\n{exported}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 8, "only {checked} metric references in {exprs:?}");
 }

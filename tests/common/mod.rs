@@ -278,3 +278,32 @@ pub fn redis_only_tm(name: &str, ns: &str, source: &str, target: &str, redis: &s
          redis: {redis}\n  qdrant: {{enabled: false}}\n  memgraph: {{enabled: false}}\n"
     )
 }
+
+/// A `tenant-migrator controller` process; killed (SIGKILL) when dropped.
+pub struct ControllerProcess(pub std::process::Child);
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The controller watching `ns`, logging (appending) to `log`.
+pub fn start_controller_in(ns: &str, kubeconfig: &Path, log: &Path, metrics_port: u16) -> ControllerProcess {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log");
+    ControllerProcess(
+        std::process::Command::new(bin())
+            .args(["controller", "--namespace", ns])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .env("KUBECONFIG", kubeconfig)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("controller"),
+    )
+}
