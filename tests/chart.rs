@@ -1,28 +1,28 @@
-//! The Helm chart: `helm lint`, `helm template` for the documented value combinations
-//! (helm built from its Go module by tools/helm/build.sh), and every rendered object
-//! accepted by the real API server (server-side dry run).
+//! The Helm chart and the plain manifests: `helm lint`, `helm template` for the documented
+//! value combinations, kubeconform (strict, with schemas taken from the real API server,
+//! our CRD included) over every rendered manifest, `deploy/` and `examples/`, and every
+//! rendered object accepted by the real API server (server-side dry run). helm and
+//! kubeconform are built from their Go modules by tools/gotools/build.sh.
 
 mod common;
 
-use std::path::PathBuf;
+use std::collections::BTreeSet;
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
-
-fn helm() -> Command {
-    let bin = tenant_migrator_testkit::bolt_server::tooling_dir()
-        .parent()
-        .map(|d| d.join("helm/bin/helm"))
-        .unwrap_or_else(|| PathBuf::from("helm"));
-    Command::new(bin)
-}
+use tenant_migrator_testkit::{cached_tool, kube_schemas};
 
 fn chart() -> &'static str {
     concat!(env!("CARGO_MANIFEST_DIR"), "/charts/tenant-migrator")
 }
 
+fn repo(path: &str) -> String {
+    format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
 fn render(sets: &[&str]) -> String {
-    let mut c = helm();
+    let mut c = Command::new(cached_tool("helm"));
     c.args(["template", "tm", chart(), "-n", "tenant-migrator", "--include-crds"]);
     for s in sets {
         c.args(["--set", s]);
@@ -30,18 +30,71 @@ fn render(sets: &[&str]) -> String {
     ok(c.output())
 }
 
-fn kinds(rendered: &str) -> Vec<String> {
+fn docs(rendered: &str) -> Vec<serde_yaml::Value> {
     rendered
-        .lines()
-        .filter_map(|l| l.strip_prefix("kind: "))
-        .map(str::to_owned)
+        .split("\n---")
+        .filter_map(|d| serde_yaml::from_str::<serde_yaml::Value>(d).ok())
+        .filter(|d| d.get("kind").is_some())
         .collect()
 }
 
+fn kinds(rendered: &str) -> Vec<String> {
+    docs(rendered)
+        .iter()
+        .filter_map(|d| d["kind"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The rules of every (Cluster)Role in `rendered` but the leader-election one, as
+/// `(group, resource, verb)` triples.
+fn rules(rendered: &str) -> BTreeSet<(String, String, String)> {
+    let strings = |v: &serde_yaml::Value| -> Vec<String> {
+        v.as_sequence()
+            .map(|s| s.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    };
+    let mut out = BTreeSet::new();
+    for d in docs(rendered) {
+        let kind = d["kind"].as_str().unwrap_or_default();
+        let name = d["metadata"]["name"].as_str().unwrap_or_default();
+        if !kind.ends_with("Role") || name.ends_with("leader-election") {
+            continue;
+        }
+        for r in d["rules"].as_sequence().into_iter().flatten() {
+            for g in strings(&r["apiGroups"]) {
+                for res in strings(&r["resources"]) {
+                    for v in strings(&r["verbs"]) {
+                        out.insert((g.clone(), res.clone(), v));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn kubeconform(schemas: &Path, files: &[&Path]) -> std::process::Output {
+    Command::new(cached_tool("kubeconform"))
+        .args(["-strict", "-summary", "-schema-location"])
+        .arg(schemas.join(kube_schemas::LOCATION))
+        // Kinds whose CRDs belong to other projects (Prometheus operator, Argo CD, Flux).
+        .args(["-skip", "ServiceMonitor,Application,Kustomization"])
+        .args(files)
+        .output()
+        .expect("kubeconform (run tools/setup.sh)")
+}
+
 #[test]
-fn the_chart_lints_renders_and_is_accepted_by_the_api_server() {
-    let lint = helm()
-        .args(["lint", chart()])
+fn the_chart_lints_renders_validates_and_is_accepted_by_the_api_server() {
+    let lint = Command::new(cached_tool("helm"))
+        .args([
+            "lint",
+            chart(),
+            "--set",
+            "watchNamespaces={rag}",
+            "--set",
+            "quiesce.enabled=true",
+        ])
         .output()
         .expect("helm (run tools/setup.sh)");
     assert!(lint.status.success(), "{}", text(&lint));
@@ -64,18 +117,48 @@ fn the_chart_lints_renders_and_is_accepted_by_the_api_server() {
         cluster_wide.contains("name: POD_NAMESPACE"),
         "leader election off with 2 replicas"
     );
+    assert!(!cluster_wide.contains("/scale"), "scale rights without quiesce.enabled");
 
-    let namespaced = render(&["watchNamespace=rag", "replicas=1"]);
+    // A list of namespaces: a Role in each (Secrets readable there only), no ClusterRole.
+    let namespaced = render(&["watchNamespaces={rag,search}", "replicas=1"]);
+    let roles: Vec<(String, String)> = docs(&namespaced)
+        .iter()
+        .filter(|d| d["kind"] == "Role" || d["kind"] == "RoleBinding")
+        .map(|d| {
+            (
+                d["kind"].as_str().unwrap_or_default().to_owned(),
+                d["metadata"]["namespace"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    for ns in ["rag", "search"] {
+        for kind in ["Role", "RoleBinding"] {
+            assert!(
+                roles.contains(&(kind.into(), ns.into())),
+                "no {kind} in {ns}: {roles:?}"
+            );
+        }
+    }
     let k = kinds(&namespaced);
     assert!(
         !k.iter().any(|x| x == "ClusterRole"),
         "a namespaced install must not get a ClusterRole: {k:?}"
     );
     assert!(
-        namespaced.contains("- --namespace") && !namespaced.contains("POD_NAMESPACE"),
+        namespaced.contains("- --namespace\n            - \"rag,search\"") && !namespaced.contains("POD_NAMESPACE"),
         "{namespaced}"
     );
     assert!(!namespaced.contains("leases"), "no Lease rights with one replica");
+
+    // The chart grants exactly what deploy/ grants (both what the controller calls).
+    let with_quiesce = render(&["quiesce.enabled=true"]);
+    let read = |p: &str| std::fs::read_to_string(repo(p)).expect("read");
+    let deployed: BTreeSet<_> = rules(&read("deploy/rbac.yaml"))
+        .union(&rules(&read("deploy/quiesce/rbac.yaml")))
+        .cloned()
+        .collect();
+    assert_eq!(rules(&with_quiesce), deployed);
+    assert!(deployed.contains(&("apps".into(), "deployments/scale".into(), "patch".into())));
 
     let extras = render(&["serviceMonitor.enabled=true", "podDisruptionBudget.enabled=true"]);
     let k = kinds(&extras);
@@ -84,12 +167,56 @@ fn the_chart_lints_renders_and_is_accepted_by_the_api_server() {
         "{k:?}"
     );
 
+    // kubeconform, with schemas from the real API server that knows our CRD.
+    let kube = kube_with_crd("rag");
+    let dir = state_dir("chart-kubeconform");
+    let schemas = dir.join("schemas");
+    let openapi: serde_json::Value =
+        serde_json::from_str(&ok(kube.kubectl(&["get", "--raw", "/openapi/v2"]))).expect("OpenAPI JSON");
+    let n = kube_schemas::write(&openapi, &schemas).expect("schemas");
+    assert!(n > 50, "only {n} schemas");
+    let mut files = Vec::new();
+    for (name, rendered) in [
+        ("cluster-wide", &cluster_wide),
+        ("namespaced", &namespaced),
+        ("quiesce", &with_quiesce),
+        ("extras", &extras),
+        ("deploy", &ok(kube.kubectl(&["kustomize", &repo("deploy")]))),
+        (
+            "deploy-quiesce",
+            &ok(kube.kubectl(&["kustomize", &repo("deploy/quiesce")])),
+        ),
+    ] {
+        let f = dir.join(format!("{name}.yaml"));
+        std::fs::write(&f, rendered).expect("write");
+        files.push(f);
+    }
+    for example in std::fs::read_dir(repo("examples")).expect("examples") {
+        files.push(example.expect("entry").path());
+    }
+    let refs: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
+    let out = kubeconform(&schemas, &refs);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("Invalid: 0, Errors: 0"), "{}", text(&out));
+    // The validation has teeth: a misspelt field and a bad migration are caught.
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        cluster_wide.replacen("  replicas: 2", "  replica: 2", 1)
+            + "\n---\napiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\n\
+               metadata: {name: x, namespace: rag}\nspec: {source: 'a-b', target: b}\n",
+    )
+    .expect("write");
+    let out = kubeconform(&schemas, &[&bad]);
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("replica") && said.contains("Invalid: 2"), "{said}");
+
     // Everything but the ServiceMonitor (whose CRD belongs to the Prometheus operator)
     // must be accepted by a real API server.
-    let kube = tenant_migrator_testkit::KubeApiServer::start().expect("kube-apiserver (run tools/setup.sh)");
     ok(kube.kubectl(&["create", "namespace", "tenant-migrator"]));
-    ok(kube.kubectl(&["create", "namespace", "rag"]));
-    for rendered in [cluster_wide, namespaced, extras] {
+    ok(kube.kubectl(&["create", "namespace", "search"]));
+    for rendered in [cluster_wide, namespaced, with_quiesce, extras] {
         let docs: Vec<&str> = rendered
             .split("\n---")
             .filter(|d| !d.contains("kind: ServiceMonitor") && d.contains("kind:"))

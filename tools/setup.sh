@@ -24,8 +24,8 @@ fi
 # The Bolt test server (Neo4j 4.4 from Maven Central, with Java 17 and Maven from the image).
 bash tools/neo4j/build.sh
 
-# A real kube-apiserver and etcd, and helm for the chart tests, built from Go modules.
+# A real kube-apiserver and etcd, and helm + kubeconform for the chart tests, built from Go modules.
 bash tools/envtest/build.sh
-bash tools/helm/build.sh
+bash tools/gotools/build.sh
 
 echo "setup: redis-server $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p'), python venv at $TM_CACHE/venv"

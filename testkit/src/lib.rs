@@ -8,6 +8,7 @@ pub mod bolt_server;
 pub mod config_api;
 pub mod fixture;
 pub mod graph_fixture;
+pub mod kube_schemas;
 pub mod kube_server;
 pub mod proxy;
 pub mod qdrant_fixture;
@@ -20,6 +21,15 @@ pub use kube_server::KubeApiServer;
 pub use proxy::DelayProxy;
 pub use qdrant_server::QdrantServer;
 pub use redis_server::RedisServer;
+
+/// A command-line tool that `tools/setup.sh` built into `$TM_CACHE/<name>/bin` (helm,
+/// kubeconform).
+pub fn cached_tool(name: &str) -> std::path::PathBuf {
+    bolt_server::tooling_dir()
+        .parent()
+        .map(|d| d.join(name).join("bin").join(name))
+        .unwrap_or_else(|| name.into())
+}
 
 /// A free TCP port on 127.0.0.1 (the OS picks it; the listener is closed before use).
 pub fn free_port() -> std::io::Result<u16> {
