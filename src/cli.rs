@@ -91,6 +91,10 @@ pub struct MigrateArgs {
     /// Qdrant URL [default: http://localhost:6333]
     #[arg(long)]
     pub qdrant_url: Option<String>,
+    /// Qdrant collections to migrate, comma-separated [default: every collection holding
+    /// points of the source, or the manifest's list]
+    #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
+    pub qdrant_collections: Vec<String>,
     /// Memgraph host [default: localhost]
     #[arg(long)]
     pub memgraph_host: Option<String>,
@@ -248,6 +252,9 @@ pub fn spec_from_args(a: &MigrateArgs) -> Result<TenantMigrationSpec, InputError
             PointIdsArg::Lightrag => PointIdScheme::LightRAG,
             PointIdsArg::Keep => PointIdScheme::Keep,
         };
+    }
+    if !a.qdrant_collections.is_empty() {
+        spec.qdrant.collections = a.qdrant_collections.clone();
     }
     if a.batch_size.is_some() {
         spec.redis.batch_size = a.batch_size;

@@ -308,6 +308,14 @@ async fn bad_input_is_refused_without_a_write() {
             migrate(&server.url, &dir, &[]),
             "already holds 3 points of the target tenant",
         ),
+        (
+            migrate(
+                &server.url,
+                &dir,
+                &["--qdrant-collections", "lightrag_vdb_chunks,lightrag_vdb_nope"],
+            ),
+            "collection \"lightrag_vdb_nope\" does not exist",
+        ),
     ];
     for (mut cmd, want) in cases {
         let out = cmd.output().expect("run");
@@ -323,4 +331,63 @@ async fn bad_input_is_refused_without_a_write() {
             .flat_map(|c| c.values())
             .any(|p| tenant_of(p) == Some(ws(&fixture::lookalikes(SOURCE)[2])))
     );
+}
+
+#[tokio::test]
+async fn a_collection_whose_dimension_contradicts_its_name_is_refused_without_a_write() {
+    use qdrant_client::qdrant::{
+        CreateCollectionBuilder, CreateFieldIndexCollectionBuilder, Distance, FieldType, PointStruct,
+        UpsertPointsBuilder, VectorParamsBuilder,
+    };
+    let (server, _) = loaded().await;
+    let client = server.client();
+    // LightRAG names model-suffixed collections by their dimension; this one says 1024
+    // but holds DIM-sized vectors: whoever made it, re-keyed points would be written
+    // into a collection that LightRAG for the target would not read as the name says.
+    let odd = "lightrag_vdb_entities_bge_m3_1024d";
+    client
+        .create_collection(
+            CreateCollectionBuilder::new(odd).vectors_config(VectorParamsBuilder::new(DIM, Distance::Cosine)),
+        )
+        .await
+        .expect("create");
+    client
+        .create_field_index(CreateFieldIndexCollectionBuilder::new(
+            odd,
+            "workspace_id",
+            FieldType::Keyword,
+        ))
+        .await
+        .expect("index");
+    let points: Vec<PointStruct> = (0..3u64)
+        .map(|i| {
+            let id = format!("ent-odd-{i}");
+            let payload: std::collections::HashMap<String, qdrant_client::qdrant::Value> = [
+                ("id".to_owned(), id.clone().into()),
+                ("workspace_id".to_owned(), SOURCE.to_owned().into()),
+            ]
+            .into();
+            PointStruct::new(
+                qdrant_fixture::lightrag_id(SOURCE, &id),
+                vec![0.25_f32; DIM as usize],
+                payload,
+            )
+        })
+        .collect();
+    client
+        .upsert_points(UpsertPointsBuilder::new(odd, points).wait(true))
+        .await
+        .expect("upsert");
+    let before = snapshot(&server).await;
+    let out = migrate(&server.url, &state_dir("q-dim"), &[]).output().expect("run");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains(&format!(
+            "collection \"{odd}\": dimension mismatch: its name says 1024 dimensions, its vectors are configured with {DIM}"
+        )),
+        "{said}"
+    );
+    assert!(said.contains("preflight failed, nothing was written"), "{said}");
+    assert_same(&snapshot(&server).await, &before);
 }

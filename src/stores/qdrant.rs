@@ -20,7 +20,8 @@ use std::time::Duration;
 use qdrant_client::qdrant::{
     Condition, CountPointsBuilder, DeletePointsBuilder, Filter, GetPointsBuilder, NamedVectors, PointId, PointStruct,
     PointsIdsList, RetrievedPoint, ScrollPointsBuilder, SetPayloadPointsBuilder, UpsertPointsBuilder, Value, Vector,
-    Vectors, VectorsOutput, point_id::PointIdOptions, value::Kind, vector, vector_output, vectors, vectors_output,
+    Vectors, VectorsConfig, VectorsOutput, point_id::PointIdOptions, value::Kind, vector, vector_output, vectors,
+    vectors_config, vectors_output,
 };
 use qdrant_client::{Qdrant, QdrantError};
 use sha2::{Digest, Sha256};
@@ -62,6 +63,8 @@ pub enum QdrantStoreError {
     MissingCollection(String),
     #[error("collection {collection:?}: the vector configuration is unknown, so points cannot be re-keyed")]
     UnknownVectors { collection: String },
+    #[error("collection {collection:?}: dimension mismatch: {detail}; refusing to re-key its points")]
+    DimensionMismatch { collection: String, detail: String },
     #[error(
         "collection {collection:?} already holds {count} points of the target tenant; refusing to mix them with this migration's"
     )]
@@ -183,6 +186,76 @@ fn vectors_in(v: Option<VectorsOutput>) -> Option<Vectors> {
     Some(Vectors {
         vectors_options: Some(options),
     })
+}
+
+/// Dense vector sizes a collection is configured with, by vector name ("" for the
+/// unnamed vector).
+fn configured_sizes(config: &VectorsConfig) -> HashMap<String, u64> {
+    match &config.config {
+        Some(vectors_config::Config::Params(p)) => HashMap::from([(String::new(), p.size)]),
+        Some(vectors_config::Config::ParamsMap(m)) => m.map.iter().map(|(k, p)| (k.clone(), p.size)).collect(),
+        None => HashMap::new(),
+    }
+}
+
+/// The dimension LightRAG 1.5 writes into model-suffixed names (`…_bge_m3_1024d`).
+fn declared_dimension(collection: &str) -> Option<u64> {
+    let last = collection.rsplit('_').next()?;
+    let digits = last.strip_suffix('d')?;
+    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+/// Lengths of a point's dense vectors, by name ("" for the unnamed vector).
+fn dense_lengths(v: &VectorsOutput) -> Vec<(String, usize)> {
+    let len = |v: &qdrant_client::qdrant::VectorOutput| match &v.vector {
+        Some(vector_output::Vector::Dense(d)) => Some(d.data.len()),
+        _ => None,
+    };
+    match &v.vectors_options {
+        Some(vectors_output::VectorsOptions::Vector(v)) => len(v).map(|n| (String::new(), n)).into_iter().collect(),
+        Some(vectors_output::VectorsOptions::Vectors(named)) => named
+            .vectors
+            .iter()
+            .filter_map(|(name, v)| len(v).map(|n| (name.clone(), n)))
+            .collect(),
+        None => Vec::new(),
+    }
+}
+
+/// Whether the points of `collection` can be written back under new ids as they are:
+/// its name's declared dimension (if any) and a sample point's dense vectors must
+/// agree with the configured sizes. `None` when they do; what disagrees otherwise.
+fn dimension_problem(collection: &str, sizes: &HashMap<String, u64>, sample: Option<&VectorsOutput>) -> Option<String> {
+    if let (Some(declared), Some(size)) = (declared_dimension(collection), sizes.get(""))
+        && declared != *size
+    {
+        return Some(format!(
+            "its name says {declared} dimensions, its vectors are configured with {size}"
+        ));
+    }
+    for (name, len) in sample.map(dense_lengths).unwrap_or_default() {
+        let shown = if name.is_empty() {
+            "the vector".to_owned()
+        } else {
+            format!("vector {name:?}")
+        };
+        match sizes.get(&name) {
+            Some(size) if *size == len as u64 => {}
+            Some(size) => {
+                return Some(format!(
+                    "a source point's {shown} has {len} dimensions, the collection {size}"
+                ));
+            }
+            None => {
+                return Some(format!(
+                    "a source point has {shown}, which the collection does not configure"
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// The Qdrant phase of one migration.
@@ -521,13 +594,25 @@ impl Phase for QdrantPhase {
                     .collection_info(name.as_str())
                     .await
                     .map_err(Self::call(format!("info of {name}")))?;
-                let known = info
-                    .result
-                    .and_then(|r| r.config)
-                    .and_then(|c| c.params)
+                let params = info.result.and_then(|r| r.config).and_then(|c| c.params);
+                let known = params
+                    .as_ref()
                     .is_some_and(|p| p.vectors_config.is_some() || p.sparse_vectors_config.is_some());
                 if !known {
                     return Err(QdrantStoreError::UnknownVectors { collection: name });
+                }
+                let sizes = params
+                    .and_then(|p| p.vectors_config)
+                    .map(|c| configured_sizes(&c))
+                    .unwrap_or_default();
+                let filter = tenant_filter(&self.settings.tenant_field, &self.settings.source);
+                let (sample, _) = scroll_page(&client, &name, filter, 1, None, true).await?;
+                let vectors = sample.first().and_then(|p| p.vectors.as_ref());
+                if let Some(detail) = dimension_problem(&name, &sizes, vectors) {
+                    return Err(QdrantStoreError::DimensionMismatch {
+                        collection: name,
+                        detail,
+                    });
                 }
             }
             // Target points that are not copies of a remaining source point: with
@@ -659,6 +744,46 @@ mod tests {
         for (ws, id, want) in cases {
             assert_eq!(lightrag_point_id(ws, id), want, "{ws} {id}");
         }
+    }
+
+    #[test]
+    fn dimensions_must_agree_with_the_name_and_the_configuration() {
+        use qdrant_client::qdrant::{DenseVector, NamedVectorsOutput, VectorOutput};
+        let dense = |n: usize| VectorOutput {
+            vector: Some(vector_output::Vector::Dense(DenseVector { data: vec![0.5; n] })),
+            ..VectorOutput::default()
+        };
+        let unnamed = |n| VectorsOutput {
+            vectors_options: Some(vectors_output::VectorsOptions::Vector(dense(n))),
+        };
+        let sizes = HashMap::from([(String::new(), 1024)]);
+        assert_eq!(declared_dimension("lightrag_vdb_chunks_bge_m3_1024d"), Some(1024));
+        assert_eq!(declared_dimension("lightrag_vdb_chunks"), None);
+        assert_eq!(declared_dimension("lightrag_vdb_chunks_d"), None);
+        assert_eq!(
+            dimension_problem("lightrag_vdb_chunks_bge_m3_1024d", &sizes, Some(&unnamed(1024))),
+            None
+        );
+        assert_eq!(dimension_problem("lightrag_vdb_chunks", &sizes, None), None);
+        let by_name = dimension_problem("lightrag_vdb_chunks_bge_m3_768d", &sizes, None).unwrap_or_default();
+        assert!(
+            by_name.contains("768 dimensions") && by_name.contains("1024"),
+            "{by_name}"
+        );
+        let by_point = dimension_problem("lightrag_vdb_chunks", &sizes, Some(&unnamed(768))).unwrap_or_default();
+        assert!(by_point.contains("768 dimensions, the collection 1024"), "{by_point}");
+        let named = VectorsOutput {
+            vectors_options: Some(vectors_output::VectorsOptions::Vectors(NamedVectorsOutput {
+                vectors: HashMap::from([("dense".to_owned(), dense(1024))]),
+            })),
+        };
+        let other = dimension_problem("c", &sizes, Some(&named)).unwrap_or_default();
+        assert!(
+            other.contains("\"dense\", which the collection does not configure"),
+            "{other}"
+        );
+        let named_sizes = HashMap::from([("dense".to_owned(), 1024)]);
+        assert_eq!(dimension_problem("c", &named_sizes, Some(&named)), None);
     }
 
     #[test]
