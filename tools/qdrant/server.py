@@ -358,10 +358,11 @@ class Collections(q.CollectionsServicer):
 
 
 def record_out(r, with_vectors):
-    p = q.RetrievedPoint(id=point_id_out(r.id), payload=payload_out(r.payload))
-    if with_vectors and r.vector is not None:
-        p.vectors.CopyFrom(vectors_out(r.vector))
-    return p
+    # Each read of r.vector converts the whole vector again: read it once, and build the
+    # message in one call (CopyFrom would copy every vector a second time).
+    vector = r.vector if with_vectors else None
+    vectors = vectors_out(vector) if vector is not None else None
+    return q.RetrievedPoint(id=point_id_out(r.id), payload=payload_out(r.payload), vectors=vectors)
 
 
 def selector_ids_or_filter(sel):

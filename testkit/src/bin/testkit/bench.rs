@@ -34,9 +34,10 @@ pub struct BenchArgs {
     /// Vector size of the Qdrant fixture.
     #[arg(long, default_value_t = 1024)]
     qdrant_dim: u64,
-    /// Python with the reference script's packages.
-    #[arg(long, env = "TM_PYTHON", default_value = "python3")]
-    python: String,
+    /// Python with the reference script's packages [default: $TM_PYTHON, or the
+    /// virtualenv tools/setup.sh made]
+    #[arg(long)]
+    python: Option<PathBuf>,
     /// The reference script.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../tools/reference/migrate_tenant.py"))]
     reference: PathBuf,
@@ -113,7 +114,11 @@ fn ours(store_args: &[&str], mode: &str) -> Command {
 }
 
 fn reference(args: &BenchArgs, store_args: &[&str]) -> Command {
-    let mut c = Command::new(&args.python);
+    let python = args
+        .python
+        .clone()
+        .unwrap_or_else(tenant_migrator_testkit::qdrant_server::python);
+    let mut c = Command::new(python);
     c.arg(&args.reference)
         .args(["siraya", "tenant_b", "--skip-config"])
         .args(store_args);

@@ -38,10 +38,16 @@ enum Cmd {
     },
     /// Benchmark: the reference script and tenant-migrator on identical fresh data.
     Bench(bench::BenchArgs),
-    /// Load the LightRAG-shaped fixture (tenant, look-alikes, other keys) into a Redis.
+    /// Load the LightRAG-shaped fixture (tenant, look-alikes, other keys) into a Redis,
+    /// or with --qdrant-url its points into a Qdrant (gRPC URL).
     Fixture {
         #[arg(long, default_value = "redis://127.0.0.1:6379/")]
         redis_url: String,
+        #[arg(long)]
+        qdrant_url: Option<String>,
+        /// Vector size of the Qdrant points.
+        #[arg(long, default_value_t = 1024)]
+        qdrant_dim: u64,
         #[arg(long, default_value = "siraya")]
         source: String,
         #[arg(long, default_value_t = 1.0)]
@@ -80,9 +86,34 @@ async fn main() -> ExitCode {
         Cmd::Demo { scale, source, target } => demo(scale, &source, &target).await,
         Cmd::Bench(args) => bench::run(args).await,
         Cmd::Fixture {
+            qdrant_url: Some(url),
+            qdrant_dim,
+            source,
+            scale,
+            ..
+        } => {
+            let loaded = match qdrant_client::Qdrant::from_url(&url).skip_compatibility_check().build() {
+                Ok(q) => {
+                    tenant_migrator_testkit::qdrant_fixture::load_standard(&q, &source, scale, qdrant_dim, true).await
+                }
+                Err(e) => Err(e),
+            };
+            match loaded {
+                Ok(n) => {
+                    println!("loaded {n} points of {source} and its look-alikes' into {url}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Fixture {
             redis_url,
             source,
             scale,
+            ..
         } => {
             let loaded = redis::Client::open(redis_url.as_str())
                 .and_then(|c| c.get_connection())
