@@ -326,6 +326,13 @@ pub async fn run(
     }
 }
 
+/// The two passes of a Move: every store copied and verified, then every source removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pass {
+    CopyAndVerify,
+    RemoveSource,
+}
+
 struct Run<'a> {
     spec: &'a TenantMigrationSpec,
     opts: &'a RunOptions,
@@ -381,6 +388,10 @@ impl Run<'_> {
             self.progress.before_writes().map_err(EngineError::NotStarted)?;
         }
 
+        // Every store is copied and verified before any source is removed: a failure
+        // anywhere (a store down, a batch out of retries) leaves every source whole.
+        let removal = self.spec.mode == Mode::Move && !self.spec.dry_run;
+        let mut verified_stores: Vec<(Store, PhasePlan, Instant)> = Vec::new();
         for store in Store::ALL {
             let started = Instant::now();
             let plan = plans.iter().find(|(s, _)| *s == store).map(|(_, p)| p.clone());
@@ -405,29 +416,72 @@ impl Run<'_> {
                 self.report(store, PhaseState::Pending, Some(plan), None, started);
                 continue;
             }
-            let result = match store {
-                Store::Config => self.phase(store, phases.config.as_mut(), &plan).await,
-                Store::Redis => self.phase(store, phases.redis.as_mut(), &plan).await,
-                Store::Memgraph => self.phase(store, phases.memgraph.as_mut(), &plan).await,
-                Store::Qdrant => self.phase(store, phases.qdrant.as_mut(), &plan).await,
-            };
-            match result {
+            match self.run_phase(store, phases, &plan, Pass::CopyAndVerify).await {
+                Ok(_) if removal => verified_stores.push((store, plan, started)),
                 Ok(verified) => self.report(store, PhaseState::Succeeded, Some(plan), verified, started),
-                Err(e) => {
-                    let st = self.phases.get_mut(store);
-                    if !matches!(e, EngineError::Stopped { .. }) {
-                        st.state = PhaseState::Failed;
-                        st.message = Some(e.to_string());
-                        st.completion_time = Some(now());
-                    }
-                    let state = st.state;
-                    self.progress.update(store, self.stage_of(store), &self.phases);
-                    self.report(store, state, Some(plan), None, started);
-                    return Err(e);
-                }
+                Err(e) => return Err(self.failed(store, plan, started, e, &verified_stores)),
             }
         }
+        let mut left = verified_stores.clone();
+        for (store, plan, started) in verified_stores {
+            left.remove(0);
+            match self.run_phase(store, phases, &plan, Pass::RemoveSource).await {
+                Ok(verified) => self.report(store, PhaseState::Succeeded, Some(plan), verified, started),
+                Err(e) => return Err(self.failed(store, plan, started, e, &left)),
+            }
+        }
+        self.reports.sort_by_key(|r| r.store);
         Ok(())
+    }
+
+    async fn run_phase(
+        &mut self,
+        store: Store,
+        phases: &mut Phases,
+        plan: &PhasePlan,
+        pass: Pass,
+    ) -> Result<Option<Verified>, EngineError> {
+        match store {
+            Store::Config => self.phase(store, phases.config.as_mut(), plan, pass).await,
+            Store::Redis => self.phase(store, phases.redis.as_mut(), plan, pass).await,
+            Store::Memgraph => self.phase(store, phases.memgraph.as_mut(), plan, pass).await,
+            Store::Qdrant => self.phase(store, phases.qdrant.as_mut(), plan, pass).await,
+        }
+    }
+
+    /// Records `store`'s failure (a stop is not one) and reports it, and the stores
+    /// copied and verified whose sources are kept because of it; returns the error.
+    fn failed(
+        &mut self,
+        store: Store,
+        plan: PhasePlan,
+        started: Instant,
+        e: EngineError,
+        kept: &[(Store, PhasePlan, Instant)],
+    ) -> EngineError {
+        let stopped = matches!(e, EngineError::Stopped { .. });
+        let st = self.phases.get_mut(store);
+        if !stopped {
+            st.state = PhaseState::Failed;
+            st.message = Some(e.to_string());
+            st.completion_time = Some(now());
+        }
+        let state = st.state;
+        self.progress.update(store, self.stage_of(store), &self.phases);
+        self.report(store, state, Some(plan), None, started);
+        for (other, plan, started) in kept.iter().filter(|(s, ..)| *s != store) {
+            let st = self.phases.get_mut(*other);
+            st.message = Some(if stopped {
+                "copied and verified; the source is removed when the run resumes".to_owned()
+            } else {
+                format!("copied and verified; the source is kept because {store} failed")
+            });
+            let state = st.state;
+            self.progress.update(*other, self.stage_of(*other), &self.phases);
+            self.report(*other, state, Some(plan.clone()), None, *started);
+        }
+        self.reports.sort_by_key(|r| r.store);
+        e
     }
 
     fn stage_of(&self, store: Store) -> StageProgress {
@@ -457,12 +511,14 @@ impl Run<'_> {
         });
     }
 
-    /// Runs one store's phase from its checkpoint to Done.
+    /// Runs one store's phase from its checkpoint: to Done, or with
+    /// [`Pass::CopyAndVerify`] up to the removal of its sources.
     async fn phase<P: Phase>(
         &mut self,
         store: Store,
         phase: Option<&mut P>,
         plan: &PhasePlan,
+        pass: Pass,
     ) -> Result<Option<Verified>, EngineError> {
         let Some(phase) = phase else { return Ok(None) };
         let skip_policy = on_conflict(self.spec, store) == OnConflict::Skip;
@@ -496,6 +552,9 @@ impl Run<'_> {
         let mut verified = None;
         loop {
             let cp = self.phases.get(store).checkpoint.clone().unwrap_or_default();
+            if pass == Pass::CopyAndVerify && matches!(cp.stage, Stage::RemoveSource | Stage::VerifyRemoved) {
+                break;
+            }
             let stage_started = Instant::now();
             let stage_now = cp.stage;
             let next = match cp.stage {

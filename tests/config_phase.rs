@@ -172,3 +172,54 @@ async fn a_server_error_during_the_run_is_retried() {
     assert_eq!(api.get("tenant_b"), Some(sample_config("siraya")));
     assert_eq!(api.get("siraya"), None);
 }
+
+/// Move removes no source until every store is copied and verified: when the Redis
+/// phase fails, the source tenant's config is still there (the platform keeps serving
+/// the tenant as it was), and the next run finishes the move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_source_is_removed_until_every_store_is_verified() {
+    let api = api().await;
+    let (redis, _) = common::loaded_redis(0.02);
+    let before = common::snapshot(&redis);
+    let set_maxmemory = |bytes: u64| {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(bytes)
+            .query::<()>(&mut redis.conn().expect("connect"))
+            .expect("CONFIG SET")
+    };
+    let state = common::state_dir("config-then-redis");
+    let run = || {
+        let mut cmd = tokio::process::Command::new(bin());
+        cmd.args(["migrate", "siraya", "tenant_b", "--skip-qdrant", "--skip-memgraph"])
+            .args(["--api-url", &api.url(), "--redis-url", &redis.url()])
+            .args(["--max-attempts", "2"])
+            .arg("--state-dir")
+            .arg(&state)
+            .env("TENANT_API_TOKEN", TOKEN);
+        cmd
+    };
+    // Every Redis write is refused (OOM): the config phase has copied and verified by then.
+    set_maxmemory(1);
+    let out = run().output().await.expect("run");
+    set_maxmemory(0);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("copied and verified; the source is kept because redis failed"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        api.get("siraya"),
+        Some(sample_config("siraya")),
+        "the source config went first"
+    );
+    assert_eq!(api.get("tenant_b"), Some(sample_config("siraya")));
+
+    let out = run().output().await.expect("run");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(api.get("siraya"), None);
+    assert_eq!(api.get("tenant_b"), Some(sample_config("siraya")));
+    common::assert_migrated(&before, &common::snapshot(&redis), true);
+}
