@@ -391,7 +391,8 @@ impl Run<'_> {
         // Every store is copied and verified before any source is removed: a failure
         // anywhere (a store down, a batch out of retries) leaves every source whole.
         let removal = self.spec.mode == Mode::Move && !self.spec.dry_run;
-        let mut verified_stores: Vec<(Store, PhasePlan, Instant)> = Vec::new();
+        // With the time each spent in the first pass: a store's time is its own work.
+        let mut verified_stores: Vec<(Store, PhasePlan, Duration)> = Vec::new();
         for store in Store::ALL {
             let started = Instant::now();
             let plan = plans.iter().find(|(s, _)| *s == store).map(|(_, p)| p.clone());
@@ -417,14 +418,15 @@ impl Run<'_> {
                 continue;
             }
             match self.run_phase(store, phases, &plan, Pass::CopyAndVerify).await {
-                Ok(_) if removal => verified_stores.push((store, plan, started)),
+                Ok(_) if removal => verified_stores.push((store, plan, started.elapsed())),
                 Ok(verified) => self.report(store, PhaseState::Succeeded, Some(plan), verified, started),
                 Err(e) => return Err(self.failed(store, plan, started, e, &verified_stores)),
             }
         }
         let mut left = verified_stores.clone();
-        for (store, plan, started) in verified_stores {
+        for (store, plan, spent) in verified_stores {
             left.remove(0);
+            let started = Instant::now().checked_sub(spent).unwrap_or_else(Instant::now);
             match self.run_phase(store, phases, &plan, Pass::RemoveSource).await {
                 Ok(verified) => self.report(store, PhaseState::Succeeded, Some(plan), verified, started),
                 Err(e) => return Err(self.failed(store, plan, started, e, &left)),
@@ -457,7 +459,7 @@ impl Run<'_> {
         plan: PhasePlan,
         started: Instant,
         e: EngineError,
-        kept: &[(Store, PhasePlan, Instant)],
+        kept: &[(Store, PhasePlan, Duration)],
     ) -> EngineError {
         let stopped = matches!(e, EngineError::Stopped { .. });
         let st = self.phases.get_mut(store);
@@ -469,7 +471,7 @@ impl Run<'_> {
         let state = st.state;
         self.progress.update(store, self.stage_of(store), &self.phases);
         self.report(store, state, Some(plan), None, started);
-        for (other, plan, started) in kept.iter().filter(|(s, ..)| *s != store) {
+        for (other, plan, spent) in kept.iter().filter(|(s, ..)| *s != store) {
             let st = self.phases.get_mut(*other);
             st.message = Some(if stopped {
                 "copied and verified; the source is removed when the run resumes".to_owned()
@@ -478,7 +480,8 @@ impl Run<'_> {
             });
             let state = st.state;
             self.progress.update(*other, self.stage_of(*other), &self.phases);
-            self.report(*other, state, Some(plan.clone()), None, *started);
+            let started = Instant::now().checked_sub(*spent).unwrap_or_else(Instant::now);
+            self.report(*other, state, Some(plan.clone()), None, started);
         }
         self.reports.sort_by_key(|r| r.store);
         e

@@ -118,6 +118,18 @@ fn the_chart_lints_renders_validates_and_is_accepted_by_the_api_server() {
         "leader election off with 2 replicas"
     );
     assert!(!cluster_wide.contains("/scale"), "scale rights without quiesce.enabled");
+    // The rendered pod runs as non-root, read-only, without privileges.
+    let deployment = docs(&cluster_wide)
+        .into_iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("a Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], serde_yaml::Value::Bool(true));
+    assert!(pod["securityContext"]["runAsUser"].as_u64().is_some_and(|u| u != 0));
+    let container = &pod["containers"][0]["securityContext"];
+    assert_eq!(container["allowPrivilegeEscalation"], serde_yaml::Value::Bool(false));
+    assert_eq!(container["readOnlyRootFilesystem"], serde_yaml::Value::Bool(true));
+    assert_eq!(container["capabilities"]["drop"][0], serde_yaml::Value::from("ALL"));
 
     // A list of namespaces: a Role in each (Secrets readable there only), no ClusterRole.
     let namespaced = render(&["watchNamespaces={rag,search}", "replicas=1"]);
