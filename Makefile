@@ -1,5 +1,5 @@
 # Common commands. `make demo` and `make test` install what they need first.
-.PHONY: setup demo test lint bench crd
+.PHONY: setup demo test lint bench crd snapshots
 
 setup:
 	bash tools/setup.sh
@@ -23,3 +23,6 @@ crd:
 	cargo run -q -- crd > crds/tenantmigrations.yaml
 	cp crds/tenantmigrations.yaml deploy/crds/tenantmigrations.yaml
 	cp crds/tenantmigrations.yaml charts/tenant-migrator/crds/tenantmigrations.yaml
+
+snapshots: crd
+	UPDATE_SNAPSHOTS=1 cargo test -q --test chart the_rendered_chart_matches_its_snapshots

@@ -84,6 +84,36 @@ fn kubeconform(schemas: &Path, files: &[&Path]) -> std::process::Output {
         .expect("kubeconform (run tools/setup.sh)")
 }
 
+/// The chart rendered (without the CRD, snapshotted on its own) for the default values
+/// and for a namespaced install with quiesce: a template change shows up as a diff in
+/// review. `make snapshots` rewrites them.
+#[test]
+fn the_rendered_chart_matches_its_snapshots() {
+    for (name, sets) in [
+        ("default", &[][..]),
+        (
+            "namespaced-quiesce",
+            &["watchNamespaces={rag,search}", "quiesce.enabled=true", "replicas=1"][..],
+        ),
+    ] {
+        let mut c = Command::new(cached_tool("helm"));
+        c.args(["template", "tm", chart(), "-n", "tenant-migrator"]);
+        for s in sets {
+            c.args(["--set", s]);
+        }
+        let rendered = ok(c.output());
+        let path = repo(&format!("tests/snapshots/chart-{name}.yaml"));
+        if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+            std::fs::write(&path, &rendered).expect("write the snapshot");
+        }
+        let snapshot = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            rendered == snapshot,
+            "{path} is stale (run `make snapshots` and review the diff):\n{rendered}"
+        );
+    }
+}
+
 #[test]
 fn the_chart_lints_renders_validates_and_is_accepted_by_the_api_server() {
     let lint = Command::new(cached_tool("helm"))
