@@ -204,14 +204,54 @@ fn progress_of(phases: &PhaseStatuses) -> String {
     format!("{done}/{total}")
 }
 
-async fn patch_status(api: &Api<TenantMigration>, name: &str, status: serde_json::Value) -> Result<(), kube::Error> {
-    let params = PatchParams {
-        field_manager: Some(MANAGER.to_owned()),
-        ..PatchParams::default()
-    };
-    api.patch_status(name, &params, &Patch::Merge(json!({ "status": status })))
+/// The status has one field manager per writer: server-side apply drops the fields a
+/// manager stops sending, so each writer owns its own and always sends all of them.
+/// `MANAGER` owns where the migration is as a whole ([`lifecycle`]); this one the
+/// per-store progress; [`crate::quiesce`] has its own for `quiesced`.
+const PROGRESS_MANAGER: &str = "tenant-migrator-progress";
+
+/// Server-side apply of `status` (fields owned by `manager`) through the status subresource.
+async fn apply_status(
+    api: &Api<TenantMigration>,
+    name: &str,
+    manager: &str,
+    status: serde_json::Value,
+) -> Result<(), kube::Error> {
+    let body = json!({
+        "apiVersion": TenantMigration::api_version(&()),
+        "kind": TenantMigration::kind(&()),
+        "status": status,
+    });
+    api.patch_status(name, &PatchParams::apply(manager).force(), &Patch::Apply(&body))
         .await
         .map(|_| ())
+}
+
+/// Every field `MANAGER` owns, for one apply: phase, conditions, generation and times.
+fn lifecycle(
+    generation: Option<i64>,
+    phase: MigrationPhase,
+    times: (Option<&str>, Option<&str>),
+    message: &str,
+    reason: &str,
+) -> serde_json::Value {
+    let mut status = json!({
+        "observedGeneration": generation,
+        "phase": phase,
+        "conditions": conditions(phase, generation, message, reason),
+    });
+    if let Some(t) = times.0 {
+        status["startTime"] = json!(t);
+    }
+    if let Some(t) = times.1 {
+        status["completionTime"] = json!(t);
+    }
+    status
+}
+
+/// Every field `PROGRESS_MANAGER` owns.
+fn progress_status(phases: &PhaseStatuses) -> serde_json::Value {
+    json!({ "phases": phases, "progress": progress_of(phases) })
 }
 
 async fn secret_value(client: &Client, ns: &str, r: &SecretKeyRef, field: &str) -> Result<Secret, ControllerError> {
@@ -554,19 +594,16 @@ async fn apply(
         .start_time
         .clone()
         .unwrap_or_else(|| jiff::Timestamp::now().to_string());
-    patch_status(
-        &api,
-        &name,
-        json!({
-            "observedGeneration": generation,
-            "phase": MigrationPhase::Running,
-            "startTime": start_time,
-            "conditions": conditions(MigrationPhase::Running, generation, "migration running", "Running"),
-        }),
-    )
-    .await?;
+    // A run starts without a completion time (a rerun after a spec change drops the old one).
+    let running = lifecycle(
+        generation,
+        MigrationPhase::Running,
+        (Some(&start_time), None),
+        "migration running",
+        "Running",
+    );
+    apply_status(&api, &name, MANAGER, running).await?;
 
-    // Status patches happen beside the engine, so a slow API server never stalls a batch.
     // Status patches and Events happen beside the engine, so a slow API server never stalls a batch.
     let (tx, mut rx) = mpsc::unbounded_channel::<Update>();
     let object = tm.object_ref(&());
@@ -592,8 +629,8 @@ async fn apply(
                                 phase_event(&ctx, &object, store, now, phases.get(store).message.clone()).await;
                             }
                         }
-                        let body = json!({ "phases": phases, "progress": progress_of(&phases) });
-                        if let Err(e) = patch_status(&api, &name, body).await {
+                        let body = progress_status(&phases);
+                        if let Err(e) = apply_status(&api, &name, PROGRESS_MANAGER, body).await {
                             tracing::warn!(error = %e, "status patch failed");
                         }
                         previous = *phases;
@@ -669,19 +706,16 @@ async fn apply(
         Some(e) => (MigrationPhase::Failed, "Failed", e.to_string()),
     };
     tracing::info!(?phase, %message, "migration finished");
-    patch_status(
-        &api,
-        &name,
-        json!({
-            "observedGeneration": generation,
-            "phase": phase,
-            "phases": phases,
-            "progress": progress_of(&phases),
-            "completionTime": jiff::Timestamp::now().to_string(),
-            "conditions": conditions(phase, generation, &message, reason),
-        }),
-    )
-    .await?;
+    apply_status(&api, &name, PROGRESS_MANAGER, progress_status(&phases)).await?;
+    let completion = jiff::Timestamp::now().to_string();
+    let end = lifecycle(
+        generation,
+        phase,
+        (Some(&start_time), Some(&completion)),
+        &message,
+        reason,
+    );
+    apply_status(&api, &name, MANAGER, end).await?;
     let kind = if phase == MigrationPhase::Failed {
         EventType::Warning
     } else {
@@ -716,16 +750,10 @@ async fn set_state(
     if same {
         return Ok(());
     }
-    patch_status(
-        api,
-        &tm.name_any(),
-        json!({
-            "observedGeneration": generation,
-            "phase": phase,
-            "conditions": conditions(phase, generation, message, reason),
-        }),
-    )
-    .await
+    // The times stay as they were: this apply must carry every field the manager owns.
+    let times = (status.start_time.as_deref(), status.completion_time.as_deref());
+    let body = lifecycle(generation, phase, times, message, reason);
+    apply_status(api, &tm.name_any(), MANAGER, body).await
 }
 
 /// An older TenantMigration, not finished, whose source or target is one of `tm`'s.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v1::Scale;
 use kube::api::{Patch, PatchParams};
-use kube::{Api, Client};
+use kube::{Api, Client, Resource};
 use serde_json::json;
 
 use crate::api::{QuiescedWorkload, TenantMigration, WorkloadKind, WorkloadRef};
@@ -65,6 +65,7 @@ pub struct Quiescer {
 }
 
 const MANAGER: &str = "tenant-migrator";
+const STATUS_MANAGER: &str = "tenant-migrator-quiesce";
 
 impl Quiescer {
     pub fn new(client: Client, namespace: &str, name: &str) -> Self {
@@ -133,16 +134,19 @@ impl Quiescer {
         result.map(|_| ()).map_err(|e| self.error(kind, name, e))
     }
 
+    /// Server-side apply of `status.quiesced` under a field manager of its own, so the
+    /// controller's other status writes never drop it (nor it theirs).
     async fn record(&self, records: &[QuiescedWorkload]) -> Result<(), QuiesceError> {
-        let params = PatchParams {
-            field_manager: Some(MANAGER.to_owned()),
-            ..PatchParams::default()
-        };
+        let body = json!({
+            "apiVersion": TenantMigration::api_version(&()),
+            "kind": TenantMigration::kind(&()),
+            "status": { "quiesced": records },
+        });
         self.migration
             .patch_status(
                 &self.name,
-                &params,
-                &Patch::Merge(json!({ "status": { "quiesced": records } })),
+                &PatchParams::apply(STATUS_MANAGER).force(),
+                &Patch::Apply(&body),
             )
             .await
             .map(|_| ())

@@ -93,6 +93,28 @@ async fn an_applied_migration_is_run_by_the_controller_and_reported_in_status() 
         !log.contains("t0ken") && !tm.to_string().contains("t0ken"),
         "the token leaked"
     );
+    // Status is written by server-side apply, one field manager per writer.
+    let managed: serde_json::Value = serde_json::from_str(&ok(kube.kubectl(&[
+        "get",
+        "tm",
+        "move-it",
+        "-n",
+        NS,
+        "-o",
+        "json",
+        "--show-managed-fields",
+    ])))
+    .expect("JSON");
+    let appliers: Vec<(&str, &str)> = managed["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| f["subresource"] == "status")
+        .filter_map(|f| Some((f["manager"].as_str()?, f["operation"].as_str()?)))
+        .collect();
+    for manager in ["tenant-migrator", "tenant-migrator-progress"] {
+        assert!(appliers.contains(&(manager, "Apply")), "{appliers:?}");
+    }
 
     // Events on phase start and end, and on the migration's end.
     let events: serde_json::Value =
