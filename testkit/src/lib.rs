@@ -20,7 +20,7 @@ pub use config_api::ConfigApi;
 pub use kube_server::KubeApiServer;
 pub use proxy::DelayProxy;
 pub use qdrant_server::QdrantServer;
-pub use redis_server::RedisServer;
+pub use redis_server::{RedisCluster, RedisServer};
 
 /// A command-line tool that `tools/setup.sh` built into `$TM_CACHE/<name>/bin` (helm,
 /// kubeconform).

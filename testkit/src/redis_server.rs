@@ -33,8 +33,11 @@ impl RedisServer {
 
     /// Starts one that requires `password` (AUTH).
     pub fn start_with(password: Option<&str>) -> Result<Self, ServerError> {
+        Self::spawn(crate::free_port()?, password, &[])
+    }
+
+    fn spawn(port: u16, password: Option<&str>, extra: &[&str]) -> Result<Self, ServerError> {
         let program = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-        let port = crate::free_port()?;
         let dir = std::env::temp_dir().join(format!("tm-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let mut cmd = Command::new(&program);
@@ -50,6 +53,7 @@ impl RedisServer {
         ])
         .arg("--dir")
         .arg(&dir)
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
         if let Some(p) = password {
@@ -113,5 +117,170 @@ impl Drop for RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Three `redis-server` primaries joined into a Redis Cluster by `redis-cli --cluster
+/// create`, each owning a third of the 16384 slots; stopped on drop.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+/// A free port whose cluster bus port (+10000) is free too.
+fn cluster_port() -> Result<u16, ServerError> {
+    for _ in 0..100 {
+        let port = crate::free_port()?;
+        if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(ServerError::Io(std::io::Error::other(
+        "no free port pair for a cluster node",
+    )))
+}
+
+impl RedisCluster {
+    pub fn start() -> Result<Self, ServerError> {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let port = cluster_port()?;
+            nodes.push(RedisServer::spawn(
+                port,
+                None,
+                &["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"],
+            )?);
+        }
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .map_err(|source| ServerError::Spawn {
+                program: "redis-cli".into(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(ServerError::Io(std::io::Error::other(format!(
+                "redis-cli --cluster create: {}",
+                String::from_utf8_lossy(&out.stdout)
+            ))));
+        }
+        let cluster = Self { nodes };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = cluster.nodes.iter().all(|n| {
+                n.conn()
+                    .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query::<String>(&mut c))
+                    .is_ok_and(|i| i.contains("cluster_state:ok"))
+            });
+            if ready {
+                return Ok(cluster);
+            }
+            if Instant::now() > deadline {
+                return Err(ServerError::NotReady {
+                    program: "redis cluster".into(),
+                    port: cluster.nodes[0].port(),
+                    secs: 30,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The primaries.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    /// A seed URL: any node leads a cluster client to the others.
+    pub fn url(&self) -> String {
+        self.nodes[0].url()
+    }
+
+    /// The primary that owns `key`'s slot, as the server computes it.
+    fn owner(
+        &self,
+        slots: &[(u16, u16, u16)],
+        conn: &mut redis::Connection,
+        keys: &[Vec<u8>],
+    ) -> redis::RedisResult<Vec<usize>> {
+        let mut p = redis::pipe();
+        for k in keys {
+            p.cmd("CLUSTER").arg("KEYSLOT").arg(k.as_slice());
+        }
+        let slot_of: Vec<u16> = p.query(conn)?;
+        Ok(slot_of
+            .into_iter()
+            .map(|s| {
+                slots
+                    .iter()
+                    .find(|(lo, hi, _)| (*lo..=*hi).contains(&s))
+                    .and_then(|(_, _, port)| self.nodes.iter().position(|n| n.port() == *port))
+                    .unwrap_or(0)
+            })
+            .collect())
+    }
+
+    /// Copies every key of `from` (a standalone server holding a fixture) into the
+    /// cluster, each to the primary owning its slot; returns how many.
+    pub fn load_from(&self, from: &RedisServer) -> Result<u64, ServerError> {
+        let mut src = from.conn()?;
+        let mut seed = self.nodes[0].conn()?;
+        let raw: Vec<redis::Value> = redis::cmd("CLUSTER").arg("SLOTS").query(&mut seed)?;
+        let slots: Vec<(u16, u16, u16)> = raw
+            .iter()
+            .filter_map(|r| match r {
+                redis::Value::Array(v) => {
+                    let int = |x: &redis::Value| match x {
+                        redis::Value::Int(i) => u16::try_from(*i).ok(),
+                        _ => None,
+                    };
+                    let port = match v.get(2) {
+                        Some(redis::Value::Array(n)) => n.get(1).and_then(int),
+                        _ => None,
+                    };
+                    Some((int(v.first()?)?, int(v.get(1)?)?, port?))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut conns: Vec<redis::Connection> = self.nodes.iter().map(|n| n.conn()).collect::<Result<_, _>>()?;
+        let mut loaded = 0;
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) =
+                redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(1000).query(&mut src)?;
+            let mut read = redis::pipe();
+            for k in &keys {
+                read.cmd("PTTL").arg(k.as_slice()).cmd("DUMP").arg(k.as_slice());
+            }
+            let values: Vec<redis::Value> = if keys.is_empty() {
+                Vec::new()
+            } else {
+                read.query(&mut src)?
+            };
+            let owners = self.owner(&slots, &mut seed, &keys)?;
+            let mut writes: Vec<redis::Pipeline> = (0..conns.len()).map(|_| redis::pipe()).collect();
+            for ((k, v), owner) in keys.iter().zip(values.chunks(2)).zip(owners) {
+                if let (redis::Value::Int(ttl), redis::Value::BulkString(payload)) = (&v[0], &v[1]) {
+                    writes[owner]
+                        .cmd("RESTORE")
+                        .arg(k.as_slice())
+                        .arg((*ttl).max(0))
+                        .arg(payload.as_slice())
+                        .arg("REPLACE")
+                        .ignore();
+                    loaded += 1;
+                }
+            }
+            for (p, c) in writes.iter().zip(conns.iter_mut()) {
+                p.query::<()>(c)?;
+            }
+            if next == 0 {
+                return Ok(loaded);
+            }
+            cursor = next;
+        }
     }
 }

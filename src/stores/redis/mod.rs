@@ -7,16 +7,19 @@
 //! every type including streams. Commands used: PING, SCAN, DUMP, PTTL, RESTORE,
 //! EXISTS, UNLINK, TYPE and the type's read command (only to compare two values
 //! whose DUMP payloads differ). All of them exist on Redis ≥ 6 and DragonflyDB.
+//! On a Redis Cluster, [`topology`] scans every primary and routes each keyed command
+//! to the primary owning its slot.
 //!
 //! This module must not order phases, retry or persist checkpoints (the engine does).
 
 use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisError, Value};
+use redis::{Cmd, RedisError, RedisResult, Value};
 
+mod topology;
+
+use self::topology::{ScanCursor, Topology};
 use super::{GroupCount, Phase, PhasePlan, StepOutcome, StoreFailure, Verified};
 use crate::Secret;
 use crate::api::{OnConflict, Stage, TenantId};
@@ -115,7 +118,7 @@ fn is_transient(e: &RedisError) -> bool {
         || e.is_connection_refusal()
         || matches!(
             e.code(),
-            Some("OOM" | "LOADING" | "TRYAGAIN" | "BUSY" | "MASTERDOWN" | "CLUSTERDOWN" | "READONLY")
+            Some("OOM" | "LOADING" | "TRYAGAIN" | "BUSY" | "MASTERDOWN" | "CLUSTERDOWN" | "READONLY" | "MOVED" | "ASK")
         )
 }
 
@@ -295,15 +298,16 @@ struct Pair {
 pub struct RedisPhase {
     settings: RedisSettings,
     keys: KeySpace,
-    conn: Option<ConnectionManager>,
+    conn: Option<Topology>,
     /// The next SCAN page, requested while the current one is processed.
     prefetch: Option<Prefetch>,
 }
 
-type Page = (u64, Vec<Vec<u8>>);
+/// A SCAN page and where the next one starts (`None`: every server scanned).
+type Page = (Option<ScanCursor>, Vec<Vec<u8>>);
 
 struct Prefetch {
-    cursor: u64,
+    at: ScanCursor,
     pattern: String,
     count: usize,
     task: tokio::task::JoinHandle<Result<Page, RedisStoreError>>,
@@ -329,8 +333,12 @@ impl RedisPhase {
         &self.keys
     }
 
-    async fn connect(&mut self) -> Result<ConnectionManager, RedisStoreError> {
-        if let Some(c) = &self.conn {
+    /// Connects (again, when a cluster's slots moved under us): to the server, or to
+    /// every primary of a Redis Cluster.
+    async fn connect(&mut self) -> Result<Topology, RedisStoreError> {
+        if let Some(c) = &self.conn
+            && !c.is_stale()
+        {
             return Ok(c.clone());
         }
         let url = self.settings.url.clone();
@@ -350,72 +358,52 @@ impl RedisPhase {
         };
         // Pipelines must not wait on Nagle's algorithm: every batch costs round trips.
         let info = info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let client =
-            redis::Client::open(info).map_err(|e| RedisStoreError::Settings(format!("Redis URL {url:?}: {e}")))?;
-        // Few reconnection attempts at connect time, so an unreachable server is
-        // reported quickly; batch retries with backoff are the engine's job.
-        let config = ConnectionManagerConfig::new()
-            .set_number_of_retries(1)
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(60)));
-        let mut conn = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(|source| classify_connect(&url, source))?;
-        let _: String = redis::cmd("PING")
-            .query_async(&mut conn)
-            .await
-            .map_err(|source| classify_connect(&url, source))?;
-        self.conn = Some(conn.clone());
-        Ok(conn)
-    }
-
-    async fn scan(
-        conn: &mut ConnectionManager,
-        cursor: u64,
-        pattern: &str,
-        count: usize,
-    ) -> Result<(u64, Vec<Vec<u8>>), RedisStoreError> {
-        redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(count)
-            .query_async(conn)
-            .await
-            .map_err(RedisStoreError::command(format!("SCAN {cursor} MATCH {pattern}")))
+        let seed = info.addr().to_string();
+        let topology = Topology::discover(info).await.map_err(|(addr, source)| {
+            let at = if addr == seed {
+                url.clone()
+            } else {
+                format!("{addr} (a primary of the cluster at {url})")
+            };
+            classify_connect(&at, source)
+        })?;
+        self.prefetch = None;
+        self.conn = Some(topology.clone());
+        Ok(topology)
     }
 
     /// One SCAN page. While the caller works on it, the next page is already
     /// requested on the same multiplexed connection, which hides a round trip per page.
     async fn page(
         &mut self,
-        conn: &mut ConnectionManager,
-        cursor: u64,
+        conn: &Topology,
+        at: ScanCursor,
         pattern: &str,
         count: usize,
     ) -> Result<Page, RedisStoreError> {
+        let scan = |conn: Topology, at: ScanCursor, pattern: String| async move {
+            conn.scan(at, &pattern, count)
+                .await
+                .map_err(RedisStoreError::command(format!("SCAN {at} MATCH {pattern}")))
+        };
         let page = match self.prefetch.take() {
-            Some(p) if p.cursor == cursor && p.pattern == pattern && p.count == count => match p.task.await {
+            Some(p) if p.at == at && p.pattern == pattern && p.count == count => match p.task.await {
                 Ok(r) => r,
-                Err(e) => Err(RedisStoreError::Settings(format!(
-                    "prefetch of SCAN {cursor} ended: {e}"
-                ))),
+                Err(e) => Err(RedisStoreError::Settings(format!("prefetch of SCAN {at} ended: {e}"))),
             },
             other => {
                 if let Some(p) = other {
                     p.task.abort();
                 }
-                Self::scan(conn, cursor, pattern, count).await
+                scan(conn.clone(), at, pattern.to_owned()).await
             }
         }?;
-        if page.0 != 0 {
-            let (mut c, pat, next) = (conn.clone(), pattern.to_owned(), page.0);
+        if let Some(next) = page.0 {
             self.prefetch = Some(Prefetch {
-                cursor: next,
-                pattern: pat.clone(),
+                at: next,
+                pattern: pattern.to_owned(),
                 count,
-                task: tokio::spawn(async move { Self::scan(&mut c, next, &pat, count).await }),
+                task: tokio::spawn(scan(conn.clone(), next, pattern.to_owned())),
             });
         }
         Ok(page)
@@ -438,7 +426,7 @@ impl RedisPhase {
     /// case; when they differ, the values are compared by type, since a large set or
     /// hash may serialise its members in a different order after RESTORE.
     async fn same_value(
-        conn: &mut ConnectionManager,
+        conn: &Topology,
         a: &[u8],
         a_dump: &[u8],
         b: &[u8],
@@ -447,14 +435,13 @@ impl RedisPhase {
         if a_dump == b_dump {
             return Ok(true);
         }
-        let (ta, tb): (String, String) = redis::pipe()
-            .cmd("TYPE")
-            .arg(a)
-            .cmd("TYPE")
-            .arg(b)
-            .query_async(conn)
-            .await
-            .map_err(RedisStoreError::command(format!("TYPE {}", show(a))))?;
+        let types: Vec<String> = all(
+            conn,
+            vec![(a, keyed("TYPE", a)), (b, keyed("TYPE", b))],
+            format!("TYPE {}", show(a)),
+        )
+        .await?;
+        let (ta, tb) = (&types[0], &types[1]);
         if ta != tb {
             return Ok(false);
         }
@@ -486,12 +473,8 @@ impl RedisPhase {
         let (Some(ca), Some(cb)) = (read(a), read(b)) else {
             return Ok(false);
         };
-        let (mut va, mut vb): (Vec<Vec<u8>>, Vec<Vec<u8>>) = redis::pipe()
-            .add_command(ca)
-            .add_command(cb)
-            .query_async(conn)
-            .await
-            .map_err(RedisStoreError::command(format!("read {}", show(a))))?;
+        let mut values: Vec<Vec<Vec<u8>>> = all(conn, vec![(a, ca), (b, cb)], format!("read {}", show(a))).await?;
+        let (mut vb, mut va) = (values.pop().unwrap_or_default(), values.pop().unwrap_or_default());
         if matches!(ta.as_str(), "hash" | "set") {
             // Unordered types: compare as sorted (field, value) pairs or members.
             if ta == "hash" {
@@ -512,57 +495,52 @@ impl RedisPhase {
     }
 
     /// DUMPs of `keys`, `None` for a key that does not exist.
-    async fn dumps(conn: &mut ConnectionManager, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, RedisStoreError> {
+    async fn dumps(conn: &Topology, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, RedisStoreError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut p = redis::pipe();
-        for k in keys {
-            p.cmd("DUMP").arg(*k);
-        }
-        p.query_async(conn)
-            .await
-            .map_err(RedisStoreError::command(format!("DUMP batch from {}", show(keys[0]))))
+        let commands = keys.iter().map(|k| (*k, keyed("DUMP", k))).collect();
+        all(conn, commands, format!("DUMP batch from {}", show(keys[0]))).await
     }
 
     /// Copies `pairs`; returns (done, skipped).
-    async fn copy_pairs(
-        &mut self,
-        conn: &mut ConnectionManager,
-        pairs: &[Pair],
-    ) -> Result<(u64, u64), RedisStoreError> {
+    async fn copy_pairs(&mut self, conn: &Topology, pairs: &[Pair]) -> Result<(u64, u64), RedisStoreError> {
         if pairs.is_empty() {
             return Ok((0, 0));
         }
-        let mut read = redis::pipe();
-        for p in pairs {
-            read.cmd("PTTL").arg(&p.source).cmd("DUMP").arg(&p.source);
-        }
-        let values: Vec<Value> = read.query_async(conn).await.map_err(RedisStoreError::command(format!(
-            "PTTL/DUMP batch from {}",
-            show(&pairs[0].source)
-        )))?;
+        let read = pairs
+            .iter()
+            .flat_map(|p| {
+                [
+                    (p.source.as_slice(), keyed("PTTL", &p.source)),
+                    (p.source.as_slice(), keyed("DUMP", &p.source)),
+                ]
+            })
+            .collect();
+        let values: Vec<Value> = all(conn, read, format!("PTTL/DUMP batch from {}", show(&pairs[0].source))).await?;
         let replace = self.settings.on_conflict == OnConflict::Overwrite;
-        let mut write = redis::pipe();
-        write.ignore_errors();
+        let mut write: Vec<(&[u8], Cmd)> = Vec::with_capacity(pairs.len());
         let mut written: Vec<(&Pair, Vec<u8>)> = Vec::with_capacity(pairs.len());
         for (p, v) in pairs.iter().zip(values.chunks(2)) {
             let (Value::Int(pttl), Value::BulkString(payload)) = (&v[0], &v[1]) else {
                 continue; // gone since SCAN (expired or deleted): nothing to copy
             };
             let ttl = if *pttl > 0 { *pttl } else { 0 };
-            let cmd = write.cmd("RESTORE").arg(&p.target).arg(ttl).arg(payload.as_slice());
+            let mut cmd = keyed("RESTORE", &p.target);
+            cmd.arg(ttl).arg(payload.as_slice());
             if replace {
                 cmd.arg("REPLACE");
             }
+            write.push((p.target.as_slice(), cmd));
             written.push((p, payload.clone()));
         }
         if written.is_empty() {
             return Ok((0, 0));
         }
-        let results: Vec<redis::RedisResult<Value>> = write.query_async(conn).await.map_err(
-            RedisStoreError::command(format!("RESTORE batch to {}", show(&written[0].0.target))),
-        )?;
+        let results = conn.keyed(write).await.map_err(RedisStoreError::command(format!(
+            "RESTORE batch to {}",
+            show(&written[0].0.target)
+        )))?;
         let mut done = 0;
         let mut busy = Vec::new();
         for ((p, payload), r) in written.iter().zip(results) {
@@ -606,7 +584,7 @@ impl RedisPhase {
     /// target kept its own value under `onConflict: Skip`.
     async fn remove_pairs(
         &mut self,
-        conn: &mut ConnectionManager,
+        conn: &Topology,
         pairs: &[Pair],
         compare: bool,
     ) -> Result<(u64, u64), RedisStoreError> {
@@ -635,14 +613,7 @@ impl RedisPhase {
                 }
             }
         } else {
-            let mut exists = redis::pipe();
-            for p in pairs {
-                exists.cmd("EXISTS").arg(&p.target);
-            }
-            let found: Vec<bool> = exists
-                .query_async(conn)
-                .await
-                .map_err(RedisStoreError::command("EXISTS batch of target keys"))?;
+            let found = exists_all(conn, pairs).await?;
             for (p, f) in pairs.iter().zip(found) {
                 if !f {
                     return Err(target_missing(p));
@@ -652,25 +623,16 @@ impl RedisPhase {
         }
         let mut removed = 0;
         if !unlink.is_empty() {
-            let mut p = redis::pipe();
-            for k in &unlink {
-                p.cmd("UNLINK").arg(*k);
-            }
-            let n: Vec<u64> = p.query_async(conn).await.map_err(RedisStoreError::command(format!(
-                "UNLINK batch from {}",
-                show(unlink[0])
-            )))?;
+            let op = format!("UNLINK batch from {}", show(unlink[0]));
+            let commands = unlink.iter().map(|k| (*k, keyed("UNLINK", k))).collect();
+            let n: Vec<u64> = all(conn, commands, op).await?;
             removed = n.iter().sum();
         }
         Ok((removed, kept))
     }
 
     /// Counts tenant keys per prefix on one side, each key once.
-    async fn count_side(
-        &mut self,
-        conn: &mut ConnectionManager,
-        target_side: bool,
-    ) -> Result<Vec<u64>, RedisStoreError> {
+    async fn count_side(&mut self, conn: &Topology, target_side: bool) -> Result<Vec<u64>, RedisStoreError> {
         let pattern = if target_side {
             self.keys.target_pattern.clone()
         } else {
@@ -680,9 +642,9 @@ impl RedisPhase {
         let count = self.settings.batch_size.saturating_mul(5);
         let mut counts = vec![0u64; self.keys.prefixes.len()];
         let mut seen = Seen::default();
-        let mut cursor = 0;
+        let mut at = ScanCursor::default();
         loop {
-            let (next, keys) = self.page(conn, cursor, &pattern, count).await?;
+            let (next, keys) = self.page(conn, at, &pattern, count).await?;
             for k in keys {
                 let g = if target_side {
                     self.keys.target_group(&k)
@@ -695,10 +657,10 @@ impl RedisPhase {
                     counts[g] += 1;
                 }
             }
-            if next == 0 {
-                return Ok(counts);
+            match next {
+                Some(n) => at = n,
+                None => return Ok(counts),
             }
-            cursor = next;
         }
     }
 }
@@ -726,20 +688,49 @@ fn classify_connect(url: &str, source: RedisError) -> RedisStoreError {
     }
 }
 
-fn parse_cursor(cursor: &str) -> Result<u64, RedisStoreError> {
-    if cursor.is_empty() {
-        return Ok(0);
-    }
-    cursor
-        .parse()
-        .map_err(|_| RedisStoreError::Settings(format!("checkpoint cursor {cursor:?} is not a SCAN cursor")))
+fn parse_cursor(cursor: &str) -> Result<ScanCursor, RedisStoreError> {
+    ScanCursor::parse(cursor)
+        .ok_or_else(|| RedisStoreError::Settings(format!("checkpoint cursor {cursor:?} is not a SCAN cursor")))
+}
+
+/// A command on one key (more arguments may follow).
+fn keyed(name: &str, key: &[u8]) -> Cmd {
+    let mut c = redis::cmd(name);
+    c.arg(key);
+    c
+}
+
+/// The replies to `commands` as `T`; the first error fails them all, named by `op`.
+async fn all<T: redis::FromRedisValue>(
+    conn: &Topology,
+    commands: Vec<(&[u8], Cmd)>,
+    op: String,
+) -> Result<Vec<T>, RedisStoreError> {
+    let replies = conn
+        .keyed(commands)
+        .await
+        .map_err(RedisStoreError::command(op.clone()))?;
+    replies
+        .into_iter()
+        .map(|r| r.and_then(|v| redis::from_redis_value(v).map_err(RedisError::from)))
+        .collect::<RedisResult<Vec<T>>>()
+        .map_err(RedisStoreError::command(op))
+}
+
+/// Whether each pair's target key exists.
+async fn exists_all(conn: &Topology, pairs: impl IntoIterator<Item = &Pair>) -> Result<Vec<bool>, RedisStoreError> {
+    let commands = pairs
+        .into_iter()
+        .map(|p| (p.target.as_slice(), keyed("EXISTS", &p.target)))
+        .collect();
+    all(conn, commands, "EXISTS batch of target keys".to_owned()).await
 }
 
 impl Phase for RedisPhase {
     type Error = RedisStoreError;
 
     async fn plan(&mut self, resuming: bool) -> Result<PhasePlan, RedisStoreError> {
-        let mut conn = self.connect().await?;
+        let conn = self.connect().await?;
         let mut plan = PhasePlan::default();
         let mut groups: Vec<GroupCount> = self
             .keys
@@ -754,9 +745,9 @@ impl Phase for RedisPhase {
         let mut seen = Seen::default();
         let mut excluded = 0u64;
         let pattern = self.keys.source_pattern.clone();
-        let mut cursor = 0;
+        let mut at = ScanCursor::default();
         loop {
-            let (next, keys) = self.page(&mut conn, cursor, &pattern, self.settings.batch_size).await?;
+            let (next, keys) = self.page(&conn, at, &pattern, self.settings.batch_size).await?;
             let before = keys.len();
             let pairs: Vec<Pair> = self
                 .pairs(keys)
@@ -764,28 +755,23 @@ impl Phase for RedisPhase {
                 .filter(|p| seen.first_time(&p.source))
                 .collect();
             excluded += (before - pairs.len()) as u64;
-            let mut exists = redis::pipe();
             for p in &pairs {
                 groups[p.group].source += 1;
-                exists.cmd("EXISTS").arg(&p.target);
             }
             if !pairs.is_empty() {
-                let found: Vec<bool> = exists
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(RedisStoreError::command("EXISTS batch of target keys"))?;
+                let found = exists_all(&conn, &pairs).await?;
                 let both: Vec<&Pair> = pairs.iter().zip(found).filter(|(_, f)| *f).map(|(p, _)| p).collect();
                 let keys: Vec<&[u8]> = both
                     .iter()
                     .flat_map(|p| [p.source.as_slice(), p.target.as_slice()])
                     .collect();
-                let dumps = Self::dumps(&mut conn, &keys).await?;
+                let dumps = Self::dumps(&conn, &keys).await?;
                 for (p, d) in both.into_iter().zip(dumps.chunks(2)) {
                     let (Some(s), Some(t)) = (&d[0], &d[1]) else {
                         continue;
                     };
                     paired[p.group] += 1;
-                    if Self::same_value(&mut conn, &p.source, s, &p.target, t).await? {
+                    if Self::same_value(&conn, &p.source, s, &p.target, t).await? {
                         plan.identical += 1;
                     } else {
                         plan.conflicts += 1;
@@ -795,12 +781,12 @@ impl Phase for RedisPhase {
                     }
                 }
             }
-            if next == 0 {
-                break;
+            match next {
+                Some(n) => at = n,
+                None => break,
             }
-            cursor = next;
         }
-        let targets = self.count_side(&mut conn, true).await?;
+        let targets = self.count_side(&conn, true).await?;
         for ((g, t), paired) in groups.iter_mut().zip(targets).zip(paired) {
             g.target = t;
             g.extra = t.saturating_sub(paired);
@@ -840,25 +826,25 @@ impl Phase for RedisPhase {
     }
 
     async fn step(&mut self, stage: Stage, cursor: &str, plan: &PhasePlan) -> Result<StepOutcome, RedisStoreError> {
-        let mut conn = self.connect().await?;
-        let cursor = parse_cursor(cursor)?;
+        let conn = self.connect().await?;
+        let at = parse_cursor(cursor)?;
         let pattern = self.keys.source_pattern.clone();
-        let (next, keys) = self.page(&mut conn, cursor, &pattern, self.settings.batch_size).await?;
+        let (next, keys) = self.page(&conn, at, &pattern, self.settings.batch_size).await?;
         let pairs = self.pairs(keys);
         let (done, skipped) = match stage {
-            Stage::Copy => self.copy_pairs(&mut conn, &pairs).await?,
+            Stage::Copy => self.copy_pairs(&conn, &pairs).await?,
             Stage::RemoveSource => {
                 // Values are compared only where the plan found targets that differ
                 // and Skip kept them: every other target was written from its source.
                 let compare = plan.conflicts > 0 && self.settings.on_conflict == OnConflict::Skip;
-                self.remove_pairs(&mut conn, &pairs, compare).await?
+                self.remove_pairs(&conn, &pairs, compare).await?
             }
             other => {
                 return Err(RedisStoreError::Settings(format!("stage {other:?} has no batches")));
             }
         };
         Ok(StepOutcome {
-            next: (next != 0).then(|| next.to_string()),
+            next: next.map(|n| n.to_string()),
             done,
             skipped,
             group: None,
@@ -866,31 +852,26 @@ impl Phase for RedisPhase {
     }
 
     async fn verify(&mut self, plan: &PhasePlan, removed: bool) -> Result<Verified, RedisStoreError> {
-        let mut conn = self.connect().await?;
+        let conn = self.connect().await?;
         // Every source key still present must have its target (kept keys under Skip
         // have one too, with the target's own value).
         let mut source = vec![0u64; self.keys.prefixes.len()];
         let mut seen = Seen::default();
         let (mut missing, mut example) = (0u64, String::new());
         let pattern = self.keys.source_pattern.clone();
-        let mut cursor = 0;
+        let mut at = ScanCursor::default();
         loop {
-            let (next, keys) = self.page(&mut conn, cursor, &pattern, self.settings.batch_size).await?;
+            let (next, keys) = self.page(&conn, at, &pattern, self.settings.batch_size).await?;
             let pairs: Vec<Pair> = self
                 .pairs(keys)
                 .into_iter()
                 .filter(|p| seen.first_time(&p.source))
                 .collect();
             if !pairs.is_empty() {
-                let mut exists = redis::pipe();
                 for p in &pairs {
                     source[p.group] += 1;
-                    exists.cmd("EXISTS").arg(&p.target);
                 }
-                let found: Vec<bool> = exists
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(RedisStoreError::command("EXISTS batch of target keys"))?;
+                let found = exists_all(&conn, &pairs).await?;
                 for (p, f) in pairs.iter().zip(found) {
                     if !f {
                         missing += 1;
@@ -900,15 +881,15 @@ impl Phase for RedisPhase {
                     }
                 }
             }
-            if next == 0 {
-                break;
+            match next {
+                Some(n) => at = n,
+                None => break,
             }
-            cursor = next;
         }
         if missing > 0 {
             return Err(RedisStoreError::Incomplete { missing, example });
         }
-        let target = self.count_side(&mut conn, true).await?;
+        let target = self.count_side(&conn, true).await?;
         let mut problems = Vec::new();
         for ((p, g), (s, t)) in self
             .keys

@@ -1,0 +1,353 @@
+//! Where the Redis phase's commands go: one server (Redis, DragonflyDB) or the primaries
+//! of a Redis Cluster, chosen by key slot.
+//!
+//! The phase speaks in keyed commands and scan cursors; this module routes them. In a
+//! cluster every primary is scanned in turn (a cursor names the primary), and a batch of
+//! keyed commands is split into one pipeline per primary owning the keys' slots — a
+//! target key may live on another primary than its source. Replies come back in the
+//! order the commands were given. A MOVED or ASK reply (slots migrating while we run)
+//! marks the slot map stale: the engine retries the batch, and the phase reconnects.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Cmd, ConnectionInfo, RedisError, RedisResult, Value};
+
+/// Slots of a Redis Cluster.
+const SLOTS: usize = 16_384;
+
+/// The CRC16 (XMODEM) of Redis Cluster's key hashing.
+fn crc16(data: &[u8]) -> u16 {
+    let mut crc = 0u16;
+    for &b in data {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// The slot of `key`: of its hash tag (`{…}`, if non-empty) or of the whole key.
+pub fn key_slot(key: &[u8]) -> u16 {
+    let hashed = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            rest.iter()
+                .position(|&b| b == b'}')
+                .filter(|&len| len > 0)
+                .map(|len| &rest[..len])
+        })
+        .unwrap_or(key);
+    crc16(hashed) % SLOTS as u16
+}
+
+/// A position in a scan of every primary: which primary, and its SCAN cursor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScanCursor {
+    pub node: usize,
+    pub cursor: u64,
+}
+
+impl ScanCursor {
+    /// `"{cursor}"` on the first primary (and on a single server), `"{node}:{cursor}"` after.
+    pub fn parse(s: &str) -> Option<Self> {
+        if s.is_empty() {
+            return Some(Self::default());
+        }
+        match s.split_once(':') {
+            Some((node, cursor)) => Some(Self {
+                node: node.parse().ok()?,
+                cursor: cursor.parse().ok()?,
+            }),
+            None => Some(Self {
+                node: 0,
+                cursor: s.parse().ok()?,
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for ScanCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.node == 0 {
+            write!(f, "{}", self.cursor)
+        } else {
+            write!(f, "{}:{}", self.node, self.cursor)
+        }
+    }
+}
+
+/// A Redis Cluster's primaries and which of them owns each slot.
+pub struct Cluster {
+    nodes: Vec<(String, ConnectionManager)>,
+    owner: Vec<u16>,
+    stale: AtomicBool,
+}
+
+/// One server, or a cluster's primaries.
+#[derive(Clone)]
+pub enum Topology {
+    Single(ConnectionManager),
+    Cluster(Arc<Cluster>),
+}
+
+/// A connection to `info` that gives up quickly at connect time (the engine retries
+/// batches with backoff) and waits long enough for a large pipeline.
+pub async fn connect(info: ConnectionInfo) -> RedisResult<ConnectionManager> {
+    let client = redis::Client::open(info)?;
+    let config = ConnectionManagerConfig::new()
+        .set_number_of_retries(1)
+        .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
+        .set_response_timeout(Some(std::time::Duration::from_secs(60)));
+    let mut conn = ConnectionManager::new_with_config(client, config).await?;
+    let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+    Ok(conn)
+}
+
+/// The primaries of `CLUSTER SLOTS`: `(first slot, last slot, host, port)`.
+fn primaries(reply: &Value) -> Vec<(u16, u16, String, u16)> {
+    let Value::Array(ranges) = reply else {
+        return Vec::new();
+    };
+    let int = |v: &Value| match v {
+        Value::Int(i) => u16::try_from(*i).ok(),
+        _ => None,
+    };
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    ranges
+        .iter()
+        .filter_map(|r| {
+            let Value::Array(r) = r else { return None };
+            let Value::Array(primary) = r.get(2)? else {
+                return None;
+            };
+            Some((
+                int(r.first()?)?,
+                int(r.get(1)?)?,
+                text(primary.first()?)?,
+                int(primary.get(1)?)?,
+            ))
+        })
+        .collect()
+}
+
+impl Topology {
+    /// Connects to `info`; when it is a Redis Cluster node, to every primary too.
+    /// Returns the address of whatever could not be reached with the error.
+    pub async fn discover(info: ConnectionInfo) -> Result<Self, (String, RedisError)> {
+        let seed_addr = info.addr().to_string();
+        let mut seed = connect(info.clone()).await.map_err(|e| (seed_addr.clone(), e))?;
+        let cluster_info: String = redis::cmd("INFO")
+            .arg("cluster")
+            .query_async(&mut seed)
+            .await
+            .unwrap_or_default();
+        if !cluster_info.contains("cluster_enabled:1") {
+            return Ok(Self::Single(seed));
+        }
+        let reply: Value = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut seed)
+            .await
+            .map_err(|e| (seed_addr.clone(), e))?;
+        let seed_host = match info.addr() {
+            redis::ConnectionAddr::Tcp(h, _) | redis::ConnectionAddr::TcpTls { host: h, .. } => h.clone(),
+            _ => "127.0.0.1".to_owned(),
+        };
+        let mut nodes: Vec<(String, ConnectionManager)> = Vec::new();
+        let mut owner = vec![u16::MAX; SLOTS];
+        for (first, last, host, port) in primaries(&reply) {
+            // An empty host means "the address you reached me at".
+            let host = if host.is_empty() || host == "?" {
+                seed_host.clone()
+            } else {
+                host
+            };
+            let addr = format!("{host}:{port}");
+            let index = match nodes.iter().position(|(a, _)| *a == addr) {
+                Some(i) => i,
+                None => {
+                    let node_info = info.clone().set_addr(match info.addr() {
+                        redis::ConnectionAddr::TcpTls {
+                            insecure, tls_params, ..
+                        } => redis::ConnectionAddr::TcpTls {
+                            host: host.clone(),
+                            port,
+                            insecure: *insecure,
+                            tls_params: tls_params.clone(),
+                        },
+                        _ => redis::ConnectionAddr::Tcp(host.clone(), port),
+                    });
+                    let conn = connect(node_info).await.map_err(|e| (addr.clone(), e))?;
+                    nodes.push((addr, conn));
+                    nodes.len() - 1
+                }
+            };
+            for slot in first..=last.min(SLOTS as u16 - 1) {
+                owner[slot as usize] = index as u16;
+            }
+        }
+        if nodes.is_empty() || owner.contains(&u16::MAX) {
+            let covered = owner.iter().filter(|o| **o != u16::MAX).count();
+            return Err((
+                seed_addr,
+                RedisError::from((
+                    redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown),
+                    "the cluster does not cover every slot",
+                    format!("{covered} of {SLOTS} slots have a primary"),
+                )),
+            ));
+        }
+        Ok(Self::Cluster(Arc::new(Cluster {
+            nodes,
+            owner,
+            stale: AtomicBool::new(false),
+        })))
+    }
+
+    /// Whether a redirection showed that slots moved: reconnect before the next batch.
+    pub fn is_stale(&self) -> bool {
+        match self {
+            Self::Single(_) => false,
+            Self::Cluster(c) => c.stale.load(Ordering::SeqCst),
+        }
+    }
+
+    /// How many servers hold keys (primaries of a cluster).
+    pub fn servers(&self) -> usize {
+        match self {
+            Self::Single(_) => 1,
+            Self::Cluster(c) => c.nodes.len(),
+        }
+    }
+
+    /// One SCAN page from `at`; `None` for the next position once every server is done.
+    pub async fn scan(
+        &self,
+        at: ScanCursor,
+        pattern: &str,
+        count: usize,
+    ) -> RedisResult<(Option<ScanCursor>, Vec<Vec<u8>>)> {
+        let mut conn = match self {
+            Self::Single(c) => c.clone(),
+            Self::Cluster(c) => match c.nodes.get(at.node) {
+                Some((_, conn)) => conn.clone(),
+                None => return Ok((None, Vec::new())),
+            },
+        };
+        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(at.cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut conn)
+            .await?;
+        let after = if next != 0 {
+            Some(ScanCursor {
+                node: at.node,
+                cursor: next,
+            })
+        } else if at.node + 1 < self.servers() {
+            Some(ScanCursor {
+                node: at.node + 1,
+                cursor: 0,
+            })
+        } else {
+            None
+        };
+        Ok((after, keys))
+    }
+
+    /// Runs `commands`, each routed by its key, pipelined per server; one reply per
+    /// command, in order. Errors of single commands are replies, not a failed call.
+    pub async fn keyed(&self, commands: Vec<(&[u8], Cmd)>) -> RedisResult<Vec<RedisResult<Value>>> {
+        if commands.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            Self::Single(conn) => {
+                let mut p = redis::pipe();
+                p.ignore_errors();
+                for (_, c) in commands {
+                    p.add_command(c);
+                }
+                p.query_async(&mut conn.clone()).await
+            }
+            Self::Cluster(cluster) => {
+                let mut per_node: Vec<(redis::Pipeline, Vec<usize>)> =
+                    (0..cluster.nodes.len()).map(|_| (redis::pipe(), Vec::new())).collect();
+                let n = commands.len();
+                for (i, (key, c)) in commands.into_iter().enumerate() {
+                    let node = cluster.owner[key_slot(key) as usize] as usize;
+                    let (p, order) = &mut per_node[node];
+                    p.add_command(c);
+                    order.push(i);
+                }
+                let calls = per_node
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(_, (_, order))| !order.is_empty())
+                    .map(|(node, (mut p, order))| {
+                        let mut conn = cluster.nodes[node].1.clone();
+                        async move {
+                            p.ignore_errors();
+                            let replies: Vec<RedisResult<Value>> = p.query_async(&mut conn).await?;
+                            Ok::<_, RedisError>((order, replies))
+                        }
+                    });
+                let mut out: Vec<Option<RedisResult<Value>>> = (0..n).map(|_| None).collect();
+                for result in futures::future::join_all(calls).await {
+                    let (order, replies) = result?;
+                    for (i, r) in order.into_iter().zip(replies) {
+                        if let Err(e) = &r
+                            && matches!(e.code(), Some("MOVED" | "ASK"))
+                        {
+                            cluster.stale.store(true, Ordering::SeqCst);
+                        }
+                        out[i] = Some(r);
+                    }
+                }
+                Ok(out
+                    .into_iter()
+                    .map(|r| r.unwrap_or_else(|| Err(RedisError::from((redis::ErrorKind::Io, "no reply")))))
+                    .collect())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_follow_redis_cluster_hashing() {
+        assert_eq!(crc16(b"123456789"), 0x31c3);
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+        // An empty tag `{}` hashes the whole key.
+        assert_eq!(key_slot(b"foo{}bar"), crc16(b"foo{}bar") % 16384);
+    }
+
+    #[test]
+    fn cursors_name_the_server() {
+        let c = ScanCursor { node: 2, cursor: 17 };
+        assert_eq!(ScanCursor::parse(&c.to_string()), Some(c));
+        assert_eq!(ScanCursor::parse("42"), Some(ScanCursor { node: 0, cursor: 42 }));
+        assert_eq!(ScanCursor::parse(""), Some(ScanCursor::default()));
+        assert_eq!(ScanCursor::parse("x"), None);
+    }
+}
