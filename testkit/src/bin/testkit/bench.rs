@@ -295,6 +295,29 @@ async fn bench_redis(args: &BenchArgs) -> Result<bool, String> {
             memory = Some((keys, seconds, rss, ok));
         }
     }
+    // The same tenant on a three-primary Redis Cluster (the reference cannot run there).
+    let mut on_cluster = Vec::new();
+    if let Ok(cluster) = tenant_migrator_testkit::RedisCluster::start() {
+        let keys = reload_at(args.scale)?;
+        for mode in ["copy", "move"] {
+            for node in cluster.nodes() {
+                let mut c = node.conn().map_err(|e| e.to_string())?;
+                redis::cmd("FLUSHALL").query::<()>(&mut c).map_err(|e| e.to_string())?;
+            }
+            cluster.load_from(&redis).map_err(|e| e.to_string())?;
+            eprintln!("running tenant-migrator {mode} on a Redis Cluster ({keys} keys)…");
+            let cmd = ours(
+                &store_args(cluster.nodes()[0].port())
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>(),
+                mode,
+            );
+            if let Ok(Ok((ok, seconds, rss, _))) = tokio::task::spawn_blocking(move || run_measured(cmd)).await {
+                on_cluster.push((mode, keys, seconds, rss, ok));
+            }
+        }
+    }
     let version = redis
         .conn()
         .and_then(|mut c| redis::cmd("INFO").arg("server").query::<String>(&mut c))
@@ -331,7 +354,15 @@ async fn bench_redis(args: &BenchArgs) -> Result<bool, String> {
             if ok { "" } else { " (FAILED)" }
         );
     }
-    Ok(rows.iter().all(|r| r.ok) && memory.is_none_or(|m| m.3))
+    for (mode, keys, seconds, rss, ok) in &on_cluster {
+        println!(
+            "Redis Cluster (3 primaries, loopback): tenant-migrator {mode} of {keys} keys in {seconds:.2}s ({:.0} keys/s), peak RSS {} MiB{}",
+            *keys as f64 / seconds,
+            rss / 1024,
+            if *ok { "" } else { " (FAILED)" }
+        );
+    }
+    Ok(rows.iter().all(|r| r.ok) && memory.is_none_or(|m| m.3) && on_cluster.iter().all(|c| c.4))
 }
 
 async fn bench_memgraph(args: &BenchArgs) -> Result<bool, String> {
