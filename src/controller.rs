@@ -85,7 +85,10 @@ pub async fn run_elected(client: Client, options: Options) -> Result<(), Control
         .with_identity(identity.as_str())
         .with_duration(options.lease_seconds)
         .with_grace(2.min(options.lease_seconds.saturating_sub(1)).max(1))
-        .with_field_manager(MANAGER)
+        // One field manager per replica: the Lease is taken by server-side apply, and only
+        // distinct managers make a second taker's apply conflict. A shared one let two
+        // replicas both believe they lead until the next renewal.
+        .with_field_manager(format!("{MANAGER}-{identity}"))
         .build()
         .await
         .map_err(|e| ControllerError::Lease(e.to_string()))?;

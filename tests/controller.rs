@@ -244,9 +244,7 @@ async fn a_controller_killed_mid_phase_resumes_from_the_checkpoint_in_status() {
     let (redis, loaded) = loaded_redis(0.05);
     let before = snapshot(&redis);
     // Through a delay proxy, with small batches, the Redis phase lasts seconds.
-    let proxy =
-        tenant_migrator_testkit::DelayProxy::start(([127, 0, 0, 1], redis.port()).into(), Duration::from_millis(2))
-            .expect("proxy");
+    let proxy = slow_redis(&redis);
     let (dir, kubeconfig) = controller_dir(&kube, "controller-restart", NS, None);
     let log = dir.join("controller.log");
     let first = start_controller(&kubeconfig, &log);
@@ -294,9 +292,7 @@ async fn suspend_pauses_at_a_batch_boundary_and_clearing_it_resumes() {
     let kube = tokio::task::block_in_place(|| kube_with_crd(NS));
     let (redis, loaded) = loaded_redis(0.05);
     let before = snapshot(&redis);
-    let proxy =
-        tenant_migrator_testkit::DelayProxy::start(([127, 0, 0, 1], redis.port()).into(), Duration::from_millis(2))
-            .expect("proxy");
+    let proxy = slow_redis(&redis);
     let (dir, kubeconfig) = controller_dir(&kube, "controller-suspend", NS, None);
     let _controller = start_controller(&kubeconfig, &dir.join("controller.log"));
     apply_ok(
@@ -475,6 +471,13 @@ async fn two_replicas_elect_one_leader_and_the_other_takes_over() {
         (1, 0),
         "only the leader {holder} runs migrations"
     );
+    // Never two leaders, not even for a moment at start-up.
+    let led = |name: &str| {
+        std::fs::read_to_string(dir.join(format!("{name}.log")))
+            .unwrap_or_default()
+            .contains("leading identity")
+    };
+    assert!(!led(other), "{other} believed it led while {holder} held the Lease");
 
     // The leader dies; the other replica takes the Lease and runs the next migration.
     for (name, process) in &mut replicas {
@@ -495,9 +498,7 @@ async fn deleting_a_running_migration_stops_it_at_a_batch_boundary_and_says_what
     let kube = tokio::task::block_in_place(|| kube_with_crd(NS));
     let (redis, _) = loaded_redis(0.05);
     let before = snapshot(&redis);
-    let proxy =
-        tenant_migrator_testkit::DelayProxy::start(([127, 0, 0, 1], redis.port()).into(), Duration::from_millis(2))
-            .expect("proxy");
+    let proxy = slow_redis(&redis);
     let (dir, kubeconfig) = controller_dir(&kube, "controller-delete", NS, None);
     let _controller = start_controller(&kubeconfig, &dir.join("controller.log"));
     apply_ok(

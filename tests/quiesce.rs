@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tenant_migrator_testkit::{DelayProxy, KubeApiServer, RedisServer};
+use tenant_migrator_testkit::KubeApiServer;
 
 const NS: &str = "rag";
 
@@ -61,10 +61,6 @@ fn with_quiesce(
         redis,
         &format!("{extra}  quiesce: [{}]\n", list.join(", ")),
     )
-}
-
-fn slow_redis(redis: &RedisServer) -> DelayProxy {
-    DelayProxy::start(([127, 0, 0, 1], redis.port()).into(), Duration::from_millis(2)).expect("proxy")
 }
 
 fn events(kube: &KubeApiServer) -> String {

@@ -6,10 +6,9 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use common::*;
-use tenant_migrator_testkit::{DelayProxy, RedisServer};
+use tenant_migrator_testkit::RedisServer;
 
 const SCALE: f64 = 0.05;
 
@@ -93,7 +92,7 @@ fn killed_and_resumed(mode: &str, points: &[(&str, u64)]) {
     let before = snapshot(&redis);
     let state = state_dir(&format!("kill-{mode}"));
     // A 2 ms one-way delay and small batches make each stage last long enough to be hit.
-    let proxy = DelayProxy::start(([127, 0, 0, 1], redis.port()).into(), Duration::from_millis(2)).expect("proxy");
+    let proxy = slow_redis(&redis);
     for (stage, batch) in points {
         let cmd = migrate_cmd(proxy.port(), &state, &["--mode", mode, "--batch-size", "20"]);
         assert!(

@@ -307,3 +307,13 @@ pub fn start_controller_in(ns: &str, kubeconfig: &Path, log: &Path, metrics_port
             .expect("controller"),
     )
 }
+
+/// A proxy to `redis` adding 2 ms each way: with small batches a stage lasts seconds,
+/// long enough for a test to stop, kill or watch it mid-way.
+pub fn slow_redis(redis: &RedisServer) -> tenant_migrator_testkit::DelayProxy {
+    tenant_migrator_testkit::DelayProxy::start(
+        ([127, 0, 0, 1], redis.port()).into(),
+        std::time::Duration::from_millis(2),
+    )
+    .expect("proxy")
+}
