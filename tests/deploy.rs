@@ -181,7 +181,11 @@ fn the_image_and_the_deployment_run_as_non_root() {
     assert!(uid != 0, "the image runs as root");
     assert!(
         dockerfile.contains("FROM scratch"),
-        "the final image should carry nothing but the binary"
+        "the final image should carry nothing but the binary and the CA bundle"
+    );
+    assert!(
+        dockerfile.contains("/etc/ssl/certs/ca-certificates.crt"),
+        "without a CA bundle no TLS server can be verified"
     );
 
     let deployment: serde_yaml::Value = serde_yaml::from_str(

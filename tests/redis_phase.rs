@@ -379,3 +379,38 @@ fn the_right_password_is_taken_from_the_environment() {
     assert!(!text(&out).contains("s3cret"), "the password leaked into the output");
     assert_migrated(&before, &snapshot(&locked), true);
 }
+
+/// `rediss://` verifies the server against the system's roots, or the bundle
+/// `SSL_CERT_FILE` names: an unknown CA is refused before any write; a trusted one
+/// migrates exactly as in plain text.
+#[test]
+fn rediss_urls_verify_the_server_and_migrate_over_tls() {
+    let redis = RedisServer::start_tls().expect("redis-server with TLS and openssl");
+    tenant_migrator_testkit::fixture::load_standard(&mut redis.conn().expect("connect"), SOURCE, SCALE)
+        .expect("load fixture");
+    let before = snapshot(&redis);
+    let (url, ca) = redis.tls().expect("a TLS port");
+    let state = state_dir("tls");
+    let tls_cmd = |trusted: bool| {
+        let mut c = migrate_cmd(redis.port(), &state, &["--redis-url", &url]);
+        // The system's roots do not know the test CA; SSL_CERT_FILE adds it.
+        if trusted {
+            c.env("SSL_CERT_FILE", &ca);
+        } else {
+            c.env_remove("SSL_CERT_FILE");
+        }
+        c
+    };
+    let out = run(tls_cmd(false));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).to_lowercase().contains("certificate"), "{}", text(&out));
+    assert_eq!(
+        digest(&before),
+        digest(&snapshot(&redis)),
+        "written without a trusted server"
+    );
+
+    let out = run(tls_cmd(true));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_migrated(&before, &snapshot(&redis), true);
+}

@@ -23,6 +23,8 @@ pub struct RedisServer {
     port: u16,
     password: Option<String>,
     dir: PathBuf,
+    /// With [`RedisServer::start_tls`]: the TLS port and the CA that signed its certificate.
+    tls: Option<(u16, PathBuf)>,
 }
 
 impl RedisServer {
@@ -68,6 +70,7 @@ impl RedisServer {
             port,
             password: password.map(str::to_owned),
             dir,
+            tls: None,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -89,8 +92,109 @@ impl RedisServer {
         }
     }
 
+    /// Starts one that also serves TLS on a second port, with a certificate for
+    /// 127.0.0.1 signed by a CA made for it (openssl); the plain port stays for set-up.
+    pub fn start_tls() -> Result<Self, ServerError> {
+        let port = crate::free_port()?;
+        let tls_port = crate::free_port()?;
+        let certs = std::env::temp_dir().join(format!("tm-redis-tls-{}-{tls_port}", std::process::id()));
+        std::fs::create_dir_all(&certs)?;
+        let openssl = |args: &[&str]| -> Result<(), ServerError> {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&certs)
+                .output()
+                .map_err(|source| ServerError::Spawn {
+                    program: "openssl".into(),
+                    source,
+                })?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(ServerError::Io(std::io::Error::other(format!(
+                    "openssl {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                ))))
+            }
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=tenant-migrator test CA",
+        ])?;
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])?;
+        std::fs::write(certs.join("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n")?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ])?;
+        let path = |f: &str| certs.join(f).to_string_lossy().into_owned();
+        let (cert, key, ca) = (path("server.crt"), path("server.key"), path("ca.crt"));
+        let tls_port_arg = tls_port.to_string();
+        let mut server = Self::spawn(
+            port,
+            None,
+            &[
+                "--tls-port",
+                &tls_port_arg,
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-ca-cert-file",
+                &ca,
+                "--tls-auth-clients",
+                "no",
+            ],
+        )?;
+        server.tls = Some((tls_port, certs.join("ca.crt")));
+        Ok(server)
+    }
+
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT/` and the CA file to trust, for a [`RedisServer::start_tls`] server.
+    pub fn tls(&self) -> Option<(String, PathBuf)> {
+        self.tls
+            .as_ref()
+            .map(|(port, ca)| (format!("rediss://127.0.0.1:{port}/"), ca.clone()))
     }
 
     /// `redis://127.0.0.1:PORT/` — without the password, as the product expects.
@@ -117,6 +221,9 @@ impl Drop for RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(certs) = self.tls.as_ref().and_then(|(_, ca)| ca.parent()) {
+            let _ = std::fs::remove_dir_all(certs);
+        }
     }
 }
 
