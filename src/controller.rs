@@ -18,7 +18,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -482,19 +482,29 @@ async fn restore_workloads(ctx: &Context, api: &Api<TenantMigration>, name: &str
     }
 }
 
-/// Sets `stop` once the migration is suspended or deleted; checked every second,
-/// so a run pauses at the batch boundary after the change.
+/// Sets `stop` once the migration is suspended, deleted or gone, so the run pauses at
+/// the next batch boundary. A watch on this one object: the change arrives as it happens,
+/// with no polling of the API server.
 fn watch_for_stop(api: Api<TenantMigration>, name: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            match api.get_opt(&name).await {
-                Ok(Some(tm)) if !tm.spec.suspend && tm.metadata.deletion_timestamp.is_none() => {}
-                Ok(_) => {
-                    stop.store(true, Ordering::SeqCst);
-                    return;
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let events = watcher(api, config).default_backoff();
+        futures::pin_mut!(events);
+        while let Some(event) = events.next().await {
+            let halt = match event {
+                Ok(watcher::Event::Apply(tm) | watcher::Event::InitApply(tm)) => {
+                    tm.spec.suspend || tm.metadata.deletion_timestamp.is_some()
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot read the migration; going on"),
+                Ok(watcher::Event::Delete(_)) => true,
+                Ok(watcher::Event::Init | watcher::Event::InitDone) => false,
+                Err(e) => {
+                    tracing::warn!(error = %e, "watching the migration failed; retrying");
+                    false
+                }
+            };
+            if halt {
+                stop.store(true, Ordering::SeqCst);
+                return;
             }
         }
     })

@@ -508,8 +508,8 @@ async fn deleting_a_running_migration_stops_it_at_a_batch_boundary_and_says_what
             NS,
             SOURCE,
             TARGET,
-            // Batches of 5 keep the copy stage running for seconds, well past the stop
-            // watcher's one-second poll, so the deletion lands mid-copy.
+            // Batches of 5 keep the copy stage running for seconds, so the deletion
+            // lands mid-copy.
             &format!("{{url: 'redis://127.0.0.1:{}/', batchSize: 5}}", proxy.port()),
             "  mode: Copy\n",
         ),
