@@ -391,3 +391,49 @@ async fn a_collection_whose_dimension_contradicts_its_name_is_refused_without_a_
     assert!(said.contains("preflight failed, nothing was written"), "{said}");
     assert_same(&snapshot(&server).await, &before);
 }
+
+/// An `https://` Qdrant URL verifies the server against the system's roots or the
+/// bundle `SSL_CERT_FILE` names: an unknown CA is refused before any write; a trusted
+/// one re-keys exactly as over plain gRPC. (The test server's own TLS; a real Qdrant's
+/// TLS is configured on the Qdrant side.)
+#[tokio::test]
+async fn an_https_url_verifies_the_server_and_migrates_over_tls() {
+    let tls = QdrantServer::start_tls(Some(KEY)).expect("Qdrant test server with TLS");
+    let (https, ca) = tls.tls().expect("a TLS port");
+    let server = Endpoint {
+        url: tls.url(),
+        key: KEY.into(),
+        server: Some(tls),
+    };
+    let n = qdrant_fixture::load_standard(&server.client(), SOURCE, SCALE, DIM, true)
+        .await
+        .expect("load");
+    let before = snapshot(&server).await;
+    let state = state_dir("q-tls");
+    let run = |trusted: bool| {
+        let mut c = migrate(&https, &state, &[]);
+        if trusted {
+            c.env("SSL_CERT_FILE", &ca);
+        } else {
+            c.env_remove("SSL_CERT_FILE");
+        }
+        c.output().expect("run")
+    };
+    let out = run(false);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("preflight failed, nothing was written"),
+        "{}",
+        text(&out)
+    );
+    assert_same(&snapshot(&server).await, &before);
+
+    let out = run(true);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("{n} of {n} points moved and verified")),
+        "{}",
+        text(&out)
+    );
+    assert_same(&snapshot(&server).await, &expected(&before, true, true));
+}

@@ -14,6 +14,7 @@ pub mod proxy;
 pub mod qdrant_fixture;
 pub mod qdrant_server;
 pub mod redis_server;
+pub mod test_ca;
 
 pub use bolt_server::BoltServer;
 pub use config_api::ConfigApi;

@@ -25,11 +25,25 @@ pub struct QdrantServer {
     _stdin: ChildStdin,
     port: u16,
     dir: PathBuf,
+    /// With [`QdrantServer::start_tls`]: the TLS port and the CA that signed its certificate.
+    tls: Option<(u16, crate::test_ca::TestCa)>,
 }
 
 impl QdrantServer {
     /// Starts a server; with `api_key`, every call must carry it.
     pub fn start(api_key: Option<&str>) -> Result<Self, ServerError> {
+        Self::spawn(api_key, None)
+    }
+
+    /// Starts one that also serves TLS on a second port (certificate for 127.0.0.1 from
+    /// a CA made for it); the plain port stays for set-up.
+    pub fn start_tls(api_key: Option<&str>) -> Result<Self, ServerError> {
+        let tls_port = crate::free_port()?;
+        let ca = crate::test_ca::TestCa::create(&format!("qdrant-{tls_port}"))?;
+        Self::spawn(api_key, Some((tls_port, ca)))
+    }
+
+    fn spawn(api_key: Option<&str>, tls: Option<(u16, crate::test_ca::TestCa)>) -> Result<Self, ServerError> {
         let port = crate::free_port()?;
         let dir = std::env::temp_dir().join(format!("tm-qdrant-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
@@ -43,6 +57,14 @@ impl QdrantServer {
         if let Some(k) = api_key {
             cmd.args(["--api-key", k]);
         }
+        if let Some((tls_port, ca)) = &tls {
+            let (cert, key) = ca.server();
+            cmd.args(["--tls-port", &tls_port.to_string()])
+                .arg("--tls-cert")
+                .arg(cert)
+                .arg("--tls-key")
+                .arg(key);
+        }
         let program = format!("{} tools/qdrant/server.py (run tools/setup.sh)", python().display());
         let (child, stdin) = crate::spawn_until_ready(&mut cmd, &program, port, 60)?;
         let server = Self {
@@ -50,6 +72,7 @@ impl QdrantServer {
             _stdin: stdin,
             port,
             dir,
+            tls,
         };
         Ok(server)
     }
@@ -61,6 +84,13 @@ impl QdrantServer {
     /// `http://127.0.0.1:PORT` (gRPC).
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `https://127.0.0.1:TLS_PORT` and the CA file to trust, for a [`QdrantServer::start_tls`] server.
+    pub fn tls(&self) -> Option<(String, PathBuf)> {
+        self.tls
+            .as_ref()
+            .map(|(port, ca)| (format!("https://127.0.0.1:{port}"), ca.ca()))
     }
 
     /// A client for set-up and assertions.

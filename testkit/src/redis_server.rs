@@ -24,7 +24,7 @@ pub struct RedisServer {
     password: Option<String>,
     dir: PathBuf,
     /// With [`RedisServer::start_tls`]: the TLS port and the CA that signed its certificate.
-    tls: Option<(u16, PathBuf)>,
+    tls: Option<(u16, crate::test_ca::TestCa)>,
 }
 
 impl RedisServer {
@@ -93,78 +93,17 @@ impl RedisServer {
     }
 
     /// Starts one that also serves TLS on a second port, with a certificate for
-    /// 127.0.0.1 signed by a CA made for it (openssl); the plain port stays for set-up.
+    /// 127.0.0.1 signed by a CA made for it; the plain port stays for set-up.
     pub fn start_tls() -> Result<Self, ServerError> {
         let port = crate::free_port()?;
         let tls_port = crate::free_port()?;
-        let certs = std::env::temp_dir().join(format!("tm-redis-tls-{}-{tls_port}", std::process::id()));
-        std::fs::create_dir_all(&certs)?;
-        let openssl = |args: &[&str]| -> Result<(), ServerError> {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(&certs)
-                .output()
-                .map_err(|source| ServerError::Spawn {
-                    program: "openssl".into(),
-                    source,
-                })?;
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(ServerError::Io(std::io::Error::other(format!(
-                    "openssl {}: {}",
-                    args.join(" "),
-                    String::from_utf8_lossy(&out.stderr)
-                ))))
-            }
-        };
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=tenant-migrator test CA",
-        ])?;
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ])?;
-        std::fs::write(certs.join("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n")?;
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.crt",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ])?;
-        let path = |f: &str| certs.join(f).to_string_lossy().into_owned();
-        let (cert, key, ca) = (path("server.crt"), path("server.key"), path("ca.crt"));
+        let ca = crate::test_ca::TestCa::create(&format!("redis-{tls_port}"))?;
+        let (cert, key) = ca.server();
+        let (cert, key, ca_file) = (
+            cert.to_string_lossy().into_owned(),
+            key.to_string_lossy().into_owned(),
+            ca.ca().to_string_lossy().into_owned(),
+        );
         let tls_port_arg = tls_port.to_string();
         let mut server = Self::spawn(
             port,
@@ -177,12 +116,12 @@ impl RedisServer {
                 "--tls-key-file",
                 &key,
                 "--tls-ca-cert-file",
-                &ca,
+                &ca_file,
                 "--tls-auth-clients",
                 "no",
             ],
         )?;
-        server.tls = Some((tls_port, certs.join("ca.crt")));
+        server.tls = Some((tls_port, ca));
         Ok(server)
     }
 
@@ -194,7 +133,7 @@ impl RedisServer {
     pub fn tls(&self) -> Option<(String, PathBuf)> {
         self.tls
             .as_ref()
-            .map(|(port, ca)| (format!("rediss://127.0.0.1:{port}/"), ca.clone()))
+            .map(|(port, ca)| (format!("rediss://127.0.0.1:{port}/"), ca.ca()))
     }
 
     /// `redis://127.0.0.1:PORT/` — without the password, as the product expects.
@@ -221,9 +160,6 @@ impl Drop for RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
-        if let Some(certs) = self.tls.as_ref().and_then(|(_, ca)| ca.parent()) {
-            let _ = std::fs::remove_dir_all(certs);
-        }
     }
 }
 

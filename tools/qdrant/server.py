@@ -16,7 +16,10 @@ Implemented: Qdrant.HealthCheck; Collections.List/Get/Create/Delete/CollectionEx
 Points.Upsert/Get/Scroll/Count/Delete/SetPayload/OverwritePayload/DeletePayload/
 CreateFieldIndex.
 
-Usage: server.py --port PORT --data DIR [--api-key KEY]   (prints "READY PORT")
+With --tls-port, --tls-cert and --tls-key it serves TLS on a second port as well.
+
+Usage: server.py --port PORT --data DIR [--api-key KEY] [--tls-port P --tls-cert F --tls-key F]
+(prints "READY PORT")
 """
 import argparse
 import os
@@ -483,6 +486,9 @@ def main():
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--data", required=True)
     ap.add_argument("--api-key")
+    ap.add_argument("--tls-port", type=int)
+    ap.add_argument("--tls-cert")
+    ap.add_argument("--tls-key")
     a = ap.parse_args()
     store = Store(a.data)
     server = grpc.server(
@@ -493,6 +499,10 @@ def main():
     q.add_CollectionsServicer_to_server(Collections(store, a.api_key), server)
     q.add_PointsServicer_to_server(Points(store, a.api_key), server)
     server.add_insecure_port(f"127.0.0.1:{a.port}")
+    if a.tls_port:
+        with open(a.tls_key, "rb") as k, open(a.tls_cert, "rb") as c:
+            creds = grpc.ssl_server_credentials([(k.read(), c.read())])
+        server.add_secure_port(f"127.0.0.1:{a.tls_port}", creds)
     server.start()
     print(f"READY {a.port}", flush=True)
     # Stop when the parent closes stdin (the test process died) or on SIGTERM.
