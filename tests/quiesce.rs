@@ -250,3 +250,53 @@ async fn replicas_come_back_after_a_controller_restart_mid_run_and_after_deletio
     assert!(ev.contains("MigrationDeleted"), "{ev}");
     drop(second);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_migration_keeps_its_workloads_stopped_until_it_ends() {
+    let kube = tokio::task::block_in_place(|| kube_with_crd(NS));
+    apply_ok(&kube, &workload("Deployment", "rag-api", 3));
+    let (redis, _) = loaded_redis(0.05);
+    let before = snapshot(&redis);
+    let proxy = slow_redis(&redis);
+    let (dir, kubeconfig) = controller_dir(&kube, "quiesce-suspend", NS, None);
+    let port = tenant_migrator_testkit::free_port().expect("port");
+    let _controller = start_controller_in(NS, &kubeconfig, &dir.join("controller.log"), port);
+    let url = format!("{{url: 'redis://127.0.0.1:{}/', batchSize: 20}}", proxy.port());
+    apply_ok(
+        &kube,
+        &with_quiesce("pause", (SOURCE, TARGET), &url, "", &[("Deployment", "rag-api")]),
+    );
+    tokio::task::block_in_place(|| {
+        wait_for_tm(&kube, NS, "pause", |tm| {
+            tm["status"]["phases"]["redis"]["checkpoint"]["batch"]
+                .as_u64()
+                .is_some_and(|b| b >= 3)
+        })
+    });
+    let suspend = |on: bool| {
+        ok(kube.kubectl(&[
+            "patch",
+            "tm",
+            "pause",
+            "-n",
+            NS,
+            "--type",
+            "merge",
+            "-p",
+            &format!(r#"{{"spec":{{"suspend":{on}}}}}"#),
+        ]))
+    };
+    suspend(true);
+    let paused =
+        tokio::task::block_in_place(|| wait_for_tm(&kube, NS, "pause", |tm| tm["status"]["phase"] == "Suspended"));
+    // A half-moved tenant: the workloads stay stopped while the migration is paused.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(replicas(&kube, "deployment", "rag-api"), (0, 2), "{paused:#}");
+
+    suspend(false);
+    let tm = tokio::task::block_in_place(|| wait_for_tm(&kube, NS, "pause", finished));
+    assert_eq!(tm["status"]["phase"], "Succeeded", "{tm:#}");
+    assert_migrated(&before, &snapshot(&redis), true);
+    // Scaled down once (the resumed run found it at zero already) and up once.
+    assert_eq!(replicas(&kube, "deployment", "rag-api"), (3, 3));
+}
