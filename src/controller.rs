@@ -214,7 +214,7 @@ fn progress_of(phases: &PhaseStatuses) -> String {
 const PROGRESS_MANAGER: &str = "tenant-migrator-progress";
 
 /// Server-side apply of `status` (fields owned by `manager`) through the status subresource.
-async fn apply_status(
+pub(crate) async fn apply_status(
     api: &Api<TenantMigration>,
     name: &str,
     manager: &str,

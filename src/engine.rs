@@ -326,6 +326,12 @@ pub async fn run(
     }
 }
 
+/// An instant `spent` ago: a store's report counts the time of both passes, not the
+/// other stores' work in between.
+fn started_before(spent: Duration) -> Instant {
+    Instant::now().checked_sub(spent).unwrap_or_else(Instant::now)
+}
+
 /// The two passes of a Move: every store copied and verified, then every source removed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Pass {
@@ -423,13 +429,12 @@ impl Run<'_> {
                 Err(e) => return Err(self.failed(store, plan, started, e, &verified_stores)),
             }
         }
-        let mut left = verified_stores.clone();
-        for (store, plan, spent) in verified_stores {
-            left.remove(0);
-            let started = Instant::now().checked_sub(spent).unwrap_or_else(Instant::now);
-            match self.run_phase(store, phases, &plan, Pass::RemoveSource).await {
-                Ok(verified) => self.report(store, PhaseState::Succeeded, Some(plan), verified, started),
-                Err(e) => return Err(self.failed(store, plan, started, e, &left)),
+        for (i, (store, plan, spent)) in verified_stores.iter().enumerate() {
+            let started = started_before(*spent);
+            match self.run_phase(*store, phases, plan, Pass::RemoveSource).await {
+                Ok(verified) => self.report(*store, PhaseState::Succeeded, Some(plan.clone()), verified, started),
+                // The stores after this one keep their sources.
+                Err(e) => return Err(self.failed(*store, plan.clone(), started, e, &verified_stores[i + 1..])),
             }
         }
         self.reports.sort_by_key(|r| r.store);
@@ -471,7 +476,7 @@ impl Run<'_> {
         let state = st.state;
         self.progress.update(store, self.stage_of(store), &self.phases);
         self.report(store, state, Some(plan), None, started);
-        for (other, plan, spent) in kept.iter().filter(|(s, ..)| *s != store) {
+        for (other, plan, spent) in kept {
             let st = self.phases.get_mut(*other);
             st.message = Some(if stopped {
                 "copied and verified; the source is removed when the run resumes".to_owned()
@@ -480,8 +485,7 @@ impl Run<'_> {
             });
             let state = st.state;
             self.progress.update(*other, self.stage_of(*other), &self.phases);
-            let started = Instant::now().checked_sub(*spent).unwrap_or_else(Instant::now);
-            self.report(*other, state, Some(plan.clone()), None, started);
+            self.report(*other, state, Some(plan.clone()), None, started_before(*spent));
         }
         self.reports.sort_by_key(|r| r.store);
         e

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v1::Scale;
 use kube::api::{Patch, PatchParams};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client};
 use serde_json::json;
 
 use crate::api::{QuiescedWorkload, TenantMigration, WorkloadKind, WorkloadRef};
@@ -137,19 +137,9 @@ impl Quiescer {
     /// Server-side apply of `status.quiesced` under a field manager of its own, so the
     /// controller's other status writes never drop it (nor it theirs).
     async fn record(&self, records: &[QuiescedWorkload]) -> Result<(), QuiesceError> {
-        let body = json!({
-            "apiVersion": TenantMigration::api_version(&()),
-            "kind": TenantMigration::kind(&()),
-            "status": { "quiesced": records },
-        });
-        self.migration
-            .patch_status(
-                &self.name,
-                &PatchParams::apply(STATUS_MANAGER).force(),
-                &Patch::Apply(&body),
-            )
+        let status = json!({ "quiesced": records });
+        crate::controller::apply_status(&self.migration, &self.name, STATUS_MANAGER, status)
             .await
-            .map(|_| ())
             .map_err(QuiesceError::Status)
     }
 

@@ -259,13 +259,7 @@ async fn a_controller_killed_mid_phase_resumes_from_the_checkpoint_in_status() {
             "",
         ),
     );
-    let midway = tokio::task::block_in_place(|| {
-        wait_for(&kube, "resume-me", |tm| {
-            tm["status"]["phases"]["redis"]["checkpoint"]["batch"]
-                .as_u64()
-                .is_some_and(|b| b >= 5)
-        })
-    });
+    let midway = tokio::task::block_in_place(|| wait_for(&kube, "resume-me", redis_past_batch(5)));
     drop(first); // SIGKILL, mid-phase
     let checkpoint = midway["status"]["phases"]["redis"]["checkpoint"].clone();
     assert_ne!(
@@ -306,13 +300,7 @@ async fn suspend_pauses_at_a_batch_boundary_and_clearing_it_resumes() {
             "",
         ),
     );
-    tokio::task::block_in_place(|| {
-        wait_for(&kube, "pause-me", |tm| {
-            tm["status"]["phases"]["redis"]["checkpoint"]["batch"]
-                .as_u64()
-                .is_some_and(|b| b >= 3)
-        })
-    });
+    tokio::task::block_in_place(|| wait_for(&kube, "pause-me", redis_past_batch(3)));
     ok(kube.kubectl(&[
         "patch",
         "tm",
@@ -514,13 +502,7 @@ async fn deleting_a_running_migration_stops_it_at_a_batch_boundary_and_says_what
             "  mode: Copy\n",
         ),
     );
-    let running = tokio::task::block_in_place(|| {
-        wait_for(&kube, "delete-me", |tm| {
-            tm["status"]["phases"]["redis"]["checkpoint"]["batch"]
-                .as_u64()
-                .is_some_and(|b| b >= 3)
-        })
-    });
+    let running = tokio::task::block_in_place(|| wait_for(&kube, "delete-me", redis_past_batch(3)));
     assert!(
         running["metadata"]["finalizers"]
             .to_string()

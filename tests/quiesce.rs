@@ -201,13 +201,7 @@ async fn replicas_come_back_after_a_controller_restart_mid_run_and_after_deletio
     let api = [("Deployment", "rag-api")];
     let url = format!("{{url: 'redis://127.0.0.1:{}/', batchSize: 20}}", proxy.port());
     apply_ok(&kube, &with_quiesce("restart", (SOURCE, TARGET), &url, "", &api));
-    let midway = tokio::task::block_in_place(|| {
-        wait_for_tm(&kube, NS, "restart", |tm| {
-            tm["status"]["phases"]["redis"]["checkpoint"]["batch"]
-                .as_u64()
-                .is_some_and(|b| b >= 3)
-        })
-    });
+    let midway = tokio::task::block_in_place(|| wait_for_tm(&kube, NS, "restart", redis_past_batch(3)));
     drop(first); // SIGKILL while the Deployment is at zero
     assert_ne!(midway["status"]["phase"], "Succeeded", "finished before the kill");
     assert_eq!(replicas(&kube, "deployment", "rag-api"), (0, 2));
@@ -236,13 +230,7 @@ async fn replicas_come_back_after_a_controller_restart_mid_run_and_after_deletio
             &[("Deployment", "rag-api")],
         ),
     );
-    let _ = tokio::task::block_in_place(|| {
-        wait_for_tm(&kube, NS, "deleted", |tm| {
-            tm["status"]["phases"]["redis"]["checkpoint"]["batch"]
-                .as_u64()
-                .is_some_and(|b| b >= 3)
-        })
-    });
+    let _ = tokio::task::block_in_place(|| wait_for_tm(&kube, NS, "deleted", redis_past_batch(3)));
     assert_eq!(replicas(&kube, "deployment", "rag-api").0, 0);
     ok(kube.kubectl(&["delete", "tm", "deleted", "-n", NS, "--timeout=60s"]));
     assert_eq!(replicas(&kube, "deployment", "rag-api"), (3, 5));
@@ -266,13 +254,7 @@ async fn a_suspended_migration_keeps_its_workloads_stopped_until_it_ends() {
         &kube,
         &with_quiesce("pause", (SOURCE, TARGET), &url, "", &[("Deployment", "rag-api")]),
     );
-    tokio::task::block_in_place(|| {
-        wait_for_tm(&kube, NS, "pause", |tm| {
-            tm["status"]["phases"]["redis"]["checkpoint"]["batch"]
-                .as_u64()
-                .is_some_and(|b| b >= 3)
-        })
-    });
+    tokio::task::block_in_place(|| wait_for_tm(&kube, NS, "pause", redis_past_batch(3)));
     let suspend = |on: bool| {
         ok(kube.kubectl(&[
             "patch",

@@ -317,3 +317,12 @@ pub fn slow_redis(redis: &RedisServer) -> tenant_migrator_testkit::DelayProxy {
     )
     .expect("proxy")
 }
+
+/// Whether a TenantMigration's Redis phase has checkpointed at least `n` batches.
+pub fn redis_past_batch(n: u64) -> impl Fn(&serde_json::Value) -> bool {
+    move |tm| {
+        tm["status"]["phases"]["redis"]["checkpoint"]["batch"]
+            .as_u64()
+            .is_some_and(|b| b >= n)
+    }
+}
