@@ -138,6 +138,12 @@ pub struct ConfigSpec {
     /// What to do when the target already has a different config.
     #[serde(default)]
     pub on_conflict: OnConflict,
+    /// JSON pointers (RFC 6901, e.g. `/storage/workspace`) of the fields that hold the
+    /// tenant's own id; each must hold the source id, and the target's config gets the
+    /// target id there. Empty: every string value equal to the source id under a key
+    /// named `workspace`, `workspace_id`, `tenant`, `tenant_id` or `tenantId`, at any depth.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tenant_fields: Vec<String>,
 }
 
 impl Default for ConfigSpec {
@@ -148,6 +154,7 @@ impl Default for ConfigSpec {
             token_secret_ref: None,
             method: CreateMethod::Post,
             on_conflict: OnConflict::Fail,
+            tenant_fields: Vec::new(),
         }
     }
 }
@@ -205,6 +212,10 @@ fn workspace_id() -> String {
     "workspace_id".to_owned()
 }
 
+fn lightrag_prefix() -> String {
+    "lightrag_vdb_".to_owned()
+}
+
 /// Qdrant (gRPC).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -218,9 +229,15 @@ pub struct QdrantSpec {
     /// API key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_secret_ref: Option<SecretKeyRef>,
-    /// Collections to migrate; empty means every collection holding source points.
+    /// Collections to migrate; empty means every collection whose name starts with
+    /// `collectionPrefix` and that holds source points.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub collections: Vec<String>,
+    /// Name prefix of the collections discovered when `collections` is empty. LightRAG's
+    /// collections (`lightrag_vdb_{ns}` and `lightrag_vdb_{ns}_{model}_{dim}d`) start with
+    /// `lightrag_vdb_`; another application's collections are never searched.
+    #[serde(default = "lightrag_prefix")]
+    pub collection_prefix: String,
     /// Payload field naming the tenant.
     #[serde(default = "workspace_id")]
     pub tenant_field: String,
@@ -240,6 +257,7 @@ impl Default for QdrantSpec {
             url: None,
             api_key_secret_ref: None,
             collections: Vec::new(),
+            collection_prefix: lightrag_prefix(),
             tenant_field: workspace_id(),
             point_ids: PointIdScheme::LightRAG,
             batch_size: None,
@@ -254,16 +272,46 @@ pub struct MemgraphSpec {
     /// Run this phase.
     #[serde(default = "enabled")]
     pub enabled: bool,
-    /// Bolt URI, e.g. `bolt://rag-memgraph:7687`.
+    /// Bolt URI, e.g. `bolt://rag-memgraph:7687`; `bolt+s://` for TLS (the server's
+    /// certificate is verified against the system's roots or `SSL_CERT_FILE`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uri: Option<String>,
     /// Secret with `username` and `password`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretRef>,
+    /// Database named in every Bolt request; Memgraph's default database is `memgraph`
+    /// (Memgraph 2.11 and later refuse a name they do not know).
+    #[serde(default = "memgraph_database")]
+    pub database: String,
     /// Nodes per transaction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000000))]
     pub batch_size: Option<u32>,
+    /// Seconds one query may take before it is abandoned and retried (a hung
+    /// connection cannot hold a batch forever).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub query_timeout_seconds: Option<u32>,
+    /// What to do with nodes under the source label that also carry a label that is
+    /// neither the tenant's nor their own `entity_type` (another tenant's workspace
+    /// label on a graph written by LightRAG <= 1.4.13, which also labelled nodes by
+    /// entity type): `Refuse` the migration in preflight (default), or `Include` them.
+    #[serde(default)]
+    pub foreign_labelled_nodes: ForeignNodes,
+}
+
+/// How the Memgraph phase treats nodes whose labels say they may be another tenant's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ForeignNodes {
+    /// Refuse the migration in preflight, naming how many and one of them.
+    #[default]
+    Refuse,
+    /// Treat them as the tenant's: they move (or are cloned) with it.
+    Include,
+}
+
+fn memgraph_database() -> String {
+    "memgraph".to_owned()
 }
 
 impl Default for MemgraphSpec {
@@ -272,7 +320,10 @@ impl Default for MemgraphSpec {
             enabled: true,
             uri: None,
             credentials_secret_ref: None,
+            database: memgraph_database(),
             batch_size: None,
+            query_timeout_seconds: None,
+            foreign_labelled_nodes: ForeignNodes::Refuse,
         }
     }
 }

@@ -91,19 +91,35 @@ pub struct MigrateArgs {
     /// Qdrant URL [default: http://localhost:6333]
     #[arg(long)]
     pub qdrant_url: Option<String>,
-    /// Qdrant collections to migrate, comma-separated [default: every collection holding
-    /// points of the source, or the manifest's list]
+    /// Qdrant collections to migrate, comma-separated [default: every collection named
+    /// --qdrant-collection-prefix… holding points of the source, or the manifest's list]
     #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
     pub qdrant_collections: Vec<String>,
+    /// Name prefix of the Qdrant collections searched when none are listed
+    /// [default: lightrag_vdb_, or the manifest's]
+    #[arg(long, value_name = "PREFIX")]
+    pub qdrant_collection_prefix: Option<String>,
     /// Memgraph host [default: localhost]
     #[arg(long)]
     pub memgraph_host: Option<String>,
     /// Memgraph port [default: 7687]
     #[arg(long)]
     pub memgraph_port: Option<u16>,
+    /// Memgraph Bolt URI (bolt://host:port, bolt+s:// for TLS); overrides
+    /// --memgraph-host/--memgraph-port. Credentials: MEMGRAPH_USER, MEMGRAPH_PASSWORD.
+    #[arg(long, conflicts_with_all = ["memgraph_host", "memgraph_port"])]
+    pub memgraph_uri: Option<String>,
+    /// Database named in every Bolt request [default: memgraph, or the manifest's]
+    #[arg(long)]
+    pub memgraph_database: Option<String>,
     /// Tenant-config API base URL [default: http://localhost:8000]. Token: TENANT_API_TOKEN.
     #[arg(long)]
     pub api_url: Option<String>,
+    /// JSON pointers of the config fields that hold the tenant id, comma-separated
+    /// [default: workspace, workspace_id, tenant, tenant_id, tenantId keys holding the
+    /// source id, or the manifest's list]
+    #[arg(long, value_delimiter = ',', value_name = "POINTER,...")]
+    pub config_tenant_fields: Vec<String>,
     /// Run a TenantMigration manifest (YAML) instead of SOURCE TARGET.
     #[arg(short = 'f', long = "file", value_name = "MANIFEST", conflicts_with_all = ["source", "target"])]
     pub manifest: Option<PathBuf>,
@@ -256,6 +272,12 @@ pub fn spec_from_args(a: &MigrateArgs) -> Result<TenantMigrationSpec, InputError
     if !a.qdrant_collections.is_empty() {
         spec.qdrant.collections = a.qdrant_collections.clone();
     }
+    if !a.config_tenant_fields.is_empty() {
+        spec.config.tenant_fields = a.config_tenant_fields.clone();
+    }
+    if let Some(p) = &a.qdrant_collection_prefix {
+        spec.qdrant.collection_prefix = p.clone();
+    }
     if a.batch_size.is_some() {
         spec.redis.batch_size = a.batch_size;
         spec.memgraph.batch_size = a.batch_size;
@@ -283,7 +305,12 @@ pub fn spec_from_args(a: &MigrateArgs) -> Result<TenantMigrationSpec, InputError
         spec.qdrant.url = Some(u.clone());
     }
     spec.qdrant.url.get_or_insert_with(|| "http://localhost:6333".into());
-    if a.memgraph_host.is_some() || a.memgraph_port.is_some() || spec.memgraph.uri.is_none() {
+    if let Some(d) = &a.memgraph_database {
+        spec.memgraph.database = d.clone();
+    }
+    if let Some(u) = &a.memgraph_uri {
+        spec.memgraph.uri = Some(u.clone());
+    } else if a.memgraph_host.is_some() || a.memgraph_port.is_some() || spec.memgraph.uri.is_none() {
         spec.memgraph.uri = Some(format!(
             "bolt://{}:{}",
             a.memgraph_host.as_deref().unwrap_or("localhost"),

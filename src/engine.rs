@@ -217,6 +217,7 @@ fn build(spec: &TenantMigrationSpec, creds: &Credentials, opts: &RunOptions) -> 
             target: spec.target.clone(),
             method: spec.config.method,
             on_conflict: spec.config.on_conflict,
+            tenant_fields: spec.config.tenant_fields.clone(),
         };
         Some(ConfigPhase::new(settings).map_err(|e| invalid(Store::Config)(&e))?)
     } else {
@@ -244,10 +245,13 @@ fn build(spec: &TenantMigrationSpec, creds: &Credentials, opts: &RunOptions) -> 
             source: spec.source.clone(),
             target: spec.target.clone(),
             mode: spec.mode,
+            database: spec.memgraph.database.clone(),
             batch_size: spec
                 .memgraph
                 .batch_size
                 .map_or(opts.memgraph_batch_size, |b| b as usize),
+            query_timeout: Duration::from_secs(spec.memgraph.query_timeout_seconds.map_or(60, u64::from)),
+            foreign_nodes: spec.memgraph.foreign_labelled_nodes,
         };
         Some(MemgraphPhase::new(settings).map_err(|e| invalid(Store::Memgraph)(&e))?)
     } else {
@@ -261,6 +265,7 @@ fn build(spec: &TenantMigrationSpec, creds: &Credentials, opts: &RunOptions) -> 
             target: spec.target.clone(),
             mode: spec.mode,
             collections: spec.qdrant.collections.clone(),
+            collection_prefix: spec.qdrant.collection_prefix.clone(),
             tenant_field: spec.qdrant.tenant_field.clone(),
             point_ids: spec.qdrant.point_ids,
             batch_size: spec.qdrant.batch_size.map_or(opts.qdrant_batch_size, |b| b as usize),

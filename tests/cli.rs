@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use tenant_migrator_testkit::ConfigApi;
-use tenant_migrator_testkit::config_api::sample_config;
+use tenant_migrator_testkit::config_api::{renamed_config, sample_config};
 
 fn manifest(dir: &std::path::Path, api: &str, redis: &str, mode: &str) -> std::path::PathBuf {
     let p = dir.join("m.yaml");
@@ -60,7 +60,7 @@ async fn a_manifest_runs_config_and_redis_and_reports_json() {
     assert_eq!(phases[1]["verified"]["target"], loaded.tenant_keys);
     assert_eq!(phases[2]["state"], "Skipped");
     assert_migrated(&before, &snapshot(&redis), false);
-    assert_eq!(api.get(TARGET), Some(sample_config(SOURCE)));
+    assert_eq!(api.get(TARGET), Some(renamed_config(SOURCE, TARGET)));
 }
 
 #[tokio::test]

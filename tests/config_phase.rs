@@ -7,7 +7,7 @@ mod common;
 use common::{bin, text};
 use serde_json::json;
 use tenant_migrator_testkit::ConfigApi;
-use tenant_migrator_testkit::config_api::sample_config;
+use tenant_migrator_testkit::config_api::{renamed_config, sample_config};
 
 const TOKEN: &str = "api-t0ken";
 
@@ -51,7 +51,7 @@ async fn move_creates_the_target_config_and_removes_the_source() {
     let api = api().await;
     let out = migrate(&api.url(), Some(TOKEN), &[]).await;
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(api.get("tenant_b"), Some(sample_config("siraya")));
+    assert_eq!(api.get("tenant_b"), Some(renamed_config("siraya", "tenant_b")));
     assert_eq!(api.get("siraya"), None);
     assert_eq!(
         api.get("siraya2"),
@@ -71,14 +71,14 @@ async fn copy_keeps_the_source_config() {
     let api = api().await;
     let out = migrate(&api.url(), Some(TOKEN), &["--mode", "copy"]).await;
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(api.get("tenant_b"), Some(sample_config("siraya")));
+    assert_eq!(api.get("tenant_b"), Some(renamed_config("siraya", "tenant_b")));
     assert_eq!(api.get("siraya"), Some(sample_config("siraya")));
 }
 
 #[tokio::test]
 async fn an_identical_target_counts_as_done_without_a_write() {
     let api = api().await;
-    api.insert("tenant_b", sample_config("siraya"));
+    api.insert("tenant_b", renamed_config("siraya", "tenant_b"));
     let out = migrate(&api.url(), Some(TOKEN), &["--mode", "copy"]).await;
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(api.writes(), 0, "an identical target must not be written again");
@@ -109,7 +109,7 @@ async fn a_different_target_follows_on_conflict() {
     api.insert("tenant_b", other);
     let out = migrate(&api.url(), Some(TOKEN), &["--on-conflict", "overwrite"]).await;
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(api.get("tenant_b"), Some(sample_config("siraya")));
+    assert_eq!(api.get("tenant_b"), Some(renamed_config("siraya", "tenant_b")));
     assert_eq!(api.get("siraya"), None);
 }
 
@@ -169,7 +169,7 @@ async fn a_server_error_during_the_run_is_retried() {
         "{}",
         text(&out)
     );
-    assert_eq!(api.get("tenant_b"), Some(sample_config("siraya")));
+    assert_eq!(api.get("tenant_b"), Some(renamed_config("siraya", "tenant_b")));
     assert_eq!(api.get("siraya"), None);
 }
 
@@ -215,11 +215,54 @@ async fn no_source_is_removed_until_every_store_is_verified() {
         Some(sample_config("siraya")),
         "the source config went first"
     );
-    assert_eq!(api.get("tenant_b"), Some(sample_config("siraya")));
+    assert_eq!(api.get("tenant_b"), Some(renamed_config("siraya", "tenant_b")));
 
     let out = run().output().await.expect("run");
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(api.get("siraya"), None);
-    assert_eq!(api.get("tenant_b"), Some(sample_config("siraya")));
+    assert_eq!(api.get("tenant_b"), Some(renamed_config("siraya", "tenant_b")));
     common::assert_migrated(&before, &common::snapshot(&redis), true);
+}
+
+/// The target's config names the target, not the workspace a Move just emptied; the
+/// plan says which fields change, a JSON pointer list replaces the default keys, and a
+/// listed field that does not hold the source id is refused before any write.
+#[tokio::test]
+async fn the_target_config_names_the_target_tenant() {
+    let api = api().await;
+    let plan = migrate(&api.url(), Some(TOKEN), &["--dry-run"]).await;
+    assert!(plan.status.success(), "{}", text(&plan));
+    assert!(
+        text(&plan).contains("fields set to the target tenant id: /workspace"),
+        "{}",
+        text(&plan)
+    );
+    let refused = migrate(
+        &api.url(),
+        Some(TOKEN),
+        &["--config-tenant-fields", "/workspace,/display_name"],
+    )
+    .await;
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("config field /display_name holds \"Tenant siraya\", not the source tenant id"),
+        "{}",
+        text(&refused)
+    );
+    assert_eq!(api.writes(), 0);
+
+    // A layout of its own: the id sits in a nested field the default keys do not name.
+    let mut body = sample_config("siraya");
+    body["storage"] = json!({"namespace": "siraya"});
+    api.insert("siraya", body.clone());
+    let out = migrate(
+        &api.url(),
+        Some(TOKEN),
+        &["--config-tenant-fields", "/storage/namespace"],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    body["storage"]["namespace"] = json!("tenant_b");
+    assert_eq!(api.get("tenant_b"), Some(body), "only the listed field changes");
+    assert_eq!(api.get("siraya"), None);
 }

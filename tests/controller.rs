@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tenant_migrator_testkit::config_api::sample_config;
+use tenant_migrator_testkit::config_api::{renamed_config, sample_config};
 use tenant_migrator_testkit::{ConfigApi, KubeApiServer};
 
 const NS: &str = "rag";
@@ -159,7 +159,7 @@ async fn an_applied_migration_is_run_by_the_controller_and_reported_in_status() 
     );
 
     assert_migrated(&before, &snapshot(&redis), true);
-    assert_eq!(api.get(TARGET), Some(sample_config(SOURCE)));
+    assert_eq!(api.get(TARGET), Some(renamed_config(SOURCE, TARGET)));
     assert_eq!(api.get(SOURCE), None);
 
     // What a user scripts against: Ready.

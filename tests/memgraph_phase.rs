@@ -303,23 +303,235 @@ async fn bad_input_is_refused_without_a_write() {
     assert_same(&snapshot(src, tgt).await, &before);
 }
 
+/// LightRAG <= 1.4.13 also labelled every node with its entity type: another
+/// tenant's node of type `person` carries the label `person`, so `MATCH (n:person)`
+/// finds it. It is counted and refused before any write, with an example; the
+/// tenant's own nodes of that type (labelled only `person`) are not in question.
 #[tokio::test]
-async fn an_entity_type_equal_to_the_tenant_id_is_warned_about() {
-    let (src, tgt) = ("person", "person_new");
+async fn a_node_of_another_tenant_labelled_by_its_type_is_refused_without_a_write() {
+    let (src, tgt, other) = ("person", "person_new", "acme");
     let g = server().graph().await.expect("connect");
     load_tenant(&g, src, 0.0).await.expect("load");
+    load_tenant(&g, other, 0.0).await.expect("load");
     g.run(neo4rs::query(
-        "MATCH (n:person) WITH n LIMIT 3 SET n.entity_type = 'person'",
+        "MATCH (n:person) WITH n ORDER BY n.entity_id LIMIT 3 SET n.entity_type = 'person'",
     ))
     .await
-    .expect("set");
-    let out = migrate(src, tgt, server().port(), &state_dir("mg-warn"), &["--dry-run"])
+    .expect("own nodes of type person");
+    g.run(neo4rs::query(
+        "MATCH (n:acme) WITH n ORDER BY n.entity_id LIMIT 2 SET n.entity_type = 'person', n:person",
+    ))
+    .await
+    .expect("foreign nodes typed person");
+    let snap = || async {
+        let g = server().graph().await.expect("connect");
+        graph_fixture::snapshot(&g, &[src, tgt, other]).await.expect("snapshot")
+    };
+    let before = snap().await;
+    for extra in [&["--dry-run"][..], &[]] {
+        let out = migrate(src, tgt, server().port(), &state_dir("mg-typed"), extra)
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert!(
+            text(&out).contains(
+                "2 nodes under the source label `person` also carry a label that is neither the tenant's nor their \
+                 entity_type (e.g. entity_id \"acme entity 0\" with labels [\""
+            ),
+            "{}",
+            text(&out)
+        );
+        assert!(
+            text(&out).contains("preflight failed, nothing was written"),
+            "{}",
+            text(&out)
+        );
+    }
+    assert_same(&snap().await, &before);
+    // Said explicitly, they count as the tenant's.
+    let dir = state_dir("mg-typed-include");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let manifest = dir.join("m.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: t}}\nspec:\n  source: {src}\n  \
+             target: {tgt}\n  dryRun: true\n  config: {{enabled: false}}\n  redis: {{enabled: false}}\n  \
+             qdrant: {{enabled: false}}\n  memgraph: {{uri: 'bolt://{}:{}', foreignLabelledNodes: Include}}\n",
+            server().host(),
+            server().port()
+        ),
+    )
+    .expect("manifest");
+    let out = Command::new(bin())
+        .args(["migrate", "-f"])
+        .arg(&manifest)
+        .arg("--state-dir")
+        .arg(&dir)
+        .env("MEMGRAPH_USER", &server().user)
+        .env("MEMGRAPH_PASSWORD", &server().password)
         .output()
         .expect("run");
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains("have entity_type \"person\", equal to the tenant id"),
+        text(&out).contains("2 source nodes carry another label too"),
         "{}",
         text(&out)
     );
+}
+
+fn upstream() -> std::net::SocketAddr {
+    std::net::ToSocketAddrs::to_socket_addrs(&(server().host(), server().port()))
+        .ok()
+        .and_then(|mut a| a.next())
+        .expect("resolve the graph server")
+}
+
+/// Memgraph refuses index changes inside an explicit transaction, and a database name
+/// it does not know; Neo4j accepts the first. A recording proxy shows what a Move and a
+/// Copy send: no schema statement between BEGIN and COMMIT, every request naming the
+/// `memgraph` database, and only constructs on the documented Memgraph list.
+#[tokio::test]
+async fn every_statement_follows_memgraphs_rules() {
+    use tenant_migrator_testkit::memgraph_rules;
+    let recorder = tenant_migrator_testkit::BoltRecorder::start(upstream()).expect("recorder");
+    for (src, tgt, mode) in [("rec_siraya", "rec_target", "move"), ("rec_siraya", "rec_copy", "copy")] {
+        if mode == "move" {
+            loaded(src).await;
+        }
+        let before = snapshot(src, tgt).await;
+        let out = migrate(
+            src,
+            tgt,
+            recorder.port(),
+            &state_dir(&format!("mg-rec-{mode}")),
+            &["--mode", mode],
+        )
+        .output()
+        .expect("run");
+        assert!(out.status.success(), "{}", text(&out));
+        assert_same(&snapshot(src, tgt).await, &expected(&before, src, tgt, mode == "move"));
+    }
+    let connections = recorder.connections();
+    let runs: Vec<&String> = connections
+        .iter()
+        .flatten()
+        .filter_map(|r| match r {
+            tenant_migrator_testkit::BoltRequest::Run { query, .. } => Some(query),
+            _ => None,
+        })
+        .collect();
+    // The check saw the statements that matter: both index changes and the batches.
+    assert!(
+        runs.iter()
+            .any(|q| memgraph_rules::is_schema_statement(q) && q.starts_with("CREATE INDEX"))
+    );
+    assert!(
+        runs.iter()
+            .any(|q| memgraph_rules::is_schema_statement(q) && q.starts_with("DROP INDEX"))
+    );
+    assert!(runs.iter().any(|q| q.contains("SET n:")), "{runs:?}");
+    let violations = memgraph_rules::violations(&connections, "memgraph");
+    assert!(violations.is_empty(), "{violations:#?}");
+    // The README lists every documented construct with its page.
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).expect("README");
+    for (construct, _) in memgraph_rules::DOCUMENTED {
+        let page = memgraph_rules::doc_of(construct).unwrap_or_default();
+        assert!(
+            readme.contains(&format!("`{construct}`")) && readme.contains(&page),
+            "README lacks {construct} ({page})"
+        );
+    }
+}
+
+/// A connection that stops answering in the middle of a relabelling batch does not
+/// hold the run: the query's deadline passes, the batch is retried on a new
+/// connection, and the Move ends exact.
+#[tokio::test]
+async fn a_hung_connection_cannot_hold_a_batch() {
+    let (src, tgt) = ("hang_siraya", "hang_target");
+    loaded(src).await;
+    let before = snapshot(src, tgt).await;
+    let recorder = tenant_migrator_testkit::BoltRecorder::start(upstream()).expect("recorder");
+    recorder.freeze_after(Some(("SET n:", 2)));
+    let dir = state_dir("mg-hang");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let manifest = dir.join("m.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: h}}\nspec:\n  source: {src}\n  \
+             target: {tgt}\n  config: {{enabled: false}}\n  redis: {{enabled: false}}\n  qdrant: {{enabled: false}}\n  \
+             memgraph: {{uri: 'bolt://127.0.0.1:{}', batchSize: 50, queryTimeoutSeconds: 2}}\n",
+            recorder.port()
+        ),
+    )
+    .expect("manifest");
+    let out = Command::new(bin())
+        .args(["migrate", "-f"])
+        .arg(&manifest)
+        .arg("--state-dir")
+        .arg(&dir)
+        .env("MEMGRAPH_USER", &server().user)
+        .env("MEMGRAPH_PASSWORD", &server().password)
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("relabel batch did not answer within 2 s"),
+        "the hang was never hit: {}",
+        text(&out)
+    );
+    assert_same(&snapshot(src, tgt).await, &expected(&before, src, tgt, true));
+}
+
+/// A `bolt+s://` URI connects over TLS and verifies the server: against an unknown CA
+/// it is refused before any write; trusting the CA through `SSL_CERT_FILE`, the Move
+/// runs as over plain Bolt.
+#[tokio::test]
+async fn a_bolt_s_uri_verifies_the_server_and_migrates_over_tls() {
+    let tls = BoltServer::start_tls(PASSWORD).expect("Bolt test server with TLS");
+    let ca = tls.ca().expect("a CA");
+    let g = tls.graph().await.expect("connect over TLS");
+    let (src, tgt) = ("tls_siraya", "tls_target");
+    let (nodes, _) = load_standard(&g, src, SCALE).await.expect("load");
+    let snap = || async {
+        let g = tls.graph().await.expect("connect");
+        let l = labels(src, tgt);
+        let refs: Vec<&str> = l.iter().map(String::as_str).collect();
+        graph_fixture::snapshot(&g, &refs).await.expect("snapshot")
+    };
+    let before = snap().await;
+    let state = state_dir("mg-tls");
+    let run = |trusted: bool| {
+        let mut c = Command::new(bin());
+        c.args(["migrate", src, tgt, "--skip-config", "--skip-redis", "--skip-qdrant"])
+            .args(["--memgraph-uri", &format!("bolt+s://127.0.0.1:{}", tls.port())])
+            .arg("--state-dir")
+            .arg(&state)
+            .env("MEMGRAPH_USER", tenant_migrator_testkit::bolt_server::USER)
+            .env("MEMGRAPH_PASSWORD", PASSWORD);
+        if trusted {
+            c.env("SSL_CERT_FILE", &ca);
+        } else {
+            c.env_remove("SSL_CERT_FILE");
+        }
+        c.output().expect("run")
+    };
+    let out = run(false);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("preflight failed, nothing was written"),
+        "{}",
+        text(&out)
+    );
+    assert_same(&snap().await, &before);
+    let out = run(true);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("{nodes} of {nodes} nodes moved and verified")),
+        "{}",
+        text(&out)
+    );
+    assert_same(&snap().await, &expected(&before, src, tgt, true));
 }

@@ -1,6 +1,8 @@
 //! The Qdrant phase through the real binary against the Qdrant test server
 //! (Qdrant's storage engine behind Qdrant's gRPC definitions): LightRAG re-keying
-//! for Move and Copy, Keep, resume after SIGKILL, and bad input.
+//! for Move and Copy, Keep, resume after SIGKILL, and bad input. Re-keying reads
+//! every vector, so those tests run against both wire encodings of vectors: Qdrant
+//! 1.17's `vector` oneof and the deprecated fields Qdrant up to 1.16 fills.
 
 mod common;
 
@@ -11,13 +13,15 @@ use std::time::Duration;
 
 use common::{bin, state_dir, text};
 use tenant_migrator_testkit::qdrant_fixture::{self, StoredPoint, lightrag_id};
-use tenant_migrator_testkit::{DelayProxy, QdrantServer, fixture};
+use tenant_migrator_testkit::{DelayProxy, QdrantServer, Wire, fixture};
 
 const SOURCE: &str = "siraya";
 const TARGET: &str = "tenant_b";
 const KEY: &str = "qdrant-k3y";
 const SCALE: f64 = 0.01;
 const DIM: u64 = 8;
+/// Points of the source in the named-, sparse- and multi-vector collection.
+const HYBRID_POINTS: u64 = 24;
 
 type Collections = BTreeMap<String, BTreeMap<String, StoredPoint>>;
 
@@ -31,7 +35,8 @@ struct Endpoint {
 }
 
 impl Endpoint {
-    fn start() -> Self {
+    /// With `QDRANT_URL` the wire is the real server's, whatever `wire` says.
+    fn start_wire(wire: Wire) -> Self {
         match std::env::var("QDRANT_URL") {
             Ok(url) => Endpoint {
                 url: url.trim_end_matches('/').to_owned(),
@@ -39,7 +44,7 @@ impl Endpoint {
                 server: None,
             },
             Err(_) => {
-                let s = QdrantServer::start(Some(KEY)).expect("Qdrant test server (run tools/setup.sh)");
+                let s = QdrantServer::start_wire(Some(KEY), wire).expect("Qdrant test server (run tools/setup.sh)");
                 Endpoint {
                     url: s.url(),
                     key: KEY.into(),
@@ -67,7 +72,12 @@ impl Endpoint {
 }
 
 async fn loaded() -> (Endpoint, u64) {
-    let server = Endpoint::start();
+    loaded_wire(Wire::Current).await
+}
+
+/// The standard fixture plus the named-, sparse- and multi-vector collection.
+async fn loaded_wire(wire: Wire) -> (Endpoint, u64) {
+    let server = Endpoint::start_wire(wire);
     let client = server.client();
     if server.server.is_none() {
         for c in client.list_collections().await.expect("list").collections {
@@ -79,7 +89,18 @@ async fn loaded() -> (Endpoint, u64) {
     let n = qdrant_fixture::load_standard(&client, SOURCE, SCALE, DIM, true)
         .await
         .expect("load");
-    (server, n)
+    qdrant_fixture::create_hybrid(&client, DIM)
+        .await
+        .expect("hybrid collection");
+    let hybrid = qdrant_fixture::load_hybrid(&client, SOURCE, HYBRID_POINTS, DIM)
+        .await
+        .expect("hybrid points");
+    for l in fixture::lookalikes(SOURCE) {
+        qdrant_fixture::load_hybrid(&client, &l, 4, DIM)
+            .await
+            .expect("hybrid look-alikes");
+    }
+    (server, n + hybrid)
 }
 
 async fn snapshot(server: &Endpoint) -> Collections {
@@ -175,18 +196,48 @@ fn assert_same(got: &Collections, want: &Collections) {
         for (id, w) in want {
             let g = &got[id];
             assert_eq!(g.payload, w.payload, "{name}/{id}: payload");
-            assert_eq!(g.vector.len(), w.vector.len(), "{name}/{id}: vector size");
-            let close = g.vector.iter().zip(&w.vector).all(|(a, b)| (a - b).abs() < 1e-5);
-            assert!(close, "{name}/{id}: vector differs");
+            assert_eq!(
+                g.vectors.keys().collect::<Vec<_>>(),
+                w.vectors.keys().collect::<Vec<_>>(),
+                "{name}/{id}: vector names"
+            );
+            assert!(!w.vectors.is_empty(), "{name}/{id}: a fixture point without vectors");
+            for (v, want) in &w.vectors {
+                assert!(
+                    g.vectors[v].close_to(want),
+                    "{name}/{id}: vector {v:?} differs: {:?} instead of {want:?}",
+                    g.vectors[v]
+                );
+            }
         }
     }
 }
 
+/// Runs a test body once against each wire encoding of vectors.
+macro_rules! on_both_wires {
+    ($(#[$attr:meta])* async fn $name:ident($wire:ident) $body:block) => {
+        mod $name {
+            use super::*;
+            async fn run($wire: Wire) $body
+            $(#[$attr])*
+            async fn current() {
+                run(Wire::Current).await
+            }
+            /// Qdrant up to 1.16: vectors only in `VectorOutput`'s deprecated fields.
+            $(#[$attr])*
+            async fn legacy_up_to_1_16() {
+                run(Wire::Legacy).await
+            }
+        }
+    };
+}
+
+on_both_wires! {
 #[tokio::test]
-async fn move_rekeys_every_point_the_lightrag_way_and_leaves_lookalikes() {
-    let (server, n) = loaded().await;
+async fn move_rekeys_every_point_the_lightrag_way_and_leaves_lookalikes(wire) {
+    let (server, n) = loaded_wire(wire).await;
     let before = snapshot(&server).await;
-    let out = migrate(&server.url, &state_dir("q-move"), &[]).output().expect("run");
+    let out = migrate(&server.url, &state_dir(&format!("q-move-{wire:?}")), &[]).output().expect("run");
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains(&format!("{n} of {n} points moved and verified")),
@@ -196,14 +247,16 @@ async fn move_rekeys_every_point_the_lightrag_way_and_leaves_lookalikes() {
     assert_same(&snapshot(&server).await, &expected(&before, true, true));
     assert!(!text(&out).contains(KEY), "the API key leaked");
 }
+}
 
+on_both_wires! {
 #[tokio::test]
-async fn copy_rekeys_into_the_target_and_leaves_the_source() {
-    let (server, n) = loaded().await;
+async fn copy_rekeys_into_the_target_and_leaves_the_source(wire) {
+    let (server, n) = loaded_wire(wire).await;
     let before = snapshot(&server).await;
     let out = migrate(
         &server.url,
-        &state_dir("q-copy"),
+        &state_dir(&format!("q-copy-{wire:?}")),
         &["--mode", "copy", "--output", "json"],
     )
     .output()
@@ -218,10 +271,127 @@ async fn copy_rekeys_into_the_target_and_leaves_the_source() {
     );
     // Per-collection progress, as the resource's status shows it.
     let collections = status["collections"].as_array().expect("collections");
-    assert_eq!(collections.len(), 4, "{report}");
+    assert_eq!(collections.len(), 5, "{report}");
     assert!(collections.iter().all(|c| c["done"] == c["total"]), "{report}");
     assert_eq!(collections.iter().filter_map(|c| c["total"].as_u64()).sum::<u64>(), n);
     assert_same(&snapshot(&server).await, &expected(&before, false, true));
+}
+}
+
+/// Another application's collection that happens to tag points with the same field
+/// and value is not LightRAG's: discovery looks only at `lightrag_vdb_*` unless told
+/// otherwise, and a prefix or a list brings it in.
+#[tokio::test]
+async fn only_collections_named_like_lightrags_are_discovered() {
+    let (server, _) = loaded().await;
+    let client = server.client();
+    let other = "support_tickets";
+    qdrant_fixture::create_collections(&client, DIM, false)
+        .await
+        .expect("collections");
+    client
+        .create_collection(
+            qdrant_client::qdrant::CreateCollectionBuilder::new(other).vectors_config(
+                qdrant_client::qdrant::VectorParamsBuilder::new(DIM, qdrant_client::qdrant::Distance::Cosine),
+            ),
+        )
+        .await
+        .expect("create");
+    let points: Vec<qdrant_client::qdrant::PointStruct> = (0..5u64)
+        .map(|i| {
+            let payload: std::collections::HashMap<String, qdrant_client::qdrant::Value> = [
+                ("id".to_owned(), format!("ticket-{i}").into()),
+                ("workspace_id".to_owned(), SOURCE.to_owned().into()),
+            ]
+            .into();
+            qdrant_client::qdrant::PointStruct::new(i, vec![0.5_f32; DIM as usize], payload)
+        })
+        .collect();
+    client
+        .upsert_points(qdrant_client::qdrant::UpsertPointsBuilder::new(other, points).wait(true))
+        .await
+        .expect("upsert");
+    let before = snapshot(&server).await;
+    let planned = |extra: &[&str]| {
+        let mut args = vec!["--dry-run", "--output", "json"];
+        args.extend_from_slice(extra);
+        let out = migrate(&server.url, &state_dir("q-discover-plan"), &args)
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{}", text(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+        report["phases"][2]["plan"]["groups"]
+            .as_array()
+            .expect("groups")
+            .iter()
+            .filter_map(|g| g["name"].as_str().map(str::to_owned))
+            .collect::<Vec<_>>()
+    };
+    let found = planned(&[]);
+    assert!(!found.contains(&other.to_owned()), "{found:?}");
+    assert_eq!(found.len(), 5, "{found:?}");
+    // Named by prefix, it is the tenant's too.
+    assert_eq!(planned(&["--qdrant-collection-prefix", "support_"]), [other]);
+    let out = migrate(&server.url, &state_dir("q-discover"), &[])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", text(&out));
+    let mut want = expected(&before, true, true);
+    want.insert(other.to_owned(), before[other].clone());
+    assert_same(&snapshot(&server).await, &want);
+}
+
+/// LightRAG 1.5 creates model-suffixed collections at start-up: one that appears
+/// between a killed run and its resume must neither shift the checkpoint onto
+/// another collection nor be left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_created_between_two_runs_is_migrated_and_the_checkpoint_stays_put() {
+    let (server, n) = loaded().await;
+    let state = state_dir("q-added");
+    let cmd = migrate(&server.url, &state, &["--batch-size", "10"]);
+    let killed = tokio::task::block_in_place(|| {
+        common::kill_when(cmd, &state, (SOURCE, TARGET), "qdrant", "copying relationships", |cp| {
+            Some(cp["stage"].as_str()? == "Copy" && cp["cursor"].as_str()?.starts_with(qdrant_fixture::RELATIONSHIPS))
+        })
+    });
+    assert!(killed, "finished before copying relationships");
+    // Sorts between collections already copied and the one being copied.
+    let added = "lightrag_vdb_entities_bge_m3_8d";
+    let client = server.client();
+    client
+        .create_collection(
+            qdrant_client::qdrant::CreateCollectionBuilder::new(added).vectors_config(
+                qdrant_client::qdrant::VectorParamsBuilder::new(DIM, qdrant_client::qdrant::Distance::Cosine),
+            ),
+        )
+        .await
+        .expect("create");
+    let points: Vec<qdrant_client::qdrant::PointStruct> = (0..7u64)
+        .map(|i| {
+            let id = format!("ent-new-{i}");
+            let payload: std::collections::HashMap<String, qdrant_client::qdrant::Value> = [
+                ("id".to_owned(), id.clone().into()),
+                ("workspace_id".to_owned(), SOURCE.to_owned().into()),
+            ]
+            .into();
+            qdrant_client::qdrant::PointStruct::new(lightrag_id(SOURCE, &id), vec![0.5_f32; DIM as usize], payload)
+        })
+        .collect();
+    client
+        .upsert_points(qdrant_client::qdrant::UpsertPointsBuilder::new(added, points).wait(true))
+        .await
+        .expect("upsert");
+    let before = snapshot(&server).await;
+    let out = migrate(&server.url, &state, &[]).output().expect("run");
+    assert!(out.status.success(), "{}", text(&out));
+    let total = n + 7;
+    assert!(
+        text(&out).contains(&format!("{total} of {total} points moved and verified")),
+        "{}",
+        text(&out)
+    );
+    // `before` holds the interrupted run's copies too: they equal their sources' re-keyed points.
+    assert_same(&snapshot(&server).await, &expected(&before, true, true));
 }
 
 #[tokio::test]
@@ -253,11 +423,12 @@ async fn keep_rewrites_the_tenant_field_in_place() {
     assert_same(&snapshot(&server).await, &expected(&before, true, false));
 }
 
+on_both_wires! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn move_killed_at_several_points_resumes_and_ends_exact() {
-    let (server, n) = loaded().await;
+async fn move_killed_at_several_points_resumes_and_ends_exact(wire) {
+    let (server, n) = loaded_wire(wire).await;
     let before = snapshot(&server).await;
-    let state = state_dir("q-kill");
+    let state = state_dir(&format!("q-kill-{wire:?}"));
     let proxy = DelayProxy::start(server.address(), Duration::from_millis(2)).expect("proxy");
     for (stage, batch) in [("Copy", 2), ("Copy", 9), ("Verify", 0), ("RemoveSource", 3)] {
         let cmd = migrate(&proxied(&proxy), &state, &["--batch-size", "10"]);
@@ -276,6 +447,7 @@ async fn move_killed_at_several_points_resumes_and_ends_exact() {
     let again = migrate(&proxied(&proxy), &state, &[]).output().expect("run");
     assert!(again.status.success(), "{}", text(&again));
     assert_same(&snapshot(&server).await, &expected(&before, true, true));
+}
 }
 
 #[tokio::test]

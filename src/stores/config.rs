@@ -1,8 +1,9 @@
 //! The tenant-config API phase (HTTP, JSON).
 //!
 //! GET `{url}/tenants/{source}/config`, then create `{url}/tenants/{target}/config`
-//! with the same body (POST by default, or PUT). A target whose body equals the
-//! source's counts as already migrated; a different one follows `onConflict`
+//! with the same body except the fields that hold the tenant's own id, which name the
+//! target instead (POST by default, or PUT). A target whose body equals that
+//! rewritten body counts as already migrated; a different one follows `onConflict`
 //! (Overwrite replaces it with PUT). Move deletes the source config once the
 //! target is verified. The bearer token is sent, never logged.
 
@@ -24,6 +25,63 @@ pub struct ConfigSettings {
     pub target: TenantId,
     pub method: CreateMethod,
     pub on_conflict: OnConflict,
+    /// JSON pointers of the fields holding the tenant id; empty: [`DEFAULT_TENANT_KEYS`].
+    pub tenant_fields: Vec<String>,
+}
+
+/// Keys whose string value, when it equals the source id, names the tenant itself.
+pub const DEFAULT_TENANT_KEYS: [&str; 5] = ["workspace", "workspace_id", "tenant", "tenant_id", "tenantId"];
+
+/// The target's config: `body` with the fields that hold `source` set to `target`.
+/// Returns it and the JSON pointers of the fields it changed. With `pointers`, each
+/// must exist and hold `source`; without, every [`DEFAULT_TENANT_KEYS`] field that
+/// holds `source` changes.
+pub fn rewrite_tenant_fields(
+    body: &Value,
+    source: &str,
+    target: &str,
+    pointers: &[String],
+) -> Result<(Value, Vec<String>), String> {
+    let mut out = body.clone();
+    if !pointers.is_empty() {
+        for p in pointers {
+            match out.pointer_mut(p) {
+                Some(v) if v.as_str() == Some(source) => *v = Value::from(target),
+                Some(v) => {
+                    return Err(format!(
+                        "config field {p} holds {v}, not the source tenant id {source:?}"
+                    ));
+                }
+                None => return Err(format!("config field {p} does not exist in the source config")),
+            }
+        }
+        return Ok((out, pointers.to_vec()));
+    }
+    fn walk(v: &mut Value, at: &str, source: &str, target: &str, changed: &mut Vec<String>) {
+        let escape = |k: &str| k.replace('~', "~0").replace('/', "~1");
+        match v {
+            Value::Object(map) => {
+                for (k, child) in map.iter_mut() {
+                    let here = format!("{at}/{}", escape(k));
+                    if DEFAULT_TENANT_KEYS.contains(&k.as_str()) && child.as_str() == Some(source) {
+                        *child = Value::from(target);
+                        changed.push(here);
+                    } else {
+                        walk(child, &here, source, target, changed);
+                    }
+                }
+            }
+            Value::Array(items) => {
+                for (i, child) in items.iter_mut().enumerate() {
+                    walk(child, &format!("{at}/{i}"), source, target, changed);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut changed = Vec::new();
+    walk(&mut out, "", source, target, &mut changed);
+    Ok((out, changed))
 }
 
 /// Errors of the config phase, each naming the request that failed.
@@ -57,6 +115,8 @@ pub enum ConfigStoreError {
     SourceMissing { url: String },
     #[error("target tenant already has a different config at {url} (onConflict: Fail)")]
     Conflict { url: String },
+    #[error("cannot name the target in its config: {0}")]
+    TenantField(String),
     #[error("verification failed: {0}")]
     Mismatch(String),
 }
@@ -86,6 +146,11 @@ impl ConfigPhase {
         if !parsed.username().is_empty() || parsed.password().is_some() {
             return Err(ConfigStoreError::Settings(format!(
                 "URL {base:?} carries credentials; pass the token through a Secret or TENANT_API_TOKEN"
+            )));
+        }
+        if let Some(p) = settings.tenant_fields.iter().find(|p| !p.starts_with('/')) {
+            return Err(ConfigStoreError::Settings(format!(
+                "tenant field {p:?} is not a JSON pointer (e.g. /workspace)"
             )));
         }
         let http = reqwest::Client::builder()
@@ -159,7 +224,19 @@ impl ConfigPhase {
 }
 
 impl ConfigPhase {
+    /// What the target's config must be: the source's, naming the target.
+    fn expected(&self, source: &Value) -> Result<(Value, Vec<String>), ConfigStoreError> {
+        rewrite_tenant_fields(
+            source,
+            self.settings.source.as_str(),
+            self.settings.target.as_str(),
+            &self.settings.tenant_fields,
+        )
+        .map_err(ConfigStoreError::TenantField)
+    }
+
     /// The target exists (or `None`: vanished): count it as done, skip it, overwrite it or fail.
+    /// `source` is the body the target must have.
     async fn resolve(&self, source: &Value, target: Option<&Value>) -> Result<(u64, u64), ConfigStoreError> {
         match target {
             Some(t) if t == source => Ok((1, 0)),
@@ -213,7 +290,7 @@ impl Phase for ConfigPhase {
             (Some(_), None) => plan.total = 1,
             (Some(s), Some(t)) => {
                 plan.total = 1;
-                if s == t {
+                if &self.expected(s)?.0 == t {
                     plan.identical = 1;
                 } else {
                     plan.conflicts = 1;
@@ -226,6 +303,14 @@ impl Phase for ConfigPhase {
                 }
             }
         }
+        if let Some(s) = &source {
+            let (_, changed) = self.expected(s)?;
+            plan.notes.push(if changed.is_empty() {
+                "no config field holds the source tenant id; the body is copied as it is".into()
+            } else {
+                format!("fields set to the target tenant id: {}", changed.join(", "))
+            });
+        }
         plan.groups.push(GroupCount {
             name: "config".into(),
             source: plan.total,
@@ -237,8 +322,12 @@ impl Phase for ConfigPhase {
     }
 
     async fn step(&mut self, stage: Stage, _cursor: &str, _plan: &PhasePlan) -> Result<StepOutcome, ConfigStoreError> {
-        let source = self.get(&self.source_url).await?;
+        let source = match self.get(&self.source_url).await? {
+            Some(s) => Some(self.expected(&s)?.0),
+            None => None,
+        };
         let target = self.get(&self.target_url).await?;
+        // `source` is from here on the body the target must have.
         let (done, skipped) = match (stage, source, target) {
             // Resumed after the source was removed: nothing left to do.
             (_, None, Some(_)) => (1, 0),
@@ -289,7 +378,11 @@ impl Phase for ConfigPhase {
     }
 
     async fn verify(&mut self, plan: &PhasePlan, removed: bool) -> Result<Verified, ConfigStoreError> {
-        let source = self.get(&self.source_url).await?;
+        // Compared with the body the target must have.
+        let source = match self.get(&self.source_url).await? {
+            Some(s) => Some(self.expected(&s)?.0),
+            None => None,
+        };
         let target = self.get(&self.target_url).await?;
         let kept_by_skip = plan.conflicts > 0 && self.settings.on_conflict == OnConflict::Skip;
         let ok = match (&source, &target) {
@@ -305,7 +398,7 @@ impl Phase for ConfigPhase {
                 if source.is_some() { "present" } else { "absent" },
                 match (&source, &target) {
                     (_, None) => "absent",
-                    (Some(s), Some(t)) if s != t => "differs from the source",
+                    (Some(s), Some(t)) if s != t => "differs from the source's (with the target's id)",
                     _ => "present",
                 }
             )));
@@ -314,5 +407,56 @@ impl Phase for ConfigPhase {
             source_left: u64::from(source.is_some()),
             target: 1,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_tenants_own_id_is_rewritten_and_nothing_else() {
+        let body = json!({
+            "workspace": "siraya",
+            "llm": {"model": "siraya", "tenant_id": "siraya"},
+            "aliases": [{"tenant": "siraya"}, {"tenant": "siraya_old"}],
+            "title": "siraya's workspace",
+            "a/b": {"workspace": "siraya"}
+        });
+        let (out, changed) = rewrite_tenant_fields(&body, "siraya", "t2", &[]).expect("rewrite");
+        assert_eq!(
+            out,
+            json!({
+                "workspace": "t2",
+                "llm": {"model": "siraya", "tenant_id": "t2"},
+                "aliases": [{"tenant": "t2"}, {"tenant": "siraya_old"}],
+                "title": "siraya's workspace",
+                "a/b": {"workspace": "t2"}
+            })
+        );
+        let mut changed = changed;
+        changed.sort();
+        assert_eq!(
+            changed,
+            ["/aliases/0/tenant", "/a~1b/workspace", "/llm/tenant_id", "/workspace"]
+        );
+    }
+
+    #[test]
+    fn listed_fields_must_hold_the_source_id() {
+        let body = json!({"storage": {"ns": "siraya"}, "workspace": "siraya"});
+        let pointers = ["/storage/ns".to_owned()];
+        let (out, changed) = rewrite_tenant_fields(&body, "siraya", "t2", &pointers).expect("rewrite");
+        // Only the listed field: the list replaces the default keys.
+        assert_eq!(out, json!({"storage": {"ns": "t2"}, "workspace": "siraya"}));
+        assert_eq!(changed, pointers);
+        let missing = rewrite_tenant_fields(&body, "siraya", "t2", &["/nope".to_owned()]).unwrap_err();
+        assert!(missing.contains("/nope does not exist"), "{missing}");
+        let other = rewrite_tenant_fields(&body, "other", "t2", &pointers).unwrap_err();
+        assert!(
+            other.contains("holds \"siraya\", not the source tenant id \"other\""),
+            "{other}"
+        );
     }
 }

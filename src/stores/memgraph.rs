@@ -7,18 +7,30 @@
 //! properties under the target label, matched by `entity_id` so a resumed batch
 //! never duplicates, then their relationships.
 //!
-//! The Cypher here is the subset Memgraph and Neo4j 4.4 both accept:
+//! The Cypher here is the subset Memgraph and Neo4j 4.4 both accept (the README
+//! lists each construct with the Memgraph documentation that allows it):
 //! `CREATE INDEX ON :L(p)`, `DROP INDEX ON :L(p)`, MATCH/WITH/ORDER BY/LIMIT,
-//! MERGE, `SET m = properties(n)`, label predicates in WHERE, count/max.
-//! Labels are always escaped (backticks doubled) and ids validated before any query.
+//! MERGE, `SET m = properties(n)`, label predicates in WHERE, count/min/max, `any()`
+//! over `labels(n)`. Labels are always escaped (backticks doubled) and ids validated
+//! before any query.
+//!
+//! Memgraph refuses index changes inside an explicit transaction ("Index manipulation
+//! not allowed in multicommand transactions"): schema statements run as auto-commit
+//! queries, everything else in explicit transactions. Every query has a deadline, and
+//! the connection pool is rebuilt after one passes, so a hung connection cannot hold
+//! a batch. Every request names the database (`memgraph` by default: Memgraph 2.11
+//! and later refuse a name they do not know, and neo4rs would send `neo4j`).
 //!
 //! This module must not order phases, retry or persist checkpoints (the engine does).
+
+use std::future::Future;
+use std::time::Duration;
 
 use neo4rs::{ConfigBuilder, Graph, Query, query};
 
 use super::{GroupCount, Phase, PhasePlan, StepOutcome, StoreFailure, Verified};
 use crate::Secret;
-use crate::api::{Mode, Stage, TenantId};
+use crate::api::{ForeignNodes, Mode, Stage, TenantId};
 
 /// Everything the Memgraph phase needs, resolved by the engine.
 #[derive(Clone, Debug)]
@@ -29,8 +41,13 @@ pub struct MemgraphSettings {
     pub source: TenantId,
     pub target: TenantId,
     pub mode: Mode,
+    /// Database named in every request.
+    pub database: String,
     /// Nodes per transaction.
     pub batch_size: usize,
+    /// Deadline of one query.
+    pub query_timeout: Duration,
+    pub foreign_nodes: ForeignNodes,
 }
 
 /// Errors of the Memgraph phase, each naming the query or check that failed.
@@ -56,8 +73,22 @@ pub enum MemgraphStoreError {
         "target label {label} already holds {count} nodes that are not this tenant's (e.g. entity_id {example:?}); refusing to mix tenants"
     )]
     ForeignTarget { label: String, count: u64, example: String },
+    #[error(
+        "{count} nodes under the source label {label} also carry a label that is neither the tenant's nor their \
+         entity_type (e.g. entity_id {example:?} with labels {labels:?}): they may be another tenant's (LightRAG \
+         <= 1.4.13 also labels nodes by entity type); refusing to touch them. Set memgraph.foreignLabelledNodes: \
+         Include if they are this tenant's"
+    )]
+    ForeignLabelled {
+        label: String,
+        count: u64,
+        example: String,
+        labels: Vec<String>,
+    },
     #[error("{count} source nodes have no entity_id; Copy matches nodes by entity_id and cannot clone them")]
     MissingEntityId { count: u64 },
+    #[error("{what} did not answer within {seconds} s")]
+    Timeout { what: &'static str, seconds: u64 },
     #[error("verification failed: {0}")]
     Mismatch(String),
 }
@@ -74,6 +105,7 @@ impl StoreFailure for MemgraphStoreError {
     fn is_transient(&self) -> bool {
         match self {
             Self::Connect { source, .. } | Self::Query { source, .. } => neo4j_transient(source),
+            Self::Timeout { .. } => true,
             _ => false,
         }
     }
@@ -107,10 +139,17 @@ impl MemgraphPhase {
             return Err(MemgraphStoreError::Settings("batch size must be at least 1".into()));
         }
         let uri = settings.uri.as_str();
-        if !(uri.starts_with("bolt://") || uri.starts_with("neo4j://") || uri.starts_with("memgraph://")) {
+        let scheme = uri.split_once("://").map(|(s, _)| s);
+        if !matches!(
+            scheme,
+            Some("bolt" | "bolt+s" | "bolt+ssc" | "neo4j" | "neo4j+s" | "neo4j+ssc" | "memgraph")
+        ) {
             return Err(MemgraphStoreError::Settings(format!(
-                "URI {uri:?} must start with bolt://"
+                "URI {uri:?} must start with bolt:// (or bolt+s:// for TLS)"
             )));
+        }
+        if settings.database.is_empty() {
+            return Err(MemgraphStoreError::Settings("database is empty".into()));
         }
         Ok(Self {
             src: label(&settings.source),
@@ -126,13 +165,15 @@ impl MemgraphPhase {
         }
         let s = &self.settings;
         let uri = s.uri.clone();
-        // neo4rs takes host:port; the scheme was checked in `new`.
-        let address = uri
-            .split_once("://")
-            .map_or(uri.as_str(), |(_, rest)| rest)
-            .trim_end_matches('/');
+        // neo4rs reads the scheme (bolt+s: TLS, verified against the system's roots or
+        // SSL_CERT_FILE); `memgraph://` is our alias of bolt://. Checked in `new`.
+        let address = match uri.strip_prefix("memgraph://") {
+            Some(rest) => format!("bolt://{rest}"),
+            None => uri.clone(),
+        };
         let config = ConfigBuilder::default()
-            .uri(address)
+            .uri(address.trim_end_matches('/'))
+            .db(s.database.as_str())
             .user(s.user.clone().unwrap_or_default())
             .password(s.password.as_ref().map(|p| p.expose().to_owned()).unwrap_or_default())
             .max_connections(4)
@@ -142,11 +183,12 @@ impl MemgraphPhase {
                 uri: uri.clone(),
                 source,
             })?;
-        let graph = Graph::connect(config)
-            .await
+        let graph = self
+            .deadline("connecting", Graph::connect(config))
+            .await?
             .map_err(|source| classify_connect(&uri, source))?;
         // The pool connects lazily: a first query proves the server and the credentials.
-        Self::one(&graph, "connection check", query("RETURN 1 AS c"))
+        self.one(&graph, "connection check", query("RETURN 1 AS c"))
             .await
             .map_err(|e| match e {
                 MemgraphStoreError::Query { source, .. } => classify_connect(&uri, source),
@@ -156,25 +198,44 @@ impl MemgraphPhase {
         Ok(graph)
     }
 
-    /// Runs `q` in a transaction of its own and reads integer column `c` (and
-    /// string column `last`) of its last row. Explicit transactions, because
-    /// neo4rs retries auto-commit queries by itself for up to a minute, while
-    /// retries with backoff are the engine's job.
-    async fn one(graph: &Graph, what: &'static str, q: Query) -> Result<(u64, Option<String>), MemgraphStoreError> {
-        let err = |source| MemgraphStoreError::Query { what, source };
-        let mut txn = graph.start_txn().await.map_err(err)?;
-        let mut rows = txn.execute(q).await.map_err(err)?;
-        let mut out = (0, None);
-        while let Some(row) = rows.next(txn.handle()).await.map_err(err)? {
-            let c: i64 = row.get("c").unwrap_or(0);
-            out = (c.max(0) as u64, row.get::<Option<String>>("last").ok().flatten());
-        }
-        txn.commit().await.map_err(err)?;
-        Ok(out)
+    /// Awaits `work` until the query deadline; past it the pool is dropped (its
+    /// connections may hang) and the error is transient: the engine retries on a new one.
+    async fn deadline<T>(&self, what: &'static str, work: impl Future<Output = T>) -> Result<T, MemgraphStoreError> {
+        tokio::time::timeout(self.settings.query_timeout, work)
+            .await
+            .map_err(|_| MemgraphStoreError::Timeout {
+                what,
+                seconds: self.settings.query_timeout.as_secs(),
+            })
     }
 
-    async fn count(graph: &Graph, what: &'static str, cypher: &str) -> Result<u64, MemgraphStoreError> {
-        Ok(Self::one(graph, what, query(cypher)).await?.0)
+    /// Runs `q` in a transaction of its own and reads integer column `c` (and
+    /// string column `last`) of its last row. Explicit transactions, because
+    /// neo4rs retries transient failures of auto-commit queries by itself for up to
+    /// a minute, while retries with backoff are the engine's job.
+    async fn one(
+        &self,
+        graph: &Graph,
+        what: &'static str,
+        q: Query,
+    ) -> Result<(u64, Option<String>), MemgraphStoreError> {
+        let err = |source| MemgraphStoreError::Query { what, source };
+        self.deadline(what, async {
+            let mut txn = graph.start_txn().await.map_err(err)?;
+            let mut rows = txn.execute(q).await.map_err(err)?;
+            let mut out = (0, None);
+            while let Some(row) = rows.next(txn.handle()).await.map_err(err)? {
+                let c: i64 = row.get("c").unwrap_or(0);
+                out = (c.max(0) as u64, row.get::<Option<String>>("last").ok().flatten());
+            }
+            txn.commit().await.map_err(err)?;
+            Ok(out)
+        })
+        .await?
+    }
+
+    async fn count(&self, graph: &Graph, what: &'static str, cypher: &str) -> Result<u64, MemgraphStoreError> {
+        Ok(self.one(graph, what, query(cypher)).await?.0)
     }
 
     /// Node and relationship counts of source and target, in one query (one round trip).
@@ -187,39 +248,60 @@ impl MemgraphPhase {
              OPTIONAL MATCH (:{t})-[q:DIRECTED]->(:{t}) \
              RETURN sn, tn, sr, count(q) AS tr"
         ));
-        let err = |source| MemgraphStoreError::Query {
-            what: "count of source and target",
-            source,
-        };
-        let mut txn = graph.start_txn().await.map_err(err)?;
-        let mut rows = txn.execute(q).await.map_err(err)?;
-        let mut c = Counts {
-            source_nodes: 0,
-            target_nodes: 0,
-            source_rels: 0,
-            target_rels: 0,
-        };
-        let n = |row: &neo4rs::Row, k: &str| row.get::<i64>(k).unwrap_or(0).max(0) as u64;
-        while let Some(row) = rows.next(txn.handle()).await.map_err(err)? {
-            c = Counts {
-                source_nodes: n(&row, "sn"),
-                target_nodes: n(&row, "tn"),
-                source_rels: n(&row, "sr"),
-                target_rels: n(&row, "tr"),
+        let what = "count of source and target";
+        let err = |source| MemgraphStoreError::Query { what, source };
+        self.deadline(what, async {
+            let mut txn = graph.start_txn().await.map_err(err)?;
+            let mut rows = txn.execute(q).await.map_err(err)?;
+            let mut c = Counts {
+                source_nodes: 0,
+                target_nodes: 0,
+                source_rels: 0,
+                target_rels: 0,
             };
-        }
-        txn.commit().await.map_err(err)?;
-        Ok(c)
+            let n = |row: &neo4rs::Row, k: &str| row.get::<i64>(k).unwrap_or(0).max(0) as u64;
+            while let Some(row) = rows.next(txn.handle()).await.map_err(err)? {
+                c = Counts {
+                    source_nodes: n(&row, "sn"),
+                    target_nodes: n(&row, "tn"),
+                    source_rels: n(&row, "sr"),
+                    target_rels: n(&row, "tr"),
+                };
+            }
+            txn.commit().await.map_err(err)?;
+            Ok(c)
+        })
+        .await?
     }
 
-    /// Schema changes are idempotent here: an index that exists (or is gone) is fine.
-    async fn schema(graph: &Graph, what: &'static str, cypher: String) -> Result<(), MemgraphStoreError> {
-        let result = async {
-            let mut txn = graph.start_txn().await?;
-            txn.run(query(&cypher)).await?;
-            txn.commit().await
-        }
-        .await;
+    /// The labels of the source node with `entity_id`, for an error message.
+    async fn labels_of(&self, graph: &Graph, entity_id: &str) -> Result<Vec<String>, MemgraphStoreError> {
+        let what = "labels of an example node";
+        let err = |source| MemgraphStoreError::Query { what, source };
+        let q = query(&format!(
+            "MATCH (n:{} {{entity_id: $id}}) RETURN labels(n) AS labels LIMIT 1",
+            self.src
+        ))
+        .param("id", entity_id);
+        self.deadline(what, async {
+            let mut txn = graph.start_txn().await.map_err(err)?;
+            let mut rows = txn.execute(q).await.map_err(err)?;
+            let mut labels = Vec::new();
+            while let Some(row) = rows.next(txn.handle()).await.map_err(err)? {
+                labels = row.get::<Vec<String>>("labels").unwrap_or_default();
+            }
+            txn.commit().await.map_err(err)?;
+            Ok(labels)
+        })
+        .await?
+    }
+
+    /// A schema statement, as an auto-commit query: Memgraph refuses index changes in
+    /// an explicit transaction. neo4rs retries its transient failures inside the query
+    /// deadline; past it the engine retries the batch. Idempotent here: an index that
+    /// exists (or is gone) is fine — a notice in Memgraph, an error in Neo4j.
+    async fn schema(&self, graph: &Graph, what: &'static str, cypher: String) -> Result<(), MemgraphStoreError> {
+        let result = self.deadline(what, graph.run(query(&cypher))).await?;
         match result {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -247,7 +329,7 @@ impl MemgraphPhase {
             "MATCH (n:{s}) WITH n LIMIT $batch SET n:{t} REMOVE n:{s} RETURN count(n) AS c"
         ))
         .param("batch", self.settings.batch_size as i64);
-        let (c, _) = Self::one(graph, "relabel batch", q).await?;
+        let (c, _) = self.one(graph, "relabel batch", q).await?;
         Ok(StepOutcome {
             next: (c as usize >= self.settings.batch_size).then(|| "relabel".to_owned()),
             done: c,
@@ -267,7 +349,7 @@ impl MemgraphPhase {
         ))
         .param("after", after)
         .param("batch", self.settings.batch_size as i64);
-        let (c, last) = Self::one(graph, "clone batch of nodes", q).await?;
+        let (c, last) = self.one(graph, "clone batch of nodes", q).await?;
         let next = match last {
             Some(last) if c as usize >= self.settings.batch_size => format!("n:{last}"),
             _ => "e:".to_owned(), // nodes done: relationships next
@@ -289,7 +371,7 @@ impl MemgraphPhase {
         ))
         .param("after", after)
         .param("batch", self.settings.batch_size as i64);
-        let (c, last) = Self::one(graph, "relationship batch window", window).await?;
+        let (c, last) = self.one(graph, "relationship batch window", window).await?;
         let Some(last) = last.filter(|_| c > 0) else {
             return Ok(StepOutcome::default());
         };
@@ -301,7 +383,7 @@ impl MemgraphPhase {
         ))
         .param("after", after)
         .param("last", last.as_str());
-        Self::one(graph, "clone batch of relationships", merge).await?;
+        self.one(graph, "clone batch of relationships", merge).await?;
         Ok(StepOutcome {
             next: (c as usize >= self.settings.batch_size).then(|| format!("e:{last}")),
             done: 0,
@@ -330,10 +412,37 @@ fn classify_connect(uri: &str, source: neo4rs::Error) -> MemgraphStoreError {
     }
 }
 
+impl MemgraphPhase {
+    /// After a deadline passed, the pool's connections may hang: connect anew next time.
+    fn forget_hung<T>(&mut self, r: Result<T, MemgraphStoreError>) -> Result<T, MemgraphStoreError> {
+        if matches!(r, Err(MemgraphStoreError::Timeout { .. })) {
+            self.graph = None;
+        }
+        r
+    }
+}
+
 impl Phase for MemgraphPhase {
     type Error = MemgraphStoreError;
 
     async fn plan(&mut self, resuming: bool) -> Result<PhasePlan, MemgraphStoreError> {
+        let r = self.preflight(resuming).await;
+        self.forget_hung(r)
+    }
+
+    async fn step(&mut self, stage: Stage, cursor: &str, _plan: &PhasePlan) -> Result<StepOutcome, MemgraphStoreError> {
+        let r = self.batch(stage, cursor).await;
+        self.forget_hung(r)
+    }
+
+    async fn verify(&mut self, plan: &PhasePlan, removed: bool) -> Result<Verified, MemgraphStoreError> {
+        let r = self.check(plan, removed).await;
+        self.forget_hung(r)
+    }
+}
+
+impl MemgraphPhase {
+    async fn preflight(&mut self, resuming: bool) -> Result<PhasePlan, MemgraphStoreError> {
         let graph = self.graph().await?;
         let (s, t) = (self.src.clone(), self.tgt.clone());
         let c = self.counts(&graph).await?;
@@ -343,7 +452,7 @@ impl Phase for MemgraphPhase {
         let all_rels = if c.target_nodes == 0 {
             c.source_rels
         } else {
-            Self::count(
+            self.count(
                 &graph,
                 "count of tenant relationships",
                 &format!(
@@ -364,7 +473,7 @@ impl Phase for MemgraphPhase {
         let (foreign, example) = if c.target_nodes == 0 {
             (0, None)
         } else {
-            Self::one(&graph, "check of target nodes", foreign_q).await?
+            self.one(&graph, "check of target nodes", foreign_q).await?
         };
         let clones = c.target_nodes - foreign.min(c.target_nodes);
         plan.identical = clones;
@@ -377,30 +486,44 @@ impl Phase for MemgraphPhase {
             });
         }
         if self.settings.mode == Mode::Copy {
-            let missing = Self::count(
-                &graph,
-                "check of entity ids",
-                &format!("MATCH (n:{s}) WHERE n.entity_id IS NULL RETURN count(n) AS c"),
-            )
-            .await?;
+            let missing = self
+                .count(
+                    &graph,
+                    "check of entity ids",
+                    &format!("MATCH (n:{s}) WHERE n.entity_id IS NULL RETURN count(n) AS c"),
+                )
+                .await?;
             if missing > 0 {
                 return Err(MemgraphStoreError::MissingEntityId { count: missing });
             }
         }
-        let typed = Self::one(
-            &graph,
-            "check of entity types",
-            query(&format!("MATCH (n:{s}) WHERE n.entity_type = $id RETURN count(n) AS c"))
-                .param("id", self.settings.source.as_str()),
-        )
-        .await?
-        .0;
-        if typed > 0 {
+        // Own nodes carry the workspace label and at most their entity type as a label
+        // (LightRAG <= 1.4.13); any other label may be another tenant's workspace.
+        let (foreign_labelled, example) = self
+            .one(
+                &graph,
+                "check of source node labels",
+                query(&format!(
+                    "MATCH (n:{s}) WHERE any(l IN labels(n) WHERE l <> $src AND l <> coalesce(n.entity_type, '')) \
+                     RETURN count(n) AS c, min(n.entity_id) AS last"
+                ))
+                .param("src", self.settings.source.as_str()),
+            )
+            .await?;
+        if foreign_labelled > 0 {
+            let example = example.unwrap_or_default();
+            if self.settings.foreign_nodes == ForeignNodes::Refuse {
+                let labels = self.labels_of(&graph, &example).await?;
+                return Err(MemgraphStoreError::ForeignLabelled {
+                    label: s.clone(),
+                    count: foreign_labelled,
+                    example,
+                    labels,
+                });
+            }
             plan.notes.push(format!(
-                "warning: {typed} source nodes have entity_type {:?}, equal to the tenant id; graphs written by \
-                 LightRAG <= 1.4.13 also label nodes with their entity type, so other tenants' nodes may carry \
-                 this label too — check before moving",
-                self.settings.source.as_str()
+                "{foreign_labelled} source nodes carry another label too (e.g. entity_id {example:?}); \
+                 included as the tenant's (foreignLabelledNodes: Include)"
             ));
         }
         plan.groups = vec![
@@ -426,13 +549,13 @@ impl Phase for MemgraphPhase {
         Ok(plan)
     }
 
-    async fn step(&mut self, stage: Stage, cursor: &str, _plan: &PhasePlan) -> Result<StepOutcome, MemgraphStoreError> {
+    async fn batch(&mut self, stage: Stage, cursor: &str) -> Result<StepOutcome, MemgraphStoreError> {
         let graph = self.graph().await?;
         match stage {
             Stage::Copy => {
                 if cursor.is_empty() {
                     // LightRAG looks nodes up by entity_id: the target label needs the index first.
-                    Self::schema(
+                    self.schema(
                         &graph,
                         "create index on the target label",
                         format!("CREATE INDEX ON :{}(entity_id)", self.tgt),
@@ -450,7 +573,7 @@ impl Phase for MemgraphPhase {
             }
             Stage::RemoveSource => {
                 // The nodes left the source label batch by batch; only its index remains.
-                Self::schema(
+                self.schema(
                     &graph,
                     "drop index on the source label",
                     format!("DROP INDEX ON :{}(entity_id)", self.src),
@@ -462,7 +585,7 @@ impl Phase for MemgraphPhase {
         }
     }
 
-    async fn verify(&mut self, plan: &PhasePlan, removed: bool) -> Result<Verified, MemgraphStoreError> {
+    async fn check(&mut self, plan: &PhasePlan, removed: bool) -> Result<Verified, MemgraphStoreError> {
         let graph = self.graph().await?;
         let c = self.counts(&graph).await?;
         let nodes = &plan.groups[0];

@@ -20,8 +20,8 @@ use std::time::Duration;
 use qdrant_client::qdrant::{
     Condition, CountPointsBuilder, DeletePointsBuilder, Filter, GetPointsBuilder, NamedVectors, PointId, PointStruct,
     PointsIdsList, RetrievedPoint, ScrollPointsBuilder, SetPayloadPointsBuilder, UpsertPointsBuilder, Value, Vector,
-    Vectors, VectorsConfig, VectorsOutput, point_id::PointIdOptions, value::Kind, vector, vector_output, vectors,
-    vectors_config, vectors_output,
+    VectorOutput, Vectors, VectorsConfig, VectorsOutput, point_id::PointIdOptions, value::Kind, vector, vector_output,
+    vectors, vectors_config, vectors_output,
 };
 use qdrant_client::{Qdrant, QdrantError};
 use sha2::{Digest, Sha256};
@@ -38,8 +38,10 @@ pub struct QdrantSettings {
     pub source: TenantId,
     pub target: TenantId,
     pub mode: Mode,
-    /// Collections to migrate; empty: every collection holding source points.
+    /// Collections to migrate; empty: every collection named `collection_prefix`…
+    /// holding source points.
     pub collections: Vec<String>,
+    pub collection_prefix: String,
     pub tenant_field: String,
     pub point_ids: PointIdScheme,
     /// Points per page and upsert.
@@ -73,8 +75,16 @@ pub enum QdrantStoreError {
         "collection {collection:?}: point {point} has no string payload field `id`, so its LightRAG id cannot be computed"
     )]
     MissingPayloadId { collection: String, point: String },
+    #[error("collection {collection:?}: point {point} came back with vectors that cannot be read: {detail}")]
+    BadVectors {
+        collection: String,
+        point: String,
+        detail: String,
+    },
     #[error("verification failed: {0}")]
     Mismatch(String),
+    #[error("verification found source points without their copy: {0}")]
+    Incomplete(String),
 }
 
 impl StoreFailure for QdrantStoreError {
@@ -95,6 +105,10 @@ impl StoreFailure for QdrantStoreError {
             },
             _ => false,
         }
+    }
+
+    fn is_incomplete(&self) -> bool {
+        matches!(self, Self::Incomplete(_))
     }
 }
 
@@ -159,6 +173,55 @@ fn decode_offset(s: &str) -> Option<PointId> {
     }
 }
 
+/// A point's vectors as read, whatever the wire encoding: the unnamed vector, or
+/// named ones (dense, sparse and multi-dense alike).
+#[derive(Clone, Debug, PartialEq)]
+enum ReadVectors {
+    Unnamed(vector_output::Vector),
+    Named(HashMap<String, vector_output::Vector>),
+}
+
+/// One vector of a retrieved point in either wire encoding. Qdrant up to 1.16 fills
+/// only the deprecated `data` / `indices` / `vectors_count` fields of `VectorOutput`;
+/// from 1.17 the `vector` oneof (qdrant/qdrant#7183, the 1.17 switch in #8114).
+/// `into_vector` decodes both, but divides by `vectors_count` and cuts uneven data
+/// into a short last vector: those are refused here first.
+fn read_vector(v: VectorOutput) -> Result<vector_output::Vector, String> {
+    #[allow(deprecated)] // reading the deprecated fields is the point
+    let (len, indices, count) = (v.data.len(), v.indices.as_ref().map(|i| i.data.len()), v.vectors_count);
+    if v.vector.is_none() {
+        match (indices, count) {
+            (Some(n), _) if n != len => return Err(format!("a sparse vector with {n} indices and {len} values")),
+            (None, Some(c)) if c == 0 || len % c as usize != 0 => {
+                return Err(format!("a multi-vector of {c} vectors over {len} values"));
+            }
+            (None, None) if len == 0 => return Err("an empty vector".into()),
+            _ => {}
+        }
+    }
+    Ok(v.into_vector())
+}
+
+/// A retrieved point's vectors, decoded (see [`read_vector`]); `None` when it has none.
+fn read_vectors(v: Option<VectorsOutput>) -> Result<Option<ReadVectors>, String> {
+    let Some(options) = v.and_then(|v| v.vectors_options) else {
+        return Ok(None);
+    };
+    Ok(Some(match options {
+        vectors_output::VectorsOptions::Vector(v) => ReadVectors::Unnamed(read_vector(v)?),
+        vectors_output::VectorsOptions::Vectors(named) => ReadVectors::Named(
+            named
+                .vectors
+                .into_iter()
+                .map(|(name, v)| match read_vector(v) {
+                    Ok(v) => Ok((name, v)),
+                    Err(e) => Err(format!("vector {name:?}: {e}")),
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+    }))
+}
+
 fn vector_in(v: vector_output::Vector) -> Vector {
     let inner = match v {
         vector_output::Vector::Dense(d) => vector::Vector::Dense(d),
@@ -171,21 +234,17 @@ fn vector_in(v: vector_output::Vector) -> Vector {
     }
 }
 
-/// A retrieved point's vectors, as vectors to write (every named and sparse vector).
-fn vectors_in(v: Option<VectorsOutput>) -> Option<Vectors> {
-    let options = match v?.vectors_options? {
-        vectors_output::VectorsOptions::Vector(v) => vectors::VectorsOptions::Vector(vector_in(v.vector?)),
-        vectors_output::VectorsOptions::Vectors(named) => vectors::VectorsOptions::Vectors(NamedVectors {
-            vectors: named
-                .vectors
-                .into_iter()
-                .filter_map(|(name, v)| Some((name, vector_in(v.vector?))))
-                .collect(),
+/// Read vectors as vectors to write (every named, sparse and multi-dense one).
+fn vectors_in(v: ReadVectors) -> Vectors {
+    let options = match v {
+        ReadVectors::Unnamed(v) => vectors::VectorsOptions::Vector(vector_in(v)),
+        ReadVectors::Named(named) => vectors::VectorsOptions::Vectors(NamedVectors {
+            vectors: named.into_iter().map(|(name, v)| (name, vector_in(v))).collect(),
         }),
     };
-    Some(Vectors {
+    Vectors {
         vectors_options: Some(options),
-    })
+    }
 }
 
 /// Dense vector sizes a collection is configured with, by vector name ("" for the
@@ -208,26 +267,24 @@ fn declared_dimension(collection: &str) -> Option<u64> {
 }
 
 /// Lengths of a point's dense vectors, by name ("" for the unnamed vector).
-fn dense_lengths(v: &VectorsOutput) -> Vec<(String, usize)> {
-    let len = |v: &qdrant_client::qdrant::VectorOutput| match &v.vector {
-        Some(vector_output::Vector::Dense(d)) => Some(d.data.len()),
+fn dense_lengths(v: &ReadVectors) -> Vec<(String, usize)> {
+    let len = |v: &vector_output::Vector| match v {
+        vector_output::Vector::Dense(d) => Some(d.data.len()),
         _ => None,
     };
-    match &v.vectors_options {
-        Some(vectors_output::VectorsOptions::Vector(v)) => len(v).map(|n| (String::new(), n)).into_iter().collect(),
-        Some(vectors_output::VectorsOptions::Vectors(named)) => named
-            .vectors
+    match v {
+        ReadVectors::Unnamed(v) => len(v).map(|n| (String::new(), n)).into_iter().collect(),
+        ReadVectors::Named(named) => named
             .iter()
             .filter_map(|(name, v)| len(v).map(|n| (name.clone(), n)))
             .collect(),
-        None => Vec::new(),
     }
 }
 
 /// Whether the points of `collection` can be written back under new ids as they are:
 /// its name's declared dimension (if any) and a sample point's dense vectors must
 /// agree with the configured sizes. `None` when they do; what disagrees otherwise.
-fn dimension_problem(collection: &str, sizes: &HashMap<String, u64>, sample: Option<&VectorsOutput>) -> Option<String> {
+fn dimension_problem(collection: &str, sizes: &HashMap<String, u64>, sample: Option<&ReadVectors>) -> Option<String> {
     if let (Some(declared), Some(size)) = (declared_dimension(collection), sizes.get(""))
         && declared != *size
     {
@@ -417,12 +474,17 @@ impl QdrantPhase {
                     point: show_id(&p.id),
                 });
             };
+            let vectors = read_vectors(p.vectors).map_err(|detail| QdrantStoreError::BadVectors {
+                collection: collection.to_owned(),
+                point: show_id(&p.id),
+                detail,
+            })?;
             let mut payload: HashMap<String, Value> = p.payload;
             payload.insert(self.settings.tenant_field.clone(), Value::from(target.to_owned()));
             out.push(PointStruct {
                 id: Some(PointId::from(lightrag_point_id(target, &id))),
                 payload,
-                vectors: vectors_in(p.vectors),
+                vectors: vectors.map(vectors_in),
             });
         }
         let n = out.len() as u64;
@@ -543,12 +605,16 @@ async fn scroll_page(
     Ok((r.result, r.next_page_offset))
 }
 
-/// `"{collection index}:{offset}"`; "" is the start.
-fn split_cursor(cursor: &str) -> (usize, Option<PointId>) {
-    match cursor.split_once(':') {
-        Some((i, rest)) => (i.parse().unwrap_or(0), decode_offset(rest)),
-        None => (0, None),
-    }
+/// A cursor names the collection, never its position in a list that the next plan
+/// rebuilds: `"{collection}#{offset}"` (the offset holds no `#`); "" is the start.
+fn split_cursor(cursor: &str) -> Option<(&str, Option<PointId>)> {
+    cursor
+        .rsplit_once('#')
+        .map(|(collection, offset)| (collection, decode_offset(offset)))
+}
+
+fn cursor_at(collection: &str, offset: Option<&PointId>) -> String {
+    format!("{collection}#{}", offset.map(encode_offset).unwrap_or_default())
 }
 
 impl Phase for QdrantPhase {
@@ -556,7 +622,7 @@ impl Phase for QdrantPhase {
 
     async fn plan(&mut self, resuming: bool) -> Result<PhasePlan, QdrantStoreError> {
         let client = self.client().await?;
-        let existing: Vec<String> = client
+        let mut existing: Vec<String> = client
             .list_collections()
             .await
             .map_err(Self::call("listing collections"))?
@@ -564,8 +630,15 @@ impl Phase for QdrantPhase {
             .into_iter()
             .map(|c| c.name)
             .collect();
-        let candidates = if self.settings.collections.is_empty() {
-            existing.clone()
+        // In name order: a cursor names its collection, and those before it are done.
+        existing.sort();
+        let mut candidates = if self.settings.collections.is_empty() {
+            let prefix = &self.settings.collection_prefix;
+            existing
+                .iter()
+                .filter(|c| c.starts_with(prefix.as_str()))
+                .cloned()
+                .collect()
         } else {
             for c in &self.settings.collections {
                 if !existing.contains(c) {
@@ -574,6 +647,8 @@ impl Phase for QdrantPhase {
             }
             self.settings.collections.clone()
         };
+        candidates.sort();
+        candidates.dedup();
         let mut plan = PhasePlan::default();
         plan.notes.extend(self.url_note.clone());
         self.collections.clear();
@@ -607,8 +682,15 @@ impl Phase for QdrantPhase {
                     .unwrap_or_default();
                 let filter = tenant_filter(&self.settings.tenant_field, &self.settings.source);
                 let (sample, _) = scroll_page(&client, &name, filter, 1, None, true).await?;
-                let vectors = sample.first().and_then(|p| p.vectors.as_ref());
-                if let Some(detail) = dimension_problem(&name, &sizes, vectors) {
+                let vectors = match sample.into_iter().next() {
+                    Some(p) => read_vectors(p.vectors).map_err(|detail| QdrantStoreError::BadVectors {
+                        collection: name.clone(),
+                        point: show_id(&p.id),
+                        detail,
+                    })?,
+                    None => None,
+                };
+                if let Some(detail) = dimension_problem(&name, &sizes, vectors.as_ref()) {
                     return Err(QdrantStoreError::DimensionMismatch {
                         collection: name,
                         detail,
@@ -638,18 +720,24 @@ impl Phase for QdrantPhase {
 
     async fn step(&mut self, stage: Stage, cursor: &str, _plan: &PhasePlan) -> Result<StepOutcome, QdrantStoreError> {
         let client = self.client().await?;
-        let (index, offset) = split_cursor(cursor);
+        // The cursor's collection, or (gone from this plan) the first one after it.
+        let (index, offset) = match split_cursor(cursor) {
+            None => (0, None),
+            Some((name, offset)) => match self.collections.binary_search_by(|c| c.as_str().cmp(name)) {
+                Ok(i) => (i, offset),
+                Err(i) => (i, None),
+            },
+        };
         let Some(collection) = self.collections.get(index).cloned() else {
             return Ok(StepOutcome::default());
         };
-        let count = self.collections.len();
-        let next_collection = || (index + 1 < count).then(|| format!("{}:", index + 1));
+        let next_collection = self.collections.get(index + 1).map(|c| cursor_at(c, None));
         match (stage, self.settings.point_ids) {
             (Stage::Copy, PointIdScheme::Keep) => {
                 let n = self.count(&client, &collection, &self.settings.source).await?;
                 self.rewrite_in_place(&client, &collection).await?;
                 Ok(StepOutcome {
-                    next: next_collection(),
+                    next: next_collection,
                     done: n,
                     skipped: 0,
                     group: Some(index),
@@ -659,8 +747,8 @@ impl Phase for QdrantPhase {
                 let (n, next) = self.copy_page(&client, &collection, offset).await?;
                 Ok(StepOutcome {
                     next: match next {
-                        Some(o) => Some(format!("{index}:{}", encode_offset(&o))),
-                        None => next_collection(),
+                        Some(o) => Some(cursor_at(&collection, Some(&o))),
+                        None => next_collection,
                     },
                     done: n,
                     skipped: 0,
@@ -671,9 +759,9 @@ impl Phase for QdrantPhase {
                 let n = self.remove_page(&client, &collection).await?;
                 Ok(StepOutcome {
                     next: if n > 0 {
-                        Some(format!("{index}:"))
+                        Some(cursor_at(&collection, None))
                     } else {
-                        next_collection()
+                        next_collection
                     },
                     done: n,
                     skipped: 0,
@@ -690,6 +778,8 @@ impl Phase for QdrantPhase {
         let client = self.client().await?;
         let in_place = self.settings.point_ids == PointIdScheme::Keep;
         let mut problems = Vec::new();
+        // Copy pass short of points (a collection it never reached): worth another pass.
+        let mut short = Vec::new();
         let (mut source_left, mut target_total) = (0, 0);
         for g in &plan.groups {
             let source = self.count(&client, &g.name, &self.settings.source).await?;
@@ -699,10 +789,12 @@ impl Phase for QdrantPhase {
             let expected_target = g.source + g.extra;
             let expected_source = if removed || in_place { 0 } else { g.source };
             if target != expected_target {
-                problems.push(format!(
-                    "{}: target has {target} points, expected {expected_target}",
-                    g.name
-                ));
+                let problem = format!("{}: target has {target} points, expected {expected_target}", g.name);
+                if target < expected_target && !removed && !in_place {
+                    short.push(problem);
+                } else {
+                    problems.push(problem);
+                }
             }
             if source != expected_source {
                 problems.push(format!(
@@ -712,7 +804,11 @@ impl Phase for QdrantPhase {
             }
         }
         if !problems.is_empty() {
+            problems.extend(short);
             return Err(QdrantStoreError::Mismatch(problems.join("; ")));
+        }
+        if !short.is_empty() {
+            return Err(QdrantStoreError::Incomplete(short.join("; ")));
         }
         Ok(Verified {
             source_left,
@@ -748,14 +844,9 @@ mod tests {
 
     #[test]
     fn dimensions_must_agree_with_the_name_and_the_configuration() {
-        use qdrant_client::qdrant::{DenseVector, NamedVectorsOutput, VectorOutput};
-        let dense = |n: usize| VectorOutput {
-            vector: Some(vector_output::Vector::Dense(DenseVector { data: vec![0.5; n] })),
-            ..VectorOutput::default()
-        };
-        let unnamed = |n| VectorsOutput {
-            vectors_options: Some(vectors_output::VectorsOptions::Vector(dense(n))),
-        };
+        use qdrant_client::qdrant::DenseVector;
+        let dense = |n: usize| vector_output::Vector::Dense(DenseVector { data: vec![0.5; n] });
+        let unnamed = |n| ReadVectors::Unnamed(dense(n));
         let sizes = HashMap::from([(String::new(), 1024)]);
         assert_eq!(declared_dimension("lightrag_vdb_chunks_bge_m3_1024d"), Some(1024));
         assert_eq!(declared_dimension("lightrag_vdb_chunks"), None);
@@ -772,11 +863,7 @@ mod tests {
         );
         let by_point = dimension_problem("lightrag_vdb_chunks", &sizes, Some(&unnamed(768))).unwrap_or_default();
         assert!(by_point.contains("768 dimensions, the collection 1024"), "{by_point}");
-        let named = VectorsOutput {
-            vectors_options: Some(vectors_output::VectorsOptions::Vectors(NamedVectorsOutput {
-                vectors: HashMap::from([("dense".to_owned(), dense(1024))]),
-            })),
-        };
+        let named = ReadVectors::Named(HashMap::from([("dense".to_owned(), dense(1024))]));
         let other = dimension_problem("c", &sizes, Some(&named)).unwrap_or_default();
         assert!(
             other.contains("\"dense\", which the collection does not configure"),
@@ -784,6 +871,54 @@ mod tests {
         );
         let named_sizes = HashMap::from([("dense".to_owned(), 1024)]);
         assert_eq!(dimension_problem("c", &named_sizes, Some(&named)), None);
+    }
+
+    /// Both wire encodings decode to the same vectors; malformed legacy ones are refused.
+    #[test]
+    #[allow(deprecated)]
+    fn vectors_read_the_same_in_both_encodings() {
+        use qdrant_client::qdrant::{DenseVector, MultiDenseVector, SparseIndices, SparseVector, VectorOutput};
+        let legacy = |data: Vec<f32>, indices: Option<Vec<u32>>, count: Option<u32>| VectorOutput {
+            data,
+            indices: indices.map(|data| SparseIndices { data }),
+            vectors_count: count,
+            vector: None,
+        };
+        let current = |v| VectorOutput {
+            vector: Some(v),
+            ..VectorOutput::default()
+        };
+        let dense = vector_output::Vector::Dense(DenseVector { data: vec![1.0, 2.0] });
+        let sparse = vector_output::Vector::Sparse(SparseVector {
+            indices: vec![3, 9],
+            values: vec![0.5, 0.25],
+        });
+        let multi = vector_output::Vector::MultiDense(MultiDenseVector {
+            vectors: vec![
+                DenseVector { data: vec![1.0, 2.0] },
+                DenseVector { data: vec![3.0, 4.0] },
+            ],
+        });
+        for (old, new, want) in [
+            (legacy(vec![1.0, 2.0], None, None), current(dense.clone()), dense),
+            (
+                legacy(vec![0.5, 0.25], Some(vec![3, 9]), None),
+                current(sparse.clone()),
+                sparse,
+            ),
+            (
+                legacy(vec![1.0, 2.0, 3.0, 4.0], None, Some(2)),
+                current(multi.clone()),
+                multi,
+            ),
+        ] {
+            assert_eq!(read_vector(old), Ok(want.clone()));
+            assert_eq!(read_vector(new), Ok(want));
+        }
+        assert!(read_vector(legacy(vec![1.0], Some(vec![1, 2]), None)).is_err());
+        assert!(read_vector(legacy(vec![1.0, 2.0, 3.0], None, Some(2))).is_err());
+        assert!(read_vector(legacy(vec![1.0, 2.0], None, Some(0))).is_err());
+        assert!(read_vector(legacy(Vec::new(), None, None)).is_err());
     }
 
     #[test]
@@ -794,10 +929,15 @@ mod tests {
     }
 
     #[test]
-    fn cursors_round_trip() {
-        let (i, o) = split_cursor(&format!("2:{}", encode_offset(&PointId::from(42u64))));
-        assert_eq!((i, o), (2, Some(PointId::from(42u64))));
-        assert_eq!(split_cursor(""), (0, None));
-        assert_eq!(split_cursor("1:").0, 1);
+    fn cursors_name_their_collection() {
+        let id = PointId::from(42u64);
+        let uuid = PointId::from("2f1b9c1e-0000-4000-8000-000000000001".to_owned());
+        assert_eq!(
+            split_cursor(&cursor_at("lightrag_vdb_chunks", Some(&id))),
+            Some(("lightrag_vdb_chunks", Some(id)))
+        );
+        assert_eq!(split_cursor(&cursor_at("a#b", Some(&uuid))), Some(("a#b", Some(uuid))));
+        assert_eq!(split_cursor(&cursor_at("c", None)), Some(("c", None)));
+        assert_eq!(split_cursor(""), None);
     }
 }

@@ -43,20 +43,29 @@ pub struct BoltServer {
     port: u16,
     password: Option<String>,
     dir: PathBuf,
+    /// With [`BoltServer::start_tls`]: the CA that signed its certificate.
+    tls: Option<crate::test_ca::TestCa>,
 }
 
 impl BoltServer {
     /// Starts a server that requires `neo4j` / `password`.
     pub fn start(password: &str) -> Result<Self, ServerError> {
-        Self::launch(Some(password))
+        Self::launch(Some(password), None)
     }
 
     /// Starts a server without authentication, like a default Memgraph.
     pub fn start_without_auth() -> Result<Self, ServerError> {
-        Self::launch(None)
+        Self::launch(None, None)
     }
 
-    fn launch(password: Option<&str>) -> Result<Self, ServerError> {
+    /// Starts one whose Bolt port requires TLS, with a certificate for 127.0.0.1 from a
+    /// CA made for it ([`BoltServer::ca`]).
+    pub fn start_tls(password: &str) -> Result<Self, ServerError> {
+        let ca = crate::test_ca::TestCa::create(&format!("bolt-{}", crate::free_port()?))?;
+        Self::launch(Some(password), Some(ca))
+    }
+
+    fn launch(password: Option<&str>, tls: Option<crate::test_ca::TestCa>) -> Result<Self, ServerError> {
         let tools = tooling_dir();
         let classpath = std::fs::read_to_string(tools.join("classpath.txt")).map_err(|e| ServerError::Spawn {
             program: format!("{} (run tools/setup.sh)", tools.join("classpath.txt").display()),
@@ -75,6 +84,15 @@ impl BoltServer {
             .arg(dir.join("data"))
             .arg(password.unwrap_or("-"))
             .stderr(Stdio::null());
+        if let Some(ca) = &tls {
+            // Neo4j reads private.key and public.crt from the policy's folder.
+            let certs = dir.join("tls");
+            std::fs::create_dir_all(&certs)?;
+            let (cert, key) = ca.server();
+            std::fs::copy(cert, certs.join("public.crt"))?;
+            std::fs::copy(key, certs.join("private.key"))?;
+            cmd.arg(certs);
+        }
         let (child, stdin) = crate::spawn_until_ready(&mut cmd, "BoltServer (Neo4j 4.4, java)", port, 180)?;
         let server = Self {
             child,
@@ -82,6 +100,7 @@ impl BoltServer {
             port,
             password: password.map(str::to_owned),
             dir,
+            tls,
         };
         Ok(server)
     }
@@ -99,10 +118,28 @@ impl BoltServer {
         self.password.as_deref()
     }
 
-    /// A neo4rs client for set-up and assertions.
+    /// The CA file to trust, for a [`BoltServer::start_tls`] server.
+    pub fn ca(&self) -> Option<PathBuf> {
+        self.tls.as_ref().map(crate::test_ca::TestCa::ca)
+    }
+
+    /// A neo4rs client for set-up and assertions (over TLS, trusting [`BoltServer::ca`],
+    /// for a TLS server).
     pub async fn graph(&self) -> neo4rs::Result<neo4rs::Graph> {
         let user = if self.password.is_some() { USER } else { "" };
-        connect(&self.uri(), user, self.password.as_deref().unwrap_or_default()).await
+        let password = self.password.as_deref().unwrap_or_default();
+        let Some(ca) = self.ca() else {
+            return connect(&self.uri(), user, password).await;
+        };
+        let config = neo4rs::ConfigBuilder::default()
+            .uri(format!("bolt+s://127.0.0.1:{}", self.port))
+            .with_client_certificate(ca)
+            .user(user)
+            .password(password)
+            .db("memgraph")
+            .max_connections(4)
+            .build()?;
+        neo4rs::Graph::connect(config).await
     }
 }
 
@@ -116,6 +153,7 @@ pub async fn connect(uri: &str, user: &str, password: &str) -> neo4rs::Result<ne
         .uri(address)
         .user(user)
         .password(password)
+        .db("memgraph")
         .max_connections(4)
         .build()?;
     neo4rs::Graph::connect(config).await

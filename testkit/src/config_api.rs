@@ -210,3 +210,12 @@ pub fn sample_config(tenant: &str) -> Value {
         "display_name": format!("Tenant {tenant}"),
     })
 }
+
+/// What the target's config must be after migrating `source`'s [`sample_config`] to
+/// `target`: the same body, its `workspace` naming the target (the display name is
+/// the user's text and stays).
+pub fn renamed_config(source: &str, target: &str) -> Value {
+    let mut body = sample_config(source);
+    body["workspace"] = Value::from(target);
+    body
+}

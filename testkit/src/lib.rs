@@ -4,23 +4,26 @@
 //!
 //! Used by the integration tests, the benchmark and the demo. Never by the product.
 
+pub mod bolt_recorder;
 pub mod bolt_server;
 pub mod config_api;
 pub mod fixture;
 pub mod graph_fixture;
 pub mod kube_schemas;
 pub mod kube_server;
+pub mod memgraph_rules;
 pub mod proxy;
 pub mod qdrant_fixture;
 pub mod qdrant_server;
 pub mod redis_server;
 pub mod test_ca;
 
+pub use bolt_recorder::{BoltRecorder, BoltRequest};
 pub use bolt_server::BoltServer;
 pub use config_api::ConfigApi;
 pub use kube_server::KubeApiServer;
 pub use proxy::DelayProxy;
-pub use qdrant_server::QdrantServer;
+pub use qdrant_server::{QdrantServer, Wire};
 pub use redis_server::{RedisCluster, RedisServer};
 
 /// A command-line tool that `tools/setup.sh` built into `$TM_CACHE/<name>/bin` (helm,

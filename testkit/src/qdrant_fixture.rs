@@ -5,20 +5,26 @@
 //! the tenant), optionally a model-suffixed `lightrag_vdb_chunks_bge_m3_{dim}d`, a
 //! keyword index on `workspace_id`, LightRAG's payload fields, and point ids computed
 //! the way LightRAG computes them (UUID of SHA-256(workspace + payload id)). Look-alike
-//! tenants share the collections.
+//! tenants share the collections. A `lightrag_vdb_hybrid` collection (not LightRAG's
+//! layout, but one a platform may add) holds every other kind of vector: named dense,
+//! sparse and multi-dense vectors, some points without some of them.
 
 use std::collections::{BTreeMap, HashMap};
 
 use qdrant_client::Qdrant;
 use qdrant_client::qdrant::{
-    CreateCollectionBuilder, CreateFieldIndexCollectionBuilder, Distance, FieldType, PointId, PointStruct,
-    ScrollPointsBuilder, UpsertPointsBuilder, Value, VectorParamsBuilder, point_id::PointIdOptions,
+    CreateCollectionBuilder, CreateFieldIndexCollectionBuilder, Distance, FieldType, MultiVectorComparator,
+    MultiVectorConfigBuilder, NamedVectors, PointId, PointStruct, ScrollPointsBuilder, SparseVectorParamsBuilder,
+    SparseVectorsConfigBuilder, UpsertPointsBuilder, Value, Vector, VectorParamsBuilder, VectorsConfigBuilder,
+    point_id::PointIdOptions, vector_output, vectors_output,
 };
 use sha2::{Digest, Sha256};
 
 pub const CHUNKS: &str = "lightrag_vdb_chunks";
 pub const ENTITIES: &str = "lightrag_vdb_entities";
 pub const RELATIONSHIPS: &str = "lightrag_vdb_relationships";
+/// Named dense (`dense`), multi-dense (`colbert`) and sparse (`keywords`) vectors.
+pub const HYBRID: &str = "lightrag_vdb_hybrid";
 /// Scale-1 points of the tenant per collection.
 pub const SCALE1: [(&str, u64); 3] = [(CHUNKS, 544), (ENTITIES, 15_644), (RELATIONSHIPS, 22_926)];
 
@@ -156,11 +162,109 @@ pub async fn load_standard(
     Ok(counts.iter().map(|(_, n)| n).sum())
 }
 
-/// A point as stored: payload as sorted JSON text, vectors as one list of floats.
+/// Creates [`HYBRID`] (if missing) with `dim`-sized named vectors and the tenant index.
+pub async fn create_hybrid(q: &Qdrant, dim: u64) -> Result<(), qdrant_client::QdrantError> {
+    if q.collection_exists(HYBRID).await? {
+        return Ok(());
+    }
+    let mut vectors = VectorsConfigBuilder::default();
+    vectors.add_named_vector_params("dense", VectorParamsBuilder::new(dim, Distance::Cosine));
+    vectors.add_named_vector_params(
+        "colbert",
+        VectorParamsBuilder::new(dim, Distance::Dot)
+            .multivector_config(MultiVectorConfigBuilder::new(MultiVectorComparator::MaxSim)),
+    );
+    let mut sparse = SparseVectorsConfigBuilder::default();
+    sparse.add_named_vector_params("keywords", SparseVectorParamsBuilder::default());
+    q.create_collection(
+        CreateCollectionBuilder::new(HYBRID)
+            .vectors_config(vectors)
+            .sparse_vectors_config(sparse),
+    )
+    .await?;
+    q.create_field_index(CreateFieldIndexCollectionBuilder::new(
+        HYBRID,
+        "workspace_id",
+        FieldType::Keyword,
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Writes `n` points of tenant `ws` into [`HYBRID`]: every third point lacks the
+/// multi-vector, every fifth the sparse one; multi-vectors hold one to three vectors.
+pub async fn load_hybrid(q: &Qdrant, ws: &str, n: u64, dim: u64) -> Result<u64, qdrant_client::QdrantError> {
+    let mut batch = Vec::new();
+    for i in 0..n {
+        let id = format!("hyb-{ws}-{i}");
+        let mut named = NamedVectors::default().add_vector("dense", vector(i + 7, dim));
+        if i % 3 != 0 {
+            let multi: Vec<Vec<f32>> = (0..1 + i % 3).map(|k| vector(i * 10 + k, dim)).collect();
+            named = named.add_vector("colbert", Vector::new_multi(multi));
+        }
+        if i % 5 != 0 {
+            let indices = vec![(i % 50) as u32, 100 + (i % 7) as u32, 1000 + i as u32];
+            let values = vec![0.5, -0.25 * (i % 4) as f32, 1.0 / (i + 1) as f32];
+            named = named.add_vector("keywords", Vector::new_sparse(indices, values));
+        }
+        let payload: HashMap<String, Value> = [
+            ("id", Value::from(id.clone())),
+            ("workspace_id", Value::from(ws.to_owned())),
+            ("content", Value::from(format!("hybrid point {i} of {ws}"))),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        batch.push(PointStruct::new(lightrag_id(ws, &id), named, payload));
+    }
+    q.upsert_points(UpsertPointsBuilder::new(HYBRID, batch).wait(true))
+        .await?;
+    Ok(n)
+}
+
+/// A vector as stored, of any kind.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StoredVector {
+    Dense(Vec<f32>),
+    /// (index, value) pairs in index order.
+    Sparse(Vec<(u32, f32)>),
+    Multi(Vec<Vec<f32>>),
+}
+
+impl StoredVector {
+    /// Equal up to the rounding of a cosine collection's normalisation.
+    pub fn close_to(&self, other: &StoredVector) -> bool {
+        let close = |a: &[f32], b: &[f32]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5);
+        match (self, other) {
+            (Self::Dense(a), Self::Dense(b)) => close(a, b),
+            (Self::Sparse(a), Self::Sparse(b)) => {
+                a.len() == b.len() && a.iter().zip(b).all(|((i, x), (j, y))| i == j && (x - y).abs() < 1e-5)
+            }
+            (Self::Multi(a), Self::Multi(b)) => a.len() == b.len() && a.iter().zip(b).all(|(x, y)| close(x, y)),
+            _ => false,
+        }
+    }
+}
+
+/// Decodes a vector in either wire encoding with the client library's own reader.
+fn stored(v: qdrant_client::qdrant::VectorOutput) -> StoredVector {
+    match v.into_vector() {
+        vector_output::Vector::Dense(d) => StoredVector::Dense(d.data),
+        vector_output::Vector::Sparse(s) => {
+            let mut pairs: Vec<(u32, f32)> = s.indices.into_iter().zip(s.values).collect();
+            pairs.sort_by_key(|(i, _)| *i);
+            StoredVector::Sparse(pairs)
+        }
+        vector_output::Vector::MultiDense(m) => StoredVector::Multi(m.vectors.into_iter().map(|d| d.data).collect()),
+    }
+}
+
+/// A point as stored: payload as sorted JSON text, every vector by name ("" for the
+/// unnamed one).
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredPoint {
     pub payload: BTreeMap<String, String>,
-    pub vector: Vec<f32>,
+    pub vectors: BTreeMap<String, StoredVector>,
 }
 
 /// Every point of `collection` by id.
@@ -186,19 +290,14 @@ pub async fn snapshot(
                 None => continue,
             };
             let payload = p.payload.iter().map(|(k, v)| (k.clone(), format!("{v:?}"))).collect();
-            #[allow(deprecated)] // `data` carries dense vectors on every server version
-            let vector = p
-                .vectors
-                .and_then(|v| v.vectors_options)
-                .map(|o| match o {
-                    qdrant_client::qdrant::vectors_output::VectorsOptions::Vector(v) => match v.vector {
-                        Some(qdrant_client::qdrant::vector_output::Vector::Dense(d)) => d.data,
-                        _ => v.data,
-                    },
-                    qdrant_client::qdrant::vectors_output::VectorsOptions::Vectors(_) => Vec::new(),
-                })
-                .unwrap_or_default();
-            out.insert(id, StoredPoint { payload, vector });
+            let vectors = match p.vectors.and_then(|v| v.vectors_options) {
+                Some(vectors_output::VectorsOptions::Vector(v)) => BTreeMap::from([(String::new(), stored(v))]),
+                Some(vectors_output::VectorsOptions::Vectors(named)) => {
+                    named.vectors.into_iter().map(|(k, v)| (k, stored(v))).collect()
+                }
+                None => BTreeMap::new(),
+            };
+            out.insert(id, StoredPoint { payload, vectors });
         }
         match r.next_page_offset {
             Some(o) => offset = Some(o),

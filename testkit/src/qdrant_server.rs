@@ -19,6 +19,24 @@ pub fn python() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("python3"))
 }
 
+/// How the server encodes the vectors it returns: as Qdrant 1.17 and later do (the
+/// `vector` oneof of `VectorOutput`), or as Qdrant up to 1.16 does (only the
+/// deprecated `data` / `indices` / `vectors_count` fields).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wire {
+    Current,
+    Legacy,
+}
+
+impl Wire {
+    fn arg(self) -> &'static str {
+        match self {
+            Wire::Current => "current",
+            Wire::Legacy => "legacy",
+        }
+    }
+}
+
 /// A running Qdrant test server.
 pub struct QdrantServer {
     child: Child,
@@ -32,7 +50,12 @@ pub struct QdrantServer {
 impl QdrantServer {
     /// Starts a server; with `api_key`, every call must carry it.
     pub fn start(api_key: Option<&str>) -> Result<Self, ServerError> {
-        Self::spawn(api_key, None)
+        Self::spawn(api_key, Wire::Current, None)
+    }
+
+    /// Starts a server that speaks `wire`'s vector encoding.
+    pub fn start_wire(api_key: Option<&str>, wire: Wire) -> Result<Self, ServerError> {
+        Self::spawn(api_key, wire, None)
     }
 
     /// Starts one that also serves TLS on a second port (certificate for 127.0.0.1 from
@@ -40,10 +63,14 @@ impl QdrantServer {
     pub fn start_tls(api_key: Option<&str>) -> Result<Self, ServerError> {
         let tls_port = crate::free_port()?;
         let ca = crate::test_ca::TestCa::create(&format!("qdrant-{tls_port}"))?;
-        Self::spawn(api_key, Some((tls_port, ca)))
+        Self::spawn(api_key, Wire::Current, Some((tls_port, ca)))
     }
 
-    fn spawn(api_key: Option<&str>, tls: Option<(u16, crate::test_ca::TestCa)>) -> Result<Self, ServerError> {
+    fn spawn(
+        api_key: Option<&str>,
+        wire: Wire,
+        tls: Option<(u16, crate::test_ca::TestCa)>,
+    ) -> Result<Self, ServerError> {
         let port = crate::free_port()?;
         let dir = std::env::temp_dir().join(format!("tm-qdrant-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
@@ -53,6 +80,7 @@ impl QdrantServer {
             .args(["--port", &port.to_string()])
             .arg("--data")
             .arg(dir.join("data"))
+            .args(["--wire", wire.arg()])
             .stderr(Stdio::null());
         if let Some(k) = api_key {
             cmd.args(["--api-key", k]);

@@ -163,12 +163,27 @@ pub fn digest_outside(snap: &Snapshot) -> String {
 /// shows `store`'s phase in `stage` with at least `min_batch` batches done. Returns
 /// whether it was killed there (false: it finished first, and its output is printed).
 pub fn kill_at(
-    mut cmd: std::process::Command,
+    cmd: std::process::Command,
     state: &Path,
     pair: (&str, &str),
     store: &str,
     stage: &str,
     min_batch: u64,
+) -> bool {
+    kill_when(cmd, state, pair, store, &format!("{stage} batch {min_batch}"), |cp| {
+        Some(cp["stage"].as_str()? == stage && cp["batch"].as_u64()? >= min_batch)
+    })
+}
+
+/// Runs `cmd` and SIGKILLs it once `reached` holds for `store`'s checkpoint in the
+/// state file (`what` names the point for messages). Returns whether it was killed.
+pub fn kill_when(
+    mut cmd: std::process::Command,
+    state: &Path,
+    pair: (&str, &str),
+    store: &str,
+    what: &str,
+    reached: impl Fn(&serde_json::Value) -> Option<bool>,
 ) -> bool {
     use std::time::Duration;
     let file = state.join(format!("{}--{}.json", pair.0, pair.1));
@@ -183,23 +198,17 @@ pub fn kill_at(
             eprintln!("{}", std::fs::read_to_string(&log).unwrap_or_default());
             return false;
         }
-        let reached = std::fs::read_to_string(&file)
+        let now = std::fs::read_to_string(&file)
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| {
-                let cp = &v["phases"][store]["checkpoint"];
-                Some(cp["stage"].as_str()? == stage && cp["batch"].as_u64()? >= min_batch)
-            })
+            .and_then(|v| reached(&v["phases"][store]["checkpoint"]))
             .unwrap_or(false);
-        if reached {
+        if now {
             child.kill().expect("SIGKILL");
             let _ = child.wait();
             return true;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the run never reached {store} {stage} batch {min_batch}"
-        );
+        assert!(Instant::now() < deadline, "the run never reached {store} {what}");
         std::thread::sleep(Duration::from_millis(1));
     }
 }

@@ -14,12 +14,21 @@ Calls outside the set below answer UNIMPLEMENTED (the servicers' default).
 
 Implemented: Qdrant.HealthCheck; Collections.List/Get/Create/Delete/CollectionExists;
 Points.Upsert/Get/Scroll/Count/Delete/SetPayload/OverwritePayload/DeletePayload/
-CreateFieldIndex.
+CreateFieldIndex, and Points.Query for the nearest points to a dense vector (what
+LightRAG's similarity search sends).
 
 With --tls-port, --tls-cert and --tls-key it serves TLS on a second port as well.
 
-Usage: server.py --port PORT --data DIR [--api-key KEY] [--tls-port P --tls-cert F --tls-key F]
-(prints "READY PORT")
+Vectors go out the way Qdrant 1.17 and later sends them: in the `vector` oneof of
+VectorOutput (dense, sparse, multi_dense). With --wire legacy, the way Qdrant up to
+1.16 does: only in the deprecated fields -- `data` (a dense vector, a sparse vector's
+values, or a multi-vector's vectors one after the other), `indices` (a sparse
+vector's indices) and `vectors_count` (how many vectors a multi-vector holds) -- and
+the health check reports version 1.16.3 (qdrant/qdrant#7183: deprecated in 1.16, the
+server switched to the oneof in 1.17).
+
+Usage: server.py --port PORT --data DIR [--api-key KEY] [--wire current|legacy]
+[--tls-port P --tls-cert F --tls-key F] (prints "READY PORT")
 """
 import argparse
 import os
@@ -36,6 +45,9 @@ from qdrant_client import grpc as q
 from qdrant_client.conversions.conversion import grpc_to_payload, json_to_value
 
 VERSION = "1.20.0"  # what the Rust client checks for compatibility
+LEGACY_VERSION = "1.16.3"
+# Set from --wire: whether vectors go out in the deprecated fields only.
+LEGACY_WIRE = False
 
 
 class Abort(Exception):
@@ -91,9 +103,15 @@ def vectors_in(vs):
 
 def vector_out(v):
     if isinstance(v, e.SparseVector) or hasattr(v, "indices"):
+        if LEGACY_WIRE:
+            return q.VectorOutput(data=list(v.values), indices=q.SparseIndices(data=list(v.indices)))
         return q.VectorOutput(sparse=q.SparseVector(indices=list(v.indices), values=list(v.values)))
     if v and isinstance(v[0], list):
+        if LEGACY_WIRE:
+            return q.VectorOutput(data=[x for d in v for x in d], vectors_count=len(v))
         return q.VectorOutput(multi_dense=q.MultiDenseVector(vectors=[q.DenseVector(data=d) for d in v]))
+    if LEGACY_WIRE:
+        return q.VectorOutput(data=v)
     return q.VectorOutput(dense=q.DenseVector(data=v))
 
 
@@ -195,7 +213,12 @@ SCHEMA = {
 
 def edge_config(create):
     def params(p):
-        return e.EdgeVectorParams(size=p.size, distance=DISTANCE.get(p.distance, e.Distance.Cosine))
+        multi = None
+        if p.HasField("multivector_config"):  # MaxSim is Qdrant's only comparator
+            multi = e.MultiVectorConfig(comparator=e.MultiVectorComparator.MaxSim)
+        return e.EdgeVectorParams(
+            size=p.size, distance=DISTANCE.get(p.distance, e.Distance.Cosine), multivector_config=multi
+        )
 
     vectors = None
     if create.HasField("vectors_config"):
@@ -298,7 +321,7 @@ class Health(q.QdrantServicer):
 
     @guarded
     def HealthCheck(self, request, context, start):
-        return q.HealthCheckReply(title="qdrant-edge test server", version=VERSION)
+        return q.HealthCheckReply(title="qdrant-edge test server", version=LEGACY_VERSION if LEGACY_WIRE else VERSION)
 
 
 class Collections(q.CollectionsServicer):
@@ -429,6 +452,29 @@ class Points(q.PointsServicer):
         return resp
 
     @guarded
+    def Query(self, request, context, start):
+        if request.prefetch or not request.HasField("query") or request.query.WhichOneof("variant") != "nearest" \
+                or request.query.nearest.WhichOneof("variant") != "dense":
+            raise unimplemented("queries other than the nearest points to a dense vector")
+        c = self.store.get(request.collection_name)
+        wv = with_vectors_in(request)
+        hits = c.shard.query(e.QueryRequest(
+            limit=request.limit if request.HasField("limit") else 10,
+            offset=request.offset if request.HasField("offset") else None,
+            query=e.Query.Nearest(list(request.query.nearest.dense.data),
+                                  using=request.using if request.HasField("using") else None),
+            filter=filter_in(request.filter) if request.HasField("filter") else None,
+            with_payload=with_payload_in(request.with_payload) if request.HasField("with_payload") else False,
+            with_vector=wv,
+            score_threshold=request.score_threshold if request.HasField("score_threshold") else None,
+        ))
+        return q.QueryResponse(result=[
+            q.ScoredPoint(id=point_id_out(h.id), payload=payload_out(h.payload), score=h.score, version=h.version,
+                          vectors=vectors_out(h.vector) if wv and h.vector is not None else None)
+            for h in hits
+        ], time=elapsed(start))
+
+    @guarded
     def Count(self, request, context, start):
         c = self.store.get(request.collection_name)
         flt = filter_in(request.filter) if request.HasField("filter") else None
@@ -486,10 +532,13 @@ def main():
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--data", required=True)
     ap.add_argument("--api-key")
+    ap.add_argument("--wire", choices=["current", "legacy"], default="current")
     ap.add_argument("--tls-port", type=int)
     ap.add_argument("--tls-cert")
     ap.add_argument("--tls-key")
     a = ap.parse_args()
+    global LEGACY_WIRE
+    LEGACY_WIRE = a.wire == "legacy"
     store = Store(a.data)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=8),
