@@ -16,10 +16,13 @@ if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/nu
 fi
 # Debian starts a system redis-server on 6379; the tests start their own on free ports.
 
-if ! "$TM_CACHE/venv/bin/python" -c 'import redis, requests, neo4j, qdrant_client, qdrant_edge, grpc' 2>/dev/null; then
-  echo "setup: creating the Python virtualenv for the reference script in $TM_CACHE/venv"
+# The venv also holds LightRAG itself (lightrag-hku, pinned), the judge of the round-trip tests.
+if ! "$TM_CACHE/venv/bin/python" -c 'import redis, requests, neo4j, qdrant_client, qdrant_edge, grpc, lightrag' 2>/dev/null \
+   || ! cmp -s tools/lightrag/requirements.txt "$TM_CACHE/venv/lightrag-requirements.txt"; then
+  echo "setup: creating the Python virtualenv (reference script, Qdrant test server, LightRAG) in $TM_CACHE/venv"
   python3 -m venv "$TM_CACHE/venv"
-  "$TM_CACHE/venv/bin/pip" install -q --disable-pip-version-check -r tools/requirements.txt
+  "$TM_CACHE/venv/bin/pip" install -q --disable-pip-version-check -r tools/requirements.txt -r tools/lightrag/requirements.txt
+  cp tools/lightrag/requirements.txt "$TM_CACHE/venv/lightrag-requirements.txt"
 fi
 # The Bolt test server (Neo4j 4.4 from Maven Central, with Java 17 and Maven from the image).
 bash tools/neo4j/build.sh
