@@ -490,9 +490,12 @@ pub enum Stage {
     /// Writing target items.
     #[default]
     Copy,
-    /// Counting source and target; nothing has been removed yet.
+    /// Comparing every source item with its target by content, copying again what
+    /// changed in the source since it was copied; then counting both. Nothing has
+    /// been removed yet.
     Verify,
-    /// Move only: removing source items whose target is verified.
+    /// Move only: removing each source item whose target is equal at that moment
+    /// (items changed since are copied again and removed in a later pass).
     RemoveSource,
     /// Move only: checking that no source item is left.
     VerifyRemoved,
@@ -512,6 +515,13 @@ pub struct Checkpoint {
     /// Batches completed in this stage.
     #[serde(default)]
     pub batch: u64,
+    /// Pass of the stage (Verify and RemoveSource repeat while the source changes).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pass: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Progress of one collection (Qdrant) inside a phase.
@@ -546,6 +556,14 @@ pub struct PhaseStatus {
     /// Items that could not be migrated.
     #[serde(default)]
     pub failed: u64,
+    /// Source items whose target was compared with them by content and found equal
+    /// (in the last verification pass).
+    #[serde(default)]
+    pub compared: u64,
+    /// Source items copied again because they changed (or appeared) in the source
+    /// after they were copied: catch-up, over the whole run.
+    #[serde(default)]
+    pub recopied: u64,
     /// Where to resume after a restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<Checkpoint>,

@@ -138,6 +138,10 @@ pub struct MigrateArgs {
     /// Attempts per failing batch before the run fails.
     #[arg(long, default_value_t = 5)]
     pub max_attempts: u32,
+    /// Verification (and removal) passes while the source keeps changing, before the
+    /// run stops saying so.
+    #[arg(long, default_value_t = 5)]
+    pub max_passes: u32,
     /// Summary format on stdout.
     #[arg(long, value_enum, default_value = "text")]
     pub output: OutputFormat,
@@ -651,6 +655,7 @@ pub async fn migrate(a: MigrateArgs) -> i32 {
     }
     let opts = RunOptions {
         max_attempts: a.max_attempts.max(1),
+        max_passes: a.max_passes.max(1),
         ..RunOptions::default()
     };
     let report = engine::run(&spec, &creds, &resume, &opts, &mut progress).await;

@@ -7,6 +7,7 @@
 //! The engine knows nothing of Kubernetes or terminals, and nothing of store
 //! protocols: it talks to stores only through [`Phase`].
 
+use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ use crate::stores::config::{ConfigPhase, ConfigSettings};
 use crate::stores::memgraph::{MemgraphPhase, MemgraphSettings};
 use crate::stores::qdrant::{QdrantPhase, QdrantSettings};
 use crate::stores::redis::{RedisPhase, RedisSettings};
-use crate::stores::{Phase, PhasePlan, StoreFailure, Verified};
+use crate::stores::{Phase, PhasePlan, Recopied, StoreFailure, Verified};
 
 /// Credentials resolved by a shell (from Secrets or the environment).
 #[derive(Clone, Debug, Default)]
@@ -47,6 +48,9 @@ pub struct RunOptions {
     pub memgraph_batch_size: usize,
     /// Qdrant points per page when the spec does not say.
     pub qdrant_batch_size: usize,
+    /// Passes of Verify (and of RemoveSource) while the source keeps changing, before
+    /// the run stops saying so.
+    pub max_passes: u32,
 }
 
 impl Default for RunOptions {
@@ -58,6 +62,7 @@ impl Default for RunOptions {
             redis_batch_size: 1000,
             memgraph_batch_size: 5000,
             qdrant_batch_size: 256,
+            max_passes: 5,
         }
     }
 }
@@ -525,6 +530,14 @@ impl Run<'_> {
 
     /// Runs one store's phase from its checkpoint: to Done, or with
     /// [`Pass::CopyAndVerify`] up to the removal of its sources.
+    ///
+    /// Verify compares every source item with its target by content, page by page;
+    /// the store copies again what changed in the source since it was copied, and the
+    /// pass repeats while a pass copied anything (catch-up), up to `max_passes`. Only
+    /// a pass that found everything equal leads to the counts, and only then to
+    /// RemoveSource, whose passes repeat in the same way: the store removes a source
+    /// item only when its target is equal at that moment, so a checkpoint past Verify
+    /// never licenses removing what the source holds now.
     async fn phase<P: Phase>(
         &mut self,
         store: Store,
@@ -560,8 +573,13 @@ impl Run<'_> {
             st.start_time.get_or_insert_with(now);
         }
         self.progress.update(store, self.stage_of(store), &self.phases);
-        let mut repaired = false;
         let mut verified = None;
+        // What the previous pass of this stage copied again, by item: the same item
+        // copied again from unchanged source content means its target changed behind
+        // the run's back.
+        let mut last_pass: HashMap<String, u64> = HashMap::new();
+        // Passes of this run: a resumed run gets the whole budget again.
+        let mut passes = 0u32;
         loop {
             let cp = self.phases.get(store).checkpoint.clone().unwrap_or_default();
             if pass == Pass::CopyAndVerify && matches!(cp.stage, Stage::RemoveSource | Stage::VerifyRemoved) {
@@ -570,55 +588,66 @@ impl Run<'_> {
             let stage_started = Instant::now();
             let stage_now = cp.stage;
             let next = match cp.stage {
-                Stage::Copy | Stage::RemoveSource => {
-                    let after = if cp.stage == Stage::Copy {
-                        Stage::Verify
-                    } else {
-                        Stage::VerifyRemoved
-                    };
+                Stage::Copy => {
                     self.batches(store, phase, plan, cp).await?;
-                    after
+                    Stage::Verify
                 }
-                Stage::Verify | Stage::VerifyRemoved => {
-                    let removed = cp.stage == Stage::VerifyRemoved;
-                    match self.verify(store, phase, plan, removed).await {
-                        Ok(v) => {
-                            let st = self.phases.get_mut(store);
-                            // Verification, not the batch counters, decides the final numbers.
-                            // A resumed run plans only what is left, so keep the larger total.
-                            st.skipped = if skip_policy { plan.conflicts } else { 0 };
-                            st.done = st.total - st.skipped.min(st.total);
-                            for c in &mut st.collections {
-                                c.done = c.total;
-                            }
-                            verified = Some(v);
-                            match (removed, self.spec.mode) {
-                                (false, Mode::Move) => Stage::RemoveSource,
-                                _ => Stage::Done,
-                            }
-                        }
-                        Err(Incomplete(message)) if !repaired => {
-                            // A scan cut short (the store restarted under us): copy again;
-                            // items already in the target count as identical.
-                            tracing::warn!(%store, %message, "verification found missing items; running the copy pass again");
-                            repaired = true;
-                            Stage::Copy
-                        }
-                        Err(Incomplete(message)) | Err(Failed(message)) => {
-                            return Err(EngineError::Verify { store, message });
-                        }
-                        Err(Fatal(e)) => return Err(e),
+                Stage::Verify | Stage::RemoveSource => {
+                    let recopied = self.batches(store, phase, plan, cp.clone()).await?;
+                    if !recopied.is_empty() {
+                        self.another_pass(store, cp.stage, &mut passes, &recopied, &mut last_pass)?;
+                        continue;
+                    }
+                    match cp.stage {
+                        Stage::Verify => Stage::Verify, // settled: the counts come next
+                        _ => Stage::VerifyRemoved,
                     }
                 }
+                Stage::VerifyRemoved => Stage::VerifyRemoved,
                 Stage::Done => break,
+            };
+            // A Verify pass that copied nothing again, or a finished removal: count.
+            let next = if next == stage_now && matches!(next, Stage::Verify | Stage::VerifyRemoved) {
+                let removed = next == Stage::VerifyRemoved;
+                match self.verify(store, phase, plan, removed).await {
+                    Ok(v) => {
+                        let st = self.phases.get_mut(store);
+                        // Verification, not the batch counters, decides the final numbers.
+                        // A resumed run plans only what is left, so keep the larger total.
+                        st.skipped = if skip_policy { plan.conflicts } else { 0 };
+                        st.total = st.total.max(st.compared + st.skipped);
+                        st.done = st.total - st.skipped.min(st.total);
+                        for c in &mut st.collections {
+                            c.done = c.total;
+                        }
+                        verified = Some(v);
+                        match (removed, self.spec.mode) {
+                            (false, Mode::Move) => Stage::RemoveSource,
+                            _ => Stage::Done,
+                        }
+                    }
+                    Err(Incomplete(message)) => {
+                        // Items appeared in the source after the pass saw it: another pass.
+                        let stage = if removed { Stage::RemoveSource } else { Stage::Verify };
+                        tracing::warn!(%store, %message, "the source changed after the last pass; another pass");
+                        self.next_pass(store, stage, &mut passes, 0, &message)?;
+                        continue;
+                    }
+                    Err(Failed(message)) => return Err(EngineError::Verify { store, message }),
+                    Err(Fatal(e)) => return Err(e),
+                }
+            } else {
+                next
             };
             tracing::info!(%store, stage = ?stage_now, seconds = stage_started.elapsed().as_secs_f64(), "stage finished");
             let st = self.phases.get_mut(store);
             st.checkpoint = Some(Checkpoint {
                 stage: next,
-                cursor: String::new(),
-                batch: 0,
+                ..Checkpoint::default()
             });
+            if next == Stage::Verify {
+                st.compared = 0;
+            }
             if next == Stage::Done {
                 st.state = PhaseState::Succeeded;
                 st.completion_time = Some(now());
@@ -629,15 +658,93 @@ impl Run<'_> {
         Ok(verified)
     }
 
-    /// Runs the batches of a Copy or RemoveSource stage from `cp`.
+    /// After a pass of `stage` that copied `recopied` again: fails when the same items
+    /// were copied again from unchanged source content (their target changed behind the
+    /// run's back), else starts the next pass (see [`Run::next_pass`]).
+    fn another_pass(
+        &mut self,
+        store: Store,
+        stage: Stage,
+        passes: &mut u32,
+        recopied: &Recopies,
+        last_pass: &mut HashMap<String, u64>,
+    ) -> Result<(), EngineError> {
+        let behind: Vec<&str> = recopied
+            .examples
+            .iter()
+            .filter(|r| last_pass.get(&r.item) == Some(&r.digest))
+            .map(|r| r.item.as_str())
+            .collect();
+        if !behind.is_empty() {
+            return Err(EngineError::Verify {
+                store,
+                message: format!(
+                    "{} target {} changed behind the run's back: they differed from their unchanged source in two \
+                     passes (e.g. {}); is something else writing the target tenant?",
+                    behind.len(),
+                    store.unit(),
+                    examples(behind.iter().copied())
+                ),
+            });
+        }
+        *last_pass = recopied.examples.iter().map(|r| (r.item.clone(), r.digest)).collect();
+        let what = format!(
+            "{} {} changed in the source since they were copied (e.g. {})",
+            recopied.count,
+            store.unit(),
+            examples(recopied.examples.iter().map(|r| r.item.as_str()))
+        );
+        tracing::warn!(%store, stage = ?stage, passes = *passes, "{what}; copied again, another pass");
+        self.next_pass(store, stage, passes, recopied.count, &what)
+    }
+
+    /// Starts another pass of `stage`, or fails when this run's passes are used up:
+    /// the source does not settle.
+    fn next_pass(
+        &mut self,
+        store: Store,
+        stage: Stage,
+        passes: &mut u32,
+        recopied: u64,
+        what: &str,
+    ) -> Result<(), EngineError> {
+        *passes += 1;
+        if *passes >= self.opts.max_passes {
+            return Err(EngineError::Verify {
+                store,
+                message: format!(
+                    "source tenant still being written: {what} during the last of {} passes; quiesce its writers \
+                     (spec.quiesce) and run again — nothing that was not verified was removed",
+                    self.opts.max_passes
+                ),
+            });
+        }
+        let st = self.phases.get_mut(store);
+        st.recopied += recopied;
+        if stage == Stage::Verify {
+            st.compared = 0;
+        }
+        let pass = st.checkpoint.as_ref().map_or(0, |c| c.pass) + 1;
+        st.checkpoint = Some(Checkpoint {
+            stage,
+            pass,
+            ..Checkpoint::default()
+        });
+        self.progress.update(store, self.stage_of(store), &self.phases);
+        Ok(())
+    }
+
+    /// Runs the batches of a Copy, Verify or RemoveSource stage from `cp`; returns
+    /// what the comparisons copied again.
     async fn batches<P: Phase>(
         &mut self,
         store: Store,
         phase: &mut P,
         plan: &PhasePlan,
         mut cp: Checkpoint,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Recopies, EngineError> {
         let mut processed = 0u64;
+        let mut recopied = Recopies::default();
         let total = self.phases.get(store).total;
         loop {
             if self.progress.should_stop() {
@@ -650,19 +757,25 @@ impl Run<'_> {
                 })
                 .await?;
             processed += outcome.done + outcome.skipped;
+            recopied.add(outcome.recopied);
             let st = self.phases.get_mut(store);
-            if cp.stage == Stage::Copy {
-                // SCAN may return a key twice and resumed batches recount: cap at the plan.
-                st.done = (st.done + outcome.done).min(total);
-                if let Some(c) = outcome.group.and_then(|g| st.collections.get_mut(g)) {
-                    c.done = (c.done + outcome.done).min(c.total);
+            match cp.stage {
+                Stage::Copy => {
+                    // SCAN may return a key twice and resumed batches recount: cap at the plan.
+                    st.done = (st.done + outcome.done).min(total);
+                    if let Some(c) = outcome.group.and_then(|g| st.collections.get_mut(g)) {
+                        c.done = (c.done + outcome.done).min(c.total);
+                    }
+                    st.skipped = (st.skipped + outcome.skipped).min(total - st.done);
                 }
-                st.skipped = (st.skipped + outcome.skipped).min(total - st.done);
+                Stage::Verify => st.compared += outcome.done,
+                _ => {}
             }
             cp = Checkpoint {
                 stage: cp.stage,
                 cursor: outcome.next.clone().unwrap_or_default(),
                 batch,
+                pass: cp.pass,
             };
             st.checkpoint = Some(cp.clone());
             let stage = StageProgress {
@@ -672,7 +785,7 @@ impl Run<'_> {
             };
             self.progress.update(store, stage, &self.phases);
             if outcome.next.is_none() {
-                return Ok(());
+                return Ok(recopied);
             }
         }
     }
@@ -749,6 +862,33 @@ enum VerifyFailure {
     Fatal(EngineError),
 }
 
+/// Items a pass copied again: how many, and the first of them by name.
+#[derive(Default)]
+struct Recopies {
+    count: u64,
+    examples: Vec<Recopied>,
+}
+
+/// Items remembered per pass to tell a changing target from a changing source.
+const REMEMBERED: usize = 10_000;
+
+impl Recopies {
+    fn add(&mut self, items: Vec<Recopied>) {
+        self.count += items.len() as u64;
+        let room = REMEMBERED.saturating_sub(self.examples.len());
+        self.examples.extend(items.into_iter().take(room));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+/// The first few of `items`, for a message.
+fn examples<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    items.take(3).collect::<Vec<_>>().join(", ")
+}
+
 async fn preflight<P: Phase>(phase: Option<&mut P>, resuming: bool) -> Result<PhasePlan, String> {
     match phase {
         Some(p) => p.plan(resuming).await.map_err(|e| describe(&e)),
@@ -782,6 +922,14 @@ fn done_summary(store: Store, mode: Mode, st: &PhaseStatus) -> String {
         Mode::Copy => "copied",
     };
     let mut s = format!("{} of {} {} {verb} and verified", st.done, st.total, store.unit());
+    s.push_str(&format!(" ({} compared by content", st.compared));
+    if st.recopied > 0 {
+        s.push_str(&format!(
+            ", {} copied again after they changed in the source",
+            st.recopied
+        ));
+    }
+    s.push(')');
     if st.skipped > 0 {
         s.push_str(&format!(", {} skipped (onConflict: Skip)", st.skipped));
     }

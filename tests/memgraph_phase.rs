@@ -139,6 +139,32 @@ fn migrate(source: &str, target: &str, port: u16, state: &Path, extra: &[&str]) 
     c
 }
 
+/// Runs a graph-only TenantMigration manifest of `src` → `tgt` whose `spec` ends with
+/// `rest` (YAML lines indented by two, e.g. the memgraph phase), with this file's
+/// credentials.
+fn migrate_manifest(name: &str, src: &str, tgt: &str, rest: &str) -> std::process::Output {
+    let dir = state_dir(name);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let manifest = dir.join("m.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: m}}\nspec:\n  source: {src}\n  \
+             target: {tgt}\n  config: {{enabled: false}}\n  redis: {{enabled: false}}\n  qdrant: {{enabled: false}}\n{rest}"
+        ),
+    )
+    .expect("manifest");
+    Command::new(bin())
+        .args(["migrate", "-f"])
+        .arg(&manifest)
+        .arg("--state-dir")
+        .arg(&dir)
+        .env("MEMGRAPH_USER", &server().user)
+        .env("MEMGRAPH_PASSWORD", &server().password)
+        .output()
+        .expect("run")
+}
+
 async fn loaded(source: &str) -> (u64, u64) {
     let g = server().graph().await.expect("connect");
     load_standard(&g, source, SCALE).await.expect("load graph")
@@ -349,29 +375,12 @@ async fn a_node_of_another_tenant_labelled_by_its_type_is_refused_without_a_writ
     }
     assert_same(&snap().await, &before);
     // Said explicitly, they count as the tenant's.
-    let dir = state_dir("mg-typed-include");
-    std::fs::create_dir_all(&dir).expect("dir");
-    let manifest = dir.join("m.yaml");
-    std::fs::write(
-        &manifest,
-        format!(
-            "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: t}}\nspec:\n  source: {src}\n  \
-             target: {tgt}\n  dryRun: true\n  config: {{enabled: false}}\n  redis: {{enabled: false}}\n  \
-             qdrant: {{enabled: false}}\n  memgraph: {{uri: 'bolt://{}:{}', foreignLabelledNodes: Include}}\n",
-            server().host(),
-            server().port()
-        ),
-    )
-    .expect("manifest");
-    let out = Command::new(bin())
-        .args(["migrate", "-f"])
-        .arg(&manifest)
-        .arg("--state-dir")
-        .arg(&dir)
-        .env("MEMGRAPH_USER", &server().user)
-        .env("MEMGRAPH_PASSWORD", &server().password)
-        .output()
-        .expect("run");
+    let rest = format!(
+        "  dryRun: true\n  memgraph: {{uri: 'bolt://{}:{}', foreignLabelledNodes: Include}}\n",
+        server().host(),
+        server().port()
+    );
+    let out = migrate_manifest("mg-typed-include", src, tgt, &rest);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains("2 source nodes carry another label too"),
@@ -454,28 +463,11 @@ async fn a_hung_connection_cannot_hold_a_batch() {
     let before = snapshot(src, tgt).await;
     let recorder = tenant_migrator_testkit::BoltRecorder::start(upstream()).expect("recorder");
     recorder.freeze_after(Some(("SET n:", 2)));
-    let dir = state_dir("mg-hang");
-    std::fs::create_dir_all(&dir).expect("dir");
-    let manifest = dir.join("m.yaml");
-    std::fs::write(
-        &manifest,
-        format!(
-            "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: h}}\nspec:\n  source: {src}\n  \
-             target: {tgt}\n  config: {{enabled: false}}\n  redis: {{enabled: false}}\n  qdrant: {{enabled: false}}\n  \
-             memgraph: {{uri: 'bolt://127.0.0.1:{}', batchSize: 50, queryTimeoutSeconds: 2}}\n",
-            recorder.port()
-        ),
-    )
-    .expect("manifest");
-    let out = Command::new(bin())
-        .args(["migrate", "-f"])
-        .arg(&manifest)
-        .arg("--state-dir")
-        .arg(&dir)
-        .env("MEMGRAPH_USER", &server().user)
-        .env("MEMGRAPH_PASSWORD", &server().password)
-        .output()
-        .expect("run");
+    let rest = format!(
+        "  memgraph: {{uri: 'bolt://127.0.0.1:{}', batchSize: 50, queryTimeoutSeconds: 2}}\n",
+        recorder.port()
+    );
+    let out = migrate_manifest("mg-hang", src, tgt, &rest);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains("relabel batch did not answer within 2 s"),
@@ -534,4 +526,105 @@ async fn a_bolt_s_uri_verifies_the_server_and_migrates_over_tls() {
         text(&out)
     );
     assert_same(&snap().await, &expected(&before, src, tgt, true));
+}
+
+/// Nodes written after their copy: a Copy killed before verification, then a source
+/// node's description changes — the resumed run's comparison finds the clone differs
+/// and clones it again; a Move killed likewise, then a client creates a node under the
+/// source label — it is moved too, and one whose entity_id the target already holds
+/// is refused by name rather than duplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_written_after_their_copy_are_copied_again() {
+    let g = server().graph().await.expect("connect");
+    let props = |label: &str, id: &str| {
+        let (g, q) = (
+            g.clone(),
+            format!("MATCH (n:`{label}` {{entity_id: $id}}) RETURN n.description AS d"),
+        );
+        let id = id.to_owned();
+        async move {
+            let mut rows = g.execute(neo4rs::query(&q).param("id", id)).await.expect("query");
+            let mut out = None;
+            while let Some(row) = rows.next().await.expect("row") {
+                out = row.get::<String>("d").ok();
+            }
+            out
+        }
+    };
+    // Copy.
+    let (src, tgt) = ("cu_siraya", "cu_copy");
+    loaded(src).await;
+    let state = state_dir("mg-catchup-copy");
+    let cmd = migrate(
+        src,
+        tgt,
+        server().port(),
+        &state,
+        &["--mode", "copy", "--batch-size", "10"],
+    );
+    assert!(tokio::task::block_in_place(|| common::kill_at(
+        cmd,
+        &state,
+        (src, tgt),
+        "memgraph",
+        "Verify",
+        1
+    )));
+    let changed = format!("{src} entity 7");
+    g.run(
+        neo4rs::query("MATCH (n:`cu_siraya` {entity_id: $id}) SET n.description = 'changed after copy'")
+            .param("id", changed.as_str()),
+    )
+    .await
+    .expect("update");
+    let out = migrate(src, tgt, server().port(), &state, &["--mode", "copy"])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        props(tgt, &changed).await.as_deref(),
+        Some("changed after copy"),
+        "{}",
+        text(&out)
+    );
+    // Move.
+    let (src, tgt) = ("cu_move", "cu_moved");
+    loaded(src).await;
+    let state = state_dir("mg-catchup-move");
+    let cmd = migrate(src, tgt, server().port(), &state, &["--batch-size", "10"]);
+    assert!(tokio::task::block_in_place(|| common::kill_at(
+        cmd,
+        &state,
+        (src, tgt),
+        "memgraph",
+        "Verify",
+        0
+    )));
+    g.run(neo4rs::query(
+        "CREATE (:`cu_move` {entity_id: 'written later', description: 'new'})",
+    ))
+    .await
+    .expect("create");
+    // A twin: the entity moved already, and a client wrote it again under the old label.
+    let twin = format!("{src} entity 3");
+    g.run(neo4rs::query("CREATE (:`cu_move` {entity_id: $id, description: 'again'})").param("id", twin.as_str()))
+        .await
+        .expect("create");
+    let out = migrate(src, tgt, server().port(), &state, &[]).output().expect("run");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "1 nodes were written under the source label after a node with the same entity_id moved to the target \
+             (e.g. entity_id \"{twin}\")"
+        )),
+        "{}",
+        text(&out)
+    );
+    g.run(neo4rs::query("MATCH (n:`cu_move` {entity_id: $id}) DELETE n").param("id", twin.as_str()))
+        .await
+        .expect("delete the twin");
+    let out = migrate(src, tgt, server().port(), &state, &[]).output().expect("run");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(props(tgt, "written later").await.as_deref(), Some("new"));
+    assert_eq!(props(src, "written later").await, None);
 }

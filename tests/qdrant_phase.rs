@@ -266,7 +266,7 @@ async fn copy_rekeys_into_the_target_and_leaves_the_source(wire) {
     let status = &report["phases"][2]["status"];
     assert_eq!(
         status["message"],
-        format!("{n} of {n} points copied and verified"),
+        format!("{n} of {n} points copied and verified ({n} compared by content)"),
         "{report}"
     );
     // Per-collection progress, as the resource's status shows it.
@@ -608,4 +608,117 @@ async fn an_https_url_verifies_the_server_and_migrates_over_tls() {
         text(&out)
     );
     assert_same(&snapshot(&server).await, &expected(&before, true, true));
+}
+
+/// A source point with LightRAG's payload (`id`, `content`, the tenant) and a vector.
+fn point_of(tenant: &str, id: &str, content: &str) -> qdrant_client::qdrant::PointStruct {
+    let payload: std::collections::HashMap<String, qdrant_client::qdrant::Value> = [
+        ("id".to_owned(), id.to_owned().into()),
+        ("workspace_id".to_owned(), tenant.to_owned().into()),
+        ("content".to_owned(), content.to_owned().into()),
+    ]
+    .into();
+    qdrant_client::qdrant::PointStruct::new(lightrag_id(tenant, id), vec![0.5_f32; DIM as usize], payload)
+}
+
+/// Killed in the middle of removal; then a client updates a source point not removed
+/// yet and adds one: the resumed run compares each point with its copy before it
+/// deletes it (by id, never by filter), copies the update and the new point again,
+/// and removes them in a later pass — nothing written to the source is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_point_written_between_copy_and_removal_is_copied_again() {
+    let (server, _) = loaded().await;
+    let state = state_dir("q-catchup");
+    let cmd = migrate(&server.url, &state, &["--batch-size", "10"]);
+    let killed =
+        tokio::task::block_in_place(|| common::kill_at(cmd, &state, (SOURCE, TARGET), "qdrant", "RemoveSource", 2));
+    assert!(killed, "finished before removal");
+    let client = server.client();
+    let rel = qdrant_fixture::RELATIONSHIPS;
+    let left = qdrant_fixture::snapshot(&client, rel).await.expect("snapshot");
+    let (_, kept) = left
+        .iter()
+        .find(|(_, p)| tenant_of(p) == Some(ws(SOURCE)))
+        .expect("a source point not removed yet");
+    let id = kept.payload["id"].split('"').nth(1).unwrap_or_default().to_owned();
+    let fresh = [
+        point_of(SOURCE, &id, "updated after verification"),
+        point_of(SOURCE, "rel-new-after-verification", "new"),
+    ];
+    client
+        .upsert_points(qdrant_client::qdrant::UpsertPointsBuilder::new(rel, fresh.to_vec()).wait(true))
+        .await
+        .expect("upsert");
+    let out = migrate(&server.url, &state, &[]).output().expect("run");
+    assert!(out.status.success(), "{}", text(&out));
+    let after = qdrant_fixture::snapshot(&client, rel).await.expect("snapshot");
+    for (pid, content) in [
+        (id.as_str(), "updated after verification"),
+        ("rel-new-after-verification", "new"),
+    ] {
+        let copy = after
+            .get(&lightrag_id(TARGET, pid))
+            .unwrap_or_else(|| panic!("{pid} has no copy"));
+        assert_eq!(copy.payload["content"], ws(content), "{pid}: {}", text(&out));
+    }
+    assert!(
+        !after.values().any(|p| tenant_of(p) == Some(ws(SOURCE))),
+        "source points left"
+    );
+    assert!(
+        text(&out).contains("copied again after they changed in the source"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// A tenant moved earlier with kept ids owns points at ids that LightRAG computes for
+/// this migration's target: they are someone else's, and re-keying stops before
+/// writing over them, naming one.
+#[tokio::test]
+async fn a_target_id_held_by_another_tenants_point_is_never_overwritten() {
+    let (server, _) = loaded().await;
+    let client = server.client();
+    let chunks = qdrant_fixture::CHUNKS;
+    let source_points = qdrant_fixture::snapshot(&client, chunks).await.expect("snapshot");
+    let (_, first) = source_points
+        .iter()
+        .find(|(_, p)| tenant_of(p) == Some(ws(SOURCE)))
+        .expect("a source point");
+    let id = first.payload["id"].split('"').nth(1).unwrap_or_default().to_owned();
+    // Another tenant's point, at the id this migration would give `id`.
+    let mut squatter = point_of(TARGET, &id, "another tenant's");
+    squatter
+        .payload
+        .insert("workspace_id".into(), "moved_with_kept_ids".to_owned().into());
+    client
+        .upsert_points(qdrant_client::qdrant::UpsertPointsBuilder::new(chunks, vec![squatter]).wait(true))
+        .await
+        .expect("upsert");
+    let before = snapshot(&server).await;
+    let out = migrate(&server.url, &state_dir("q-foreign-id"), &[])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "target ids are held by points of another tenant (e.g. {})",
+            lightrag_id(TARGET, &id)
+        )),
+        "{}",
+        text(&out)
+    );
+    let after = snapshot(&server).await;
+    assert_eq!(
+        after[chunks][&lightrag_id(TARGET, &id)],
+        before[chunks][&lightrag_id(TARGET, &id)]
+    );
+    // Every source point is still there: nothing is removed before every store is verified.
+    for (name, points) in &before {
+        for (pid, p) in points {
+            if tenant_of(p) == Some(ws(SOURCE)) {
+                assert!(after[name].contains_key(pid), "{name}/{pid} was removed");
+            }
+        }
+    }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use super::{GroupCount, Phase, PhasePlan, StepOutcome, StoreFailure, Verified};
+use super::{GroupCount, Phase, PhasePlan, Recopied, StepOutcome, StoreFailure, Verified, digest};
 use crate::Secret;
 use crate::api::{CreateMethod, OnConflict, Stage, TenantId};
 
@@ -137,6 +137,8 @@ pub struct ConfigPhase {
     http: reqwest::Client,
     source_url: String,
     target_url: String,
+    /// The plan saw this migration's earlier work (see `RedisPhase`'s field).
+    resuming: bool,
 }
 
 impl ConfigPhase {
@@ -163,6 +165,7 @@ impl ConfigPhase {
             target_url: format!("{base}/tenants/{}/config", settings.target),
             settings,
             http,
+            resuming: false,
         })
     }
 
@@ -241,9 +244,12 @@ impl ConfigPhase {
         match target {
             Some(t) if t == source => Ok((1, 0)),
             _ if self.settings.on_conflict == OnConflict::Skip && target.is_some() => Ok((0, 1)),
-            _ if self.settings.on_conflict == OnConflict::Fail && target.is_some() => Err(ConfigStoreError::Conflict {
-                url: self.target_url.clone(),
-            }),
+            // Resumed, a differing target is this migration's copy of a source changed since.
+            _ if self.settings.on_conflict == OnConflict::Fail && target.is_some() && !self.resuming => {
+                Err(ConfigStoreError::Conflict {
+                    url: self.target_url.clone(),
+                })
+            }
             _ => {
                 self.write_target(Method::PUT, source).await?;
                 Ok((1, 0))
@@ -269,6 +275,7 @@ impl Phase for ConfigPhase {
     type Error = ConfigStoreError;
 
     async fn plan(&mut self, resuming: bool) -> Result<PhasePlan, ConfigStoreError> {
+        self.resuming = resuming;
         let source = self.get(&self.source_url).await?;
         let target = self.get(&self.target_url).await?;
         let mut plan = PhasePlan::default();
@@ -292,6 +299,10 @@ impl Phase for ConfigPhase {
                 plan.total = 1;
                 if &self.expected(s)?.0 == t {
                     plan.identical = 1;
+                } else if resuming && self.settings.on_conflict == OnConflict::Fail {
+                    // This migration's copy of a source config changed since: copied again.
+                    plan.notes
+                        .push("the source config changed since this migration copied it: copied again".into());
                 } else {
                     plan.conflicts = 1;
                     plan.conflict_examples.push(self.target_url.clone());
@@ -328,6 +339,8 @@ impl Phase for ConfigPhase {
         };
         let target = self.get(&self.target_url).await?;
         // `source` is from here on the body the target must have.
+        let skip = self.settings.on_conflict == OnConflict::Skip;
+        let mut recopied = Vec::new();
         let (done, skipped) = match (stage, source, target) {
             // Resumed after the source was removed: nothing left to do.
             (_, None, Some(_)) => (1, 0),
@@ -350,20 +363,26 @@ impl Phase for ConfigPhase {
                 }
             }
             (Stage::Copy, Some(s), Some(t)) => self.resolve(&s, Some(&t)).await?,
-            (Stage::RemoveSource, Some(s), Some(t)) if s == t => {
-                let (status, text) = self.send(Method::DELETE, &self.source_url, None).await?;
-                if !(status.is_success() || status == StatusCode::NOT_FOUND) {
-                    return Err(unexpected(Method::DELETE, &self.source_url, status, &text));
+            (Stage::Verify | Stage::RemoveSource, Some(s), Some(t)) if s == t => {
+                if stage == Stage::RemoveSource {
+                    let (status, text) = self.send(Method::DELETE, &self.source_url, None).await?;
+                    if !(status.is_success() || status == StatusCode::NOT_FOUND) {
+                        return Err(unexpected(Method::DELETE, &self.source_url, status, &text));
+                    }
                 }
                 (1, 0)
             }
             // Skip kept the target's own config: the source's is never destroyed.
-            (Stage::RemoveSource, Some(_), Some(_)) if self.settings.on_conflict == OnConflict::Skip => (0, 1),
-            (Stage::RemoveSource, Some(_), _) => {
-                return Err(ConfigStoreError::Mismatch(format!(
-                    "refusing to delete {}: the target config at {} is missing or differs",
-                    self.source_url, self.target_url
-                )));
+            (Stage::Verify | Stage::RemoveSource, Some(_), Some(_)) if skip => (0, 1),
+            // The source changed since it was copied (or the target vanished): copy it
+            // again; it is compared (and removed) in the next pass.
+            (Stage::Verify | Stage::RemoveSource, Some(s), _) => {
+                self.write_target(Method::PUT, &s).await?;
+                recopied.push(Recopied {
+                    item: self.target_url.clone(),
+                    digest: digest(&[s.to_string().as_bytes()]),
+                });
+                (0, 0)
             }
             (other, ..) => {
                 return Err(ConfigStoreError::Settings(format!("stage {other:?} has no batches")));
@@ -374,6 +393,7 @@ impl Phase for ConfigPhase {
             done,
             skipped,
             group: None,
+            recopied,
         })
     }
 

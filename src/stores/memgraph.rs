@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use neo4rs::{ConfigBuilder, Graph, Query, query};
 
-use super::{GroupCount, Phase, PhasePlan, StepOutcome, StoreFailure, Verified};
+use super::{GroupCount, Phase, PhasePlan, Recopied, StepOutcome, StoreFailure, Verified, digest};
 use crate::Secret;
 use crate::api::{ForeignNodes, Mode, Stage, TenantId};
 
@@ -89,6 +89,12 @@ pub enum MemgraphStoreError {
     MissingEntityId { count: u64 },
     #[error("{what} did not answer within {seconds} s")]
     Timeout { what: &'static str, seconds: u64 },
+    #[error(
+        "{count} nodes were written under the source label after a node with the same entity_id moved to the \
+         target (e.g. entity_id {example:?}); merging such twins is not supported: quiesce the tenant's writers, \
+         merge or delete them, and run again"
+    )]
+    Twins { count: u64, example: String },
     #[error("verification failed: {0}")]
     Mismatch(String),
 }
@@ -209,29 +215,44 @@ impl MemgraphPhase {
             })
     }
 
-    /// Runs `q` in a transaction of its own and reads integer column `c` (and
-    /// string column `last`) of its last row. Explicit transactions, because
-    /// neo4rs retries transient failures of auto-commit queries by itself for up to
-    /// a minute, while retries with backoff are the engine's job.
+    /// Runs `q` in a transaction of its own, within the query deadline, and folds its
+    /// rows into `init` with `fold`. Explicit transactions, because neo4rs retries
+    /// transient failures of auto-commit queries by itself for up to a minute, while
+    /// retries with backoff are the engine's job.
+    async fn rows<T: Send>(
+        &self,
+        graph: &Graph,
+        what: &'static str,
+        q: Query,
+        init: T,
+        fold: impl Fn(&mut T, neo4rs::Row) + Send,
+    ) -> Result<T, MemgraphStoreError> {
+        let err = |source| MemgraphStoreError::Query { what, source };
+        self.deadline(what, async {
+            let mut txn = graph.start_txn().await.map_err(err)?;
+            let mut rows = txn.execute(q).await.map_err(err)?;
+            let mut out = init;
+            while let Some(row) = rows.next(txn.handle()).await.map_err(err)? {
+                fold(&mut out, row);
+            }
+            txn.commit().await.map_err(err)?;
+            Ok(out)
+        })
+        .await?
+    }
+
+    /// Runs `q` and reads integer column `c` (and string column `last`) of its last row.
     async fn one(
         &self,
         graph: &Graph,
         what: &'static str,
         q: Query,
     ) -> Result<(u64, Option<String>), MemgraphStoreError> {
-        let err = |source| MemgraphStoreError::Query { what, source };
-        self.deadline(what, async {
-            let mut txn = graph.start_txn().await.map_err(err)?;
-            let mut rows = txn.execute(q).await.map_err(err)?;
-            let mut out = (0, None);
-            while let Some(row) = rows.next(txn.handle()).await.map_err(err)? {
-                let c: i64 = row.get("c").unwrap_or(0);
-                out = (c.max(0) as u64, row.get::<Option<String>>("last").ok().flatten());
-            }
-            txn.commit().await.map_err(err)?;
-            Ok(out)
+        self.rows(graph, what, q, (0, None), |out, row| {
+            let c: i64 = row.get("c").unwrap_or(0);
+            *out = (c.max(0) as u64, row.get::<Option<String>>("last").ok().flatten());
         })
-        .await?
+        .await
     }
 
     async fn count(&self, graph: &Graph, what: &'static str, cypher: &str) -> Result<u64, MemgraphStoreError> {
@@ -248,52 +269,46 @@ impl MemgraphPhase {
              OPTIONAL MATCH (:{t})-[q:DIRECTED]->(:{t}) \
              RETURN sn, tn, sr, count(q) AS tr"
         ));
-        let what = "count of source and target";
-        let err = |source| MemgraphStoreError::Query { what, source };
-        self.deadline(what, async {
-            let mut txn = graph.start_txn().await.map_err(err)?;
-            let mut rows = txn.execute(q).await.map_err(err)?;
-            let mut c = Counts {
-                source_nodes: 0,
-                target_nodes: 0,
-                source_rels: 0,
-                target_rels: 0,
+        let none = Counts {
+            source_nodes: 0,
+            target_nodes: 0,
+            source_rels: 0,
+            target_rels: 0,
+        };
+        self.rows(graph, "count of source and target", q, none, |c, row| {
+            let n = |k: &str| row.get::<i64>(k).unwrap_or(0).max(0) as u64;
+            *c = Counts {
+                source_nodes: n("sn"),
+                target_nodes: n("tn"),
+                source_rels: n("sr"),
+                target_rels: n("tr"),
             };
-            let n = |row: &neo4rs::Row, k: &str| row.get::<i64>(k).unwrap_or(0).max(0) as u64;
-            while let Some(row) = rows.next(txn.handle()).await.map_err(err)? {
-                c = Counts {
-                    source_nodes: n(&row, "sn"),
-                    target_nodes: n(&row, "tn"),
-                    source_rels: n(&row, "sr"),
-                    target_rels: n(&row, "tr"),
-                };
-            }
-            txn.commit().await.map_err(err)?;
-            Ok(c)
         })
-        .await?
+        .await
+    }
+
+    /// Runs `q` and reads string-list column `column` of its last row.
+    async fn list(
+        &self,
+        graph: &Graph,
+        what: &'static str,
+        q: Query,
+        column: &'static str,
+    ) -> Result<Vec<String>, MemgraphStoreError> {
+        self.rows(graph, what, q, Vec::new(), |out, row| {
+            *out = row.get::<Vec<String>>(column).unwrap_or_default();
+        })
+        .await
     }
 
     /// The labels of the source node with `entity_id`, for an error message.
     async fn labels_of(&self, graph: &Graph, entity_id: &str) -> Result<Vec<String>, MemgraphStoreError> {
-        let what = "labels of an example node";
-        let err = |source| MemgraphStoreError::Query { what, source };
         let q = query(&format!(
             "MATCH (n:{} {{entity_id: $id}}) RETURN labels(n) AS labels LIMIT 1",
             self.src
         ))
         .param("id", entity_id);
-        self.deadline(what, async {
-            let mut txn = graph.start_txn().await.map_err(err)?;
-            let mut rows = txn.execute(q).await.map_err(err)?;
-            let mut labels = Vec::new();
-            while let Some(row) = rows.next(txn.handle()).await.map_err(err)? {
-                labels = row.get::<Vec<String>>("labels").unwrap_or_default();
-            }
-            txn.commit().await.map_err(err)?;
-            Ok(labels)
-        })
-        .await?
+        self.list(graph, "labels of an example node", q, "labels").await
     }
 
     /// A schema statement, as an auto-commit query: Memgraph refuses index changes in
@@ -335,6 +350,122 @@ impl MemgraphPhase {
             done: c,
             skipped: 0,
             group: None,
+            recopied: Vec::new(),
+        })
+    }
+
+    /// Verify of a Move: the relabelled nodes are the very nodes that were under the
+    /// source label, so there is nothing to compare but where they are. Nodes under the
+    /// source label now were written since (a client that was not quiesced): those
+    /// with no target node of the same entity_id are moved too (catch-up); a source
+    /// node whose entity_id the target already holds is refused, naming it.
+    async fn catch_up_moved(&self, graph: &Graph) -> Result<StepOutcome, MemgraphStoreError> {
+        let (s, t) = (&self.src, &self.tgt);
+        let (twins, example) = self
+            .one(
+                graph,
+                "check of nodes written under the source label",
+                query(&format!(
+                    "MATCH (n:{s}) MATCH (m:{t} {{entity_id: n.entity_id}}) RETURN count(n) AS c, min(n.entity_id) AS last"
+                )),
+            )
+            .await?;
+        if twins > 0 {
+            return Err(MemgraphStoreError::Twins {
+                count: twins,
+                example: example.unwrap_or_default(),
+            });
+        }
+        let moved = self
+            .list(
+                graph,
+                "relabel of nodes written since",
+                query(&format!(
+                    "MATCH (n:{s}) WITH n ORDER BY n.entity_id LIMIT $batch SET n:{t} REMOVE n:{s} \
+                     RETURN collect(n.entity_id) AS ids"
+                ))
+                .param("batch", self.settings.batch_size as i64),
+                "ids",
+            )
+            .await?;
+        let more = moved.len() >= self.settings.batch_size;
+        let recopied = moved
+            .into_iter()
+            .map(|id| Recopied {
+                digest: digest(&[id.as_bytes()]),
+                item: id,
+            })
+            .collect();
+        let done = if more {
+            0
+        } else {
+            self.counts(graph).await?.target_nodes
+        };
+        Ok(StepOutcome {
+            next: more.then(|| "v:".to_owned()),
+            done,
+            skipped: 0,
+            group: None,
+            recopied,
+        })
+    }
+
+    /// Verify of a Copy: the next batch of source nodes after `after` (by entity_id),
+    /// each compared with its clone by every property; a clone that is missing or
+    /// differs is written again from the source (catch-up).
+    async fn compare_clones(&self, graph: &Graph, after: &str) -> Result<StepOutcome, MemgraphStoreError> {
+        let (s, t) = (&self.src, &self.tgt);
+        let what = "comparison of a batch of nodes with their clones";
+        let q = query(&format!(
+            "MATCH (n:{s}) WHERE n.entity_id > $after WITH n ORDER BY n.entity_id LIMIT $batch \
+             OPTIONAL MATCH (m:{t} {{entity_id: n.entity_id}}) \
+             RETURN n.entity_id AS id, properties(n) AS source, properties(m) AS target"
+        ))
+        .param("after", after)
+        .param("batch", self.settings.batch_size as i64);
+        let rows: Vec<(String, neo4rs::BoltType, Option<neo4rs::BoltType>)> = self
+            .rows(graph, what, q, Vec::new(), |out, row| {
+                let id: String = row.get("id").unwrap_or_default();
+                let source = row.get("source").unwrap_or(neo4rs::BoltType::Null(neo4rs::BoltNull));
+                out.push((id, source, row.get("target").unwrap_or(None)));
+            })
+            .await?;
+        let last = rows.last().map(|(id, ..)| id.clone());
+        let full = rows.len() >= self.settings.batch_size;
+        let mut equal = 0;
+        let mut again = Vec::new();
+        for (id, source, target) in rows {
+            if target.as_ref() == Some(&source) {
+                equal += 1;
+            } else {
+                again.push(Recopied {
+                    digest: digest(&[id.as_bytes(), format!("{source:?}").as_bytes()]),
+                    item: id,
+                });
+            }
+        }
+        if !again.is_empty() {
+            let ids: Vec<String> = again.iter().map(|r| r.item.clone()).collect();
+            self.one(
+                graph,
+                "clone again of changed nodes",
+                query(&format!(
+                    "UNWIND $ids AS id MATCH (n:{s} {{entity_id: id}}) \
+                     MERGE (m:{t} {{entity_id: id}}) SET m = properties(n) RETURN count(m) AS c"
+                ))
+                .param("ids", ids),
+            )
+            .await?;
+        }
+        Ok(StepOutcome {
+            next: match last {
+                Some(last) if full => Some(format!("v:{last}")),
+                _ => None,
+            },
+            done: equal,
+            skipped: 0,
+            group: None,
+            recopied: again,
         })
     }
 
@@ -359,6 +490,7 @@ impl MemgraphPhase {
             done: c,
             skipped: 0,
             group: None,
+            recopied: Vec::new(),
         })
     }
 
@@ -389,6 +521,7 @@ impl MemgraphPhase {
             done: 0,
             skipped: 0,
             group: None,
+            recopied: Vec::new(),
         })
     }
 }
@@ -571,6 +704,13 @@ impl MemgraphPhase {
                     },
                 }
             }
+            Stage::Verify => match self.settings.mode {
+                Mode::Move => self.catch_up_moved(&graph).await,
+                Mode::Copy => {
+                    self.compare_clones(&graph, cursor.strip_prefix("v:").unwrap_or(""))
+                        .await
+                }
+            },
             Stage::RemoveSource => {
                 // The nodes left the source label batch by batch; only its index remains.
                 self.schema(

@@ -50,12 +50,37 @@ pub struct GroupCount {
 pub struct StepOutcome {
     /// Cursor to continue from; `None` when the stage has finished.
     pub next: Option<String>,
-    /// Items written, removed, or found already identical.
+    /// Items written, removed, or (Verify) compared and found equal.
     pub done: u64,
     /// Items left alone under `onConflict: Skip`.
     pub skipped: u64,
     /// Index in the plan's groups of the collection this batch worked on (Qdrant).
     pub group: Option<usize>,
+    /// Verify and RemoveSource: source items whose target was missing or differed,
+    /// copied again from the source (not removed).
+    pub recopied: Vec<Recopied>,
+}
+
+/// A source item copied again by a comparison (catch-up).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recopied {
+    /// The item, as a person would name it (key, collection/point, entity_id).
+    pub item: String,
+    /// A digest of the source content that was copied: the same digest in two passes
+    /// means the source did not change while its target did.
+    pub digest: u64,
+}
+
+/// A digest of an item's content, for [`Recopied`].
+pub fn digest(parts: &[&[u8]]) -> u64 {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    let d = h.finalize();
+    u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
 }
 
 /// Counts a verification established.
@@ -92,7 +117,11 @@ pub trait Phase: Send {
     /// the target may hold this migration's own items and the source may be partly removed.
     fn plan(&mut self, resuming: bool) -> impl Future<Output = Result<PhasePlan, Self::Error>> + Send;
 
-    /// Process one batch of `stage` (Copy or RemoveSource) from `cursor` ("" = start).
+    /// Process one batch of `stage` from `cursor` ("" = start): Copy writes target
+    /// items; Verify compares a page of source items with their targets by content and
+    /// copies again those whose target is missing or differs; RemoveSource removes
+    /// each source item whose target is equal at that moment (atomically where the
+    /// store can) and copies again, without removing, those that differ.
     fn step(
         &mut self,
         stage: Stage,
@@ -100,8 +129,9 @@ pub trait Phase: Send {
         plan: &PhasePlan,
     ) -> impl Future<Output = Result<StepOutcome, Self::Error>> + Send;
 
-    /// Check the result of the stage just finished (Copy, or RemoveSource when
-    /// `removed`) against the plan. A mismatch is an error carrying the numbers.
+    /// Count the result of the stage just finished (Verify's comparison, or
+    /// RemoveSource when `removed`) against the plan. A mismatch is an error carrying
+    /// the numbers; source items without a target are [`StoreFailure::is_incomplete`].
     fn verify(&mut self, plan: &PhasePlan, removed: bool)
     -> impl Future<Output = Result<Verified, Self::Error>> + Send;
 }

@@ -17,6 +17,7 @@ pub mod qdrant_fixture;
 pub mod qdrant_server;
 pub mod redis_server;
 pub mod test_ca;
+pub mod writer;
 
 pub use bolt_recorder::{BoltRecorder, BoltRequest};
 pub use bolt_server::BoltServer;

@@ -31,6 +31,7 @@ pub const DOCUMENTED: &[(&str, &str)] = &[
     ("MERGE", "/querying/clauses/merge"),
     ("SET", "/querying/clauses/set"),
     ("REMOVE", "/querying/clauses/remove"),
+    ("UNWIND", "/querying/clauses/unwind"),
     ("IN", "/querying/expressions"),
     ("CREATE INDEX ON", "/fundamentals/indexes"),
     ("DROP INDEX ON", "/fundamentals/indexes"),
@@ -40,6 +41,7 @@ pub const DOCUMENTED: &[(&str, &str)] = &[
     ("properties()", "/querying/functions"),
     ("labels()", "/querying/functions"),
     ("coalesce()", "/querying/functions"),
+    ("collect()", "/querying/functions"),
     ("any()", "/querying/functions"),
 ];
 

@@ -20,7 +20,7 @@ use redis::{Cmd, RedisError, RedisResult, Value};
 mod topology;
 
 use self::topology::{ScanCursor, Topology};
-use super::{GroupCount, Phase, PhasePlan, StepOutcome, StoreFailure, Verified};
+use super::{GroupCount, Phase, PhasePlan, Recopied, StepOutcome, StoreFailure, Verified, digest};
 use crate::Secret;
 use crate::api::{OnConflict, Stage, TenantId};
 
@@ -96,10 +96,12 @@ pub enum RedisStoreError {
     ConflictsFound { count: u64, examples: String },
     #[error("target tenant already holds {count} keys with no source counterpart (e.g. {example}); onConflict is Fail")]
     TargetNotEmpty { count: u64, example: String },
-    #[error("refusing to remove source key {source_key:?}: its target key {target:?} is missing")]
-    TargetMissing { source_key: String, target: String },
     #[error("{missing} source keys have no target key yet (e.g. {example:?})")]
     Incomplete { missing: u64, example: String },
+    #[error("{count} target keys were copies of source keys deleted since (e.g. {example:?}); removed from the target")]
+    Orphans { count: u64, example: String },
+    #[error("source keys keep changing during their removal (e.g. {example:?})")]
+    Busy { example: String },
     #[error("verification failed: {0}")]
     Mismatch(String),
 }
@@ -125,14 +127,14 @@ fn is_transient(e: &RedisError) -> bool {
 impl StoreFailure for RedisStoreError {
     fn is_transient(&self) -> bool {
         match self {
-            Self::Connect { .. } => true,
+            Self::Connect { .. } | Self::Busy { .. } => true,
             Self::Command { source, .. } => is_transient(source),
             _ => false,
         }
     }
 
     fn is_incomplete(&self) -> bool {
-        matches!(self, Self::Incomplete { .. })
+        matches!(self, Self::Incomplete { .. } | Self::Orphans { .. })
     }
 }
 
@@ -287,6 +289,39 @@ impl Seen {
     }
 }
 
+/// PTTL slack between a source key and its copy: RESTORE sets the TTL read a moment
+/// before, so a copy may expire a little later than its source.
+const TTL_SLACK_MS: i64 = 2_000;
+
+/// A key as read: its DUMP payload and PTTL.
+struct Snapshot {
+    pttl: i64,
+    dump: Vec<u8>,
+}
+
+impl Snapshot {
+    /// From the replies to PTTL and DUMP; `None` when the key does not exist.
+    fn of(pttl: &Value, dump: &Value) -> Option<Self> {
+        match (pttl, dump) {
+            (Value::Int(pttl), Value::BulkString(dump)) => Some(Self {
+                pttl: *pttl,
+                dump: dump.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// What a comparison or removal batch found.
+#[derive(Default)]
+struct Checked {
+    /// Equal to their target (Verify), or removed (RemoveSource).
+    equal: u64,
+    /// Kept under `onConflict: Skip`.
+    kept: u64,
+    recopied: Vec<Recopied>,
+}
+
 /// A source key and where it goes.
 struct Pair {
     group: usize,
@@ -301,6 +336,10 @@ pub struct RedisPhase {
     conn: Option<Topology>,
     /// The next SCAN page, requested while the current one is processed.
     prefetch: Option<Prefetch>,
+    /// The plan saw this migration's earlier work: under `onConflict: Fail` a target key
+    /// that differs from its source is then this migration's copy of a source key
+    /// changed since, not someone else's (the first run's preflight found none).
+    resuming: bool,
 }
 
 /// A SCAN page and where the next one starts (`None`: every server scanned).
@@ -326,6 +365,7 @@ impl RedisPhase {
             keys,
             conn: None,
             prefetch: None,
+            resuming: false,
         })
     }
 
@@ -503,6 +543,11 @@ impl RedisPhase {
         all(conn, commands, format!("DUMP batch from {}", show(keys[0]))).await
     }
 
+    /// Whether every target key is this migration's own (earlier) copy.
+    fn own_targets(&self) -> bool {
+        self.resuming && self.settings.on_conflict == OnConflict::Fail
+    }
+
     /// Copies `pairs`; returns (done, skipped).
     async fn copy_pairs(&mut self, conn: &Topology, pairs: &[Pair]) -> Result<(u64, u64), RedisStoreError> {
         if pairs.is_empty() {
@@ -518,7 +563,7 @@ impl RedisPhase {
             })
             .collect();
         let values: Vec<Value> = all(conn, read, format!("PTTL/DUMP batch from {}", show(&pairs[0].source))).await?;
-        let replace = self.settings.on_conflict == OnConflict::Overwrite;
+        let replace = self.settings.on_conflict == OnConflict::Overwrite || self.own_targets();
         let mut write: Vec<(&[u8], Cmd)> = Vec::with_capacity(pairs.len());
         let mut written: Vec<(&Pair, Vec<u8>)> = Vec::with_capacity(pairs.len());
         for (p, v) in pairs.iter().zip(values.chunks(2)) {
@@ -579,56 +624,180 @@ impl RedisPhase {
         Ok((done, skipped))
     }
 
-    /// Removes the source keys of `pairs` whose target exists (and, with `compare`,
-    /// holds the same value). Returns (removed, kept): kept keys are those whose
-    /// target kept its own value under `onConflict: Skip`.
-    async fn remove_pairs(
-        &mut self,
-        conn: &Topology,
-        pairs: &[Pair],
-        compare: bool,
-    ) -> Result<(u64, u64), RedisStoreError> {
+    /// Verify: compares each source key of `pairs` with its target by type, value and
+    /// TTL. Equal ones count as done; a target that is missing or differs is written
+    /// again from the source as it is now (catch-up) — except under `onConflict: Skip`,
+    /// where a differing target keeps its own value (and the source is kept too).
+    async fn compare_pairs(&mut self, conn: &Topology, pairs: &[Pair]) -> Result<Checked, RedisStoreError> {
+        let mut checked = Checked::default();
         if pairs.is_empty() {
-            return Ok((0, 0));
+            return Ok(checked);
         }
-        let mut unlink = Vec::new();
-        let mut kept = 0;
-        if compare {
-            let keys: Vec<&[u8]> = pairs
-                .iter()
-                .flat_map(|p| [p.source.as_slice(), p.target.as_slice()])
-                .collect();
-            let dumps = Self::dumps(conn, &keys).await?;
-            for (p, d) in pairs.iter().zip(dumps.chunks(2)) {
-                match (&d[0], &d[1]) {
-                    (None, _) => {} // already removed (a resumed or repeated batch)
-                    (Some(_), None) => return Err(target_missing(p)),
-                    (Some(s), Some(t)) => {
-                        if Self::same_value(conn, &p.source, s, &p.target, t).await? {
-                            unlink.push(p.source.as_slice());
-                        } else {
-                            kept += 1; // never destroy a source value its target does not hold
-                        }
+        let reads = pairs
+            .iter()
+            .flat_map(|p| [&p.source, &p.target])
+            .flat_map(|k| [(k.as_slice(), keyed("PTTL", k)), (k.as_slice(), keyed("DUMP", k))])
+            .collect();
+        let values: Vec<Value> = all(
+            conn,
+            reads,
+            format!("PTTL/DUMP comparison from {}", show(&pairs[0].source)),
+        )
+        .await?;
+        let mut again = Vec::new();
+        for (p, v) in pairs.iter().zip(values.chunks(4)) {
+            let (Some(s), t) = (Snapshot::of(&v[0], &v[1]), Snapshot::of(&v[2], &v[3])) else {
+                continue; // gone from the source since SCAN: nothing to compare
+            };
+            match t {
+                Some(t) if self.same(conn, p, &s, &t).await? => checked.equal += 1,
+                Some(_) if self.settings.on_conflict == OnConflict::Skip => checked.kept += 1,
+                _ => again.push((p, s)),
+            }
+        }
+        checked.recopied = self.write_again(conn, again).await?;
+        Ok(checked)
+    }
+
+    /// Whether target `t` holds what source `s` holds: value (by DUMP payload, or by
+    /// type when the payloads differ) and TTL (both none, or within [`TTL_SLACK_MS`]).
+    async fn same(&self, conn: &Topology, p: &Pair, s: &Snapshot, t: &Snapshot) -> Result<bool, RedisStoreError> {
+        let ttl_ok = match (s.pttl > 0, t.pttl > 0) {
+            (false, false) => true,
+            (true, true) => (s.pttl - t.pttl).abs() <= TTL_SLACK_MS,
+            _ => false,
+        };
+        Ok(ttl_ok && Self::same_value(conn, &p.source, &s.dump, &p.target, &t.dump).await?)
+    }
+
+    /// Writes targets again from these source snapshots (RESTORE … REPLACE).
+    async fn write_again(
+        &self,
+        conn: &Topology,
+        items: Vec<(&Pair, Snapshot)>,
+    ) -> Result<Vec<Recopied>, RedisStoreError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let writes = items
+            .iter()
+            .map(|(p, s)| {
+                let mut cmd = keyed("RESTORE", &p.target);
+                cmd.arg(s.pttl.max(0)).arg(s.dump.as_slice()).arg("REPLACE");
+                (p.target.as_slice(), cmd)
+            })
+            .collect();
+        let _: Vec<Value> = all(conn, writes, format!("RESTORE again of {}", show(&items[0].0.target))).await?;
+        Ok(items
+            .into_iter()
+            .map(|(p, s)| Recopied {
+                item: show(&p.source),
+                digest: digest(&[&s.dump]),
+            })
+            .collect())
+    }
+
+    /// RemoveSource: removes each source key of `pairs` whose target is equal at the
+    /// moment of removal. Per transaction group (the whole batch, or one slot of a
+    /// cluster): WATCH the source keys on a connection of their own, read them, compare
+    /// with the targets, then MULTI / UNLINK the equal ones / EXEC — which Redis aborts
+    /// when a watched key changed after the WATCH, so a write to the source between
+    /// comparison and removal is never lost. Differing targets are written again from
+    /// the source (removed in a later pass); under Skip they are kept, with the source.
+    /// Only WATCH, MULTI, EXEC, UNWATCH, PTTL, DUMP, RESTORE and UNLINK: no Lua, and
+    /// nothing DragonflyDB lacks.
+    async fn remove_pairs(&mut self, conn: &Topology, pairs: &[Pair]) -> Result<Checked, RedisStoreError> {
+        let mut checked = Checked::default();
+        let sources: Vec<&[u8]> = pairs.iter().map(|p| p.source.as_slice()).collect();
+        for group in conn.transaction_groups(&sources) {
+            let mut tries = 0;
+            loop {
+                let members: Vec<&Pair> = group.iter().map(|i| &pairs[*i]).collect();
+                match self.remove_group(conn, &members, &mut checked).await? {
+                    true => break,
+                    false if tries < 10 => tries += 1,
+                    // A source key keeps changing under us: the batch is retried later.
+                    false => {
+                        return Err(RedisStoreError::Busy {
+                            example: show(&members[0].source),
+                        });
                     }
                 }
             }
-        } else {
-            let found = exists_all(conn, pairs).await?;
-            for (p, f) in pairs.iter().zip(found) {
-                if !f {
-                    return Err(target_missing(p));
-                }
-                unlink.push(p.source.as_slice());
+        }
+        Ok(checked)
+    }
+
+    /// One WATCH … EXEC round of [`Self::remove_pairs`]; false when EXEC was aborted
+    /// (nothing was removed: compare again).
+    async fn remove_group(
+        &mut self,
+        conn: &Topology,
+        pairs: &[&Pair],
+        checked: &mut Checked,
+    ) -> Result<bool, RedisStoreError> {
+        let Some(first) = pairs.first() else { return Ok(true) };
+        let err = |what: &str| RedisStoreError::command(format!("{what} from {}", show(&first.source)));
+        let mut tx = conn
+            .exclusive(&first.source)
+            .await
+            .map_err(err("connection for WATCH"))?;
+        let mut read = redis::pipe();
+        for p in pairs {
+            read.cmd("WATCH").arg(&p.source).ignore();
+        }
+        for p in pairs {
+            read.cmd("PTTL").arg(&p.source).cmd("DUMP").arg(&p.source);
+        }
+        let sources: Vec<Value> = read.query_async(&mut tx).await.map_err(err("WATCH/PTTL/DUMP batch"))?;
+        let reads = pairs
+            .iter()
+            .flat_map(|p| {
+                [
+                    (p.target.as_slice(), keyed("PTTL", &p.target)),
+                    (p.target.as_slice(), keyed("DUMP", &p.target)),
+                ]
+            })
+            .collect();
+        let targets: Vec<Value> = all(
+            conn,
+            reads,
+            format!("PTTL/DUMP of targets from {}", show(&first.target)),
+        )
+        .await?;
+        let mut equal = Vec::new();
+        let mut again = Vec::new();
+        let mut kept = 0;
+        for ((p, s), t) in pairs.iter().zip(sources.chunks(2)).zip(targets.chunks(2)) {
+            let Some(s) = Snapshot::of(&s[0], &s[1]) else {
+                continue; // already removed (a resumed or repeated batch)
+            };
+            match Snapshot::of(&t[0], &t[1]) {
+                Some(t) if self.same(conn, p, &s, &t).await? => equal.push(*p),
+                Some(_) if self.settings.on_conflict == OnConflict::Skip => kept += 1,
+                _ => again.push((*p, s)),
             }
         }
-        let mut removed = 0;
-        if !unlink.is_empty() {
-            let op = format!("UNLINK batch from {}", show(unlink[0]));
-            let commands = unlink.iter().map(|k| (*k, keyed("UNLINK", k))).collect();
-            let n: Vec<u64> = all(conn, commands, op).await?;
-            removed = n.iter().sum();
+        if equal.is_empty() {
+            let _: Value = redis::cmd("UNWATCH")
+                .query_async(&mut tx)
+                .await
+                .map_err(err("UNWATCH"))?;
+        } else {
+            let mut unlink = redis::pipe();
+            unlink.atomic();
+            for p in &equal {
+                unlink.cmd("UNLINK").arg(&p.source);
+            }
+            let done: Value = unlink.query_async(&mut tx).await.map_err(err("MULTI/UNLINK/EXEC"))?;
+            if matches!(done, Value::Nil) {
+                return Ok(false); // a watched source key changed: nothing was removed
+            }
         }
-        Ok((removed, kept))
+        checked.equal += equal.len() as u64;
+        checked.kept += kept;
+        checked.recopied.extend(self.write_again(conn, again).await?);
+        Ok(true)
     }
 
     /// Counts tenant keys per prefix on one side, each key once.
@@ -662,13 +831,6 @@ impl RedisPhase {
                 None => return Ok(counts),
             }
         }
-    }
-}
-
-fn target_missing(p: &Pair) -> RedisStoreError {
-    RedisStoreError::TargetMissing {
-        source_key: show(&p.source),
-        target: show(&p.target),
     }
 }
 
@@ -730,6 +892,7 @@ impl Phase for RedisPhase {
     type Error = RedisStoreError;
 
     async fn plan(&mut self, resuming: bool) -> Result<PhasePlan, RedisStoreError> {
+        self.resuming = resuming;
         let conn = self.connect().await?;
         let mut plan = PhasePlan::default();
         let mut groups: Vec<GroupCount> = self
@@ -744,6 +907,7 @@ impl Phase for RedisPhase {
         let mut paired = vec![0u64; groups.len()];
         let mut seen = Seen::default();
         let mut excluded = 0u64;
+        let mut changed = 0u64;
         let pattern = self.keys.source_pattern.clone();
         let mut at = ScanCursor::default();
         loop {
@@ -773,6 +937,8 @@ impl Phase for RedisPhase {
                     paired[p.group] += 1;
                     if Self::same_value(&conn, &p.source, s, &p.target, t).await? {
                         plan.identical += 1;
+                    } else if self.own_targets() {
+                        changed += 1;
                     } else {
                         plan.conflicts += 1;
                         if plan.conflict_examples.len() < 5 {
@@ -794,6 +960,11 @@ impl Phase for RedisPhase {
         plan.total = groups.iter().map(|g| g.source).sum();
         plan.extra = groups.iter().map(|g| g.extra).sum();
         plan.groups = groups;
+        if changed > 0 {
+            plan.notes.push(format!(
+                "{changed} keys changed in the source since this migration copied them: they are copied again"
+            ));
+        }
         if excluded > 0 {
             plan.notes.push(format!(
                 "{excluded} keys match {} but belong to no tenant prefix (other tenants, transient keys): left alone",
@@ -825,19 +996,24 @@ impl Phase for RedisPhase {
         Ok(plan)
     }
 
-    async fn step(&mut self, stage: Stage, cursor: &str, plan: &PhasePlan) -> Result<StepOutcome, RedisStoreError> {
+    async fn step(&mut self, stage: Stage, cursor: &str, _plan: &PhasePlan) -> Result<StepOutcome, RedisStoreError> {
         let conn = self.connect().await?;
         let at = parse_cursor(cursor)?;
         let pattern = self.keys.source_pattern.clone();
         let (next, keys) = self.page(&conn, at, &pattern, self.settings.batch_size).await?;
         let pairs = self.pairs(keys);
-        let (done, skipped) = match stage {
-            Stage::Copy => self.copy_pairs(&conn, &pairs).await?,
+        let (done, skipped, recopied) = match stage {
+            Stage::Copy => {
+                let (done, skipped) = self.copy_pairs(&conn, &pairs).await?;
+                (done, skipped, Vec::new())
+            }
+            Stage::Verify => {
+                let c = self.compare_pairs(&conn, &pairs).await?;
+                (c.equal, c.kept, c.recopied)
+            }
             Stage::RemoveSource => {
-                // Values are compared only where the plan found targets that differ
-                // and Skip kept them: every other target was written from its source.
-                let compare = plan.conflicts > 0 && self.settings.on_conflict == OnConflict::Skip;
-                self.remove_pairs(&conn, &pairs, compare).await?
+                let c = self.remove_pairs(&conn, &pairs).await?;
+                (c.equal, c.kept, c.recopied)
             }
             other => {
                 return Err(RedisStoreError::Settings(format!("stage {other:?} has no batches")));
@@ -848,13 +1024,15 @@ impl Phase for RedisPhase {
             done,
             skipped,
             group: None,
+            recopied,
         })
     }
 
     async fn verify(&mut self, plan: &PhasePlan, removed: bool) -> Result<Verified, RedisStoreError> {
         let conn = self.connect().await?;
         // Every source key still present must have its target (kept keys under Skip
-        // have one too, with the target's own value).
+        // have one too, with the target's own value). The counts are of the stores as
+        // they are now: clients may have written the source since the plan.
         let mut source = vec![0u64; self.keys.prefixes.len()];
         let mut seen = Seen::default();
         let (mut missing, mut example) = (0u64, String::new());
@@ -886,39 +1064,41 @@ impl Phase for RedisPhase {
                 None => break,
             }
         }
+        let source_left: u64 = source.iter().sum();
+        if removed {
+            // Only keys kept under Skip may remain; others appeared since the last pass.
+            if source_left > plan.conflicts {
+                return Err(RedisStoreError::Incomplete {
+                    missing: source_left - plan.conflicts,
+                    example: format!("{} (written after its removal pass)", self.keys.source_pattern),
+                });
+            }
+            let target = self.count_side(&conn, true).await?;
+            return Ok(Verified {
+                source_left,
+                target: target.iter().sum(),
+            });
+        }
         if missing > 0 {
             return Err(RedisStoreError::Incomplete { missing, example });
         }
-        let target = self.count_side(&conn, true).await?;
+        let (target, orphans) = self.target_side(&conn).await?;
         let mut problems = Vec::new();
-        for ((p, g), (s, t)) in self
+        for ((p, g), (s, (t, o))) in self
             .keys
             .prefixes
             .iter()
             .zip(&plan.groups)
-            .zip(source.iter().zip(&target))
+            .zip(source.iter().zip(target.iter().zip(&orphans)))
         {
-            let expected_target = g.source + g.extra;
-            // After removal only keys kept under Skip may remain; before it the
-            // source must be exactly what the plan counted.
-            let source_ok = if removed { *s <= plan.conflicts } else { *s == g.source };
-            if !source_ok {
+            // Target keys without a source: those the plan found (kept under Skip or
+            // Overwrite), or copies of source keys deleted since.
+            if t - o != *s || *o > g.extra {
                 problems.push(format!(
-                    "{}: source has {s} keys, expected {}",
-                    p.source,
-                    if removed { 0 } else { g.source }
+                    "{}: target has {t} keys for {s} source keys ({o} without a source, {} expected)",
+                    p.target, g.extra
                 ));
             }
-            if *t != expected_target {
-                problems.push(format!("{}: target has {t} keys, expected {expected_target}", p.target));
-            }
-        }
-        let source_left: u64 = source.iter().sum();
-        if removed && source_left > plan.conflicts {
-            problems.push(format!(
-                "{source_left} source keys left, expected at most {}",
-                plan.conflicts
-            ));
         }
         if !problems.is_empty() {
             return Err(RedisStoreError::Mismatch(problems.join("; ")));
@@ -927,6 +1107,67 @@ impl Phase for RedisPhase {
             source_left,
             target: target.iter().sum(),
         })
+    }
+}
+
+impl RedisPhase {
+    /// Counts target keys per prefix, and those among them whose source key is gone.
+    /// Under `onConflict: Fail` the target held nothing of its own at the start, so such
+    /// a key is a copy of a source key deleted since it was copied: it is removed too
+    /// (the delete is a write like any other) and the pass reported [`RedisStoreError::Orphans`].
+    async fn target_side(&mut self, conn: &Topology) -> Result<(Vec<u64>, Vec<u64>), RedisStoreError> {
+        let pattern = self.keys.target_pattern.clone();
+        let mut counts = vec![0u64; self.keys.prefixes.len()];
+        let mut orphans = vec![0u64; self.keys.prefixes.len()];
+        let mut seen = Seen::default();
+        let mut at = ScanCursor::default();
+        let (mut removed, mut example) = (0u64, String::new());
+        loop {
+            let (next, keys) = self.page(conn, at, &pattern, self.settings.batch_size).await?;
+            let owned: Vec<(usize, Vec<u8>, Vec<u8>)> = keys
+                .into_iter()
+                .filter_map(|k| {
+                    let g = self.keys.target_group(&k)?;
+                    let p = &self.keys.prefixes[g];
+                    let mut source = p.source.as_bytes().to_vec();
+                    source.extend_from_slice(&k[p.target.len()..]);
+                    seen.first_time(&k).then_some((g, k, source))
+                })
+                .collect();
+            let commands = owned
+                .iter()
+                .map(|(_, _, s)| (s.as_slice(), keyed("EXISTS", s)))
+                .collect();
+            let found: Vec<bool> = all(conn, commands, "EXISTS batch of source keys".to_owned()).await?;
+            let mut unlink = Vec::new();
+            for ((g, t, _), f) in owned.iter().zip(found) {
+                counts[*g] += 1;
+                if !f {
+                    orphans[*g] += 1;
+                    if self.settings.on_conflict == OnConflict::Fail {
+                        unlink.push((t.as_slice(), keyed("UNLINK", t)));
+                    }
+                }
+            }
+            if !unlink.is_empty() {
+                if example.is_empty() {
+                    example = show(unlink[0].0);
+                }
+                let n: Vec<u64> = all(conn, unlink, "UNLINK of orphaned target keys".to_owned()).await?;
+                removed += n.iter().sum::<u64>();
+            }
+            match next {
+                Some(n) => at = n,
+                None => break,
+            }
+        }
+        if removed > 0 {
+            return Err(RedisStoreError::Orphans {
+                count: removed,
+                example,
+            });
+        }
+        Ok((counts, orphans))
     }
 }
 

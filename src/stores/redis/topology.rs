@@ -87,7 +87,8 @@ impl std::fmt::Display for ScanCursor {
 
 /// A Redis Cluster's primaries and which of them owns each slot.
 pub struct Cluster {
-    nodes: Vec<(String, ConnectionManager)>,
+    /// Address, shared connection, and how to open an exclusive one.
+    nodes: Vec<(String, ConnectionManager, ConnectionInfo)>,
     owner: Vec<u16>,
     stale: AtomicBool,
 }
@@ -95,7 +96,7 @@ pub struct Cluster {
 /// One server, or a cluster's primaries.
 #[derive(Clone)]
 pub enum Topology {
-    Single(ConnectionManager),
+    Single(ConnectionManager, Arc<ConnectionInfo>),
     Cluster(Arc<Cluster>),
 }
 
@@ -155,7 +156,7 @@ impl Topology {
             .await
             .unwrap_or_default();
         if !cluster_info.contains("cluster_enabled:1") {
-            return Ok(Self::Single(seed));
+            return Ok(Self::Single(seed, Arc::new(info)));
         }
         let reply: Value = redis::cmd("CLUSTER")
             .arg("SLOTS")
@@ -166,7 +167,7 @@ impl Topology {
             redis::ConnectionAddr::Tcp(h, _) | redis::ConnectionAddr::TcpTls { host: h, .. } => h.clone(),
             _ => "127.0.0.1".to_owned(),
         };
-        let mut nodes: Vec<(String, ConnectionManager)> = Vec::new();
+        let mut nodes: Vec<(String, ConnectionManager, ConnectionInfo)> = Vec::new();
         let mut owner = vec![u16::MAX; SLOTS];
         for (first, last, host, port) in primaries(&reply) {
             // An empty host means "the address you reached me at".
@@ -176,7 +177,7 @@ impl Topology {
                 host
             };
             let addr = format!("{host}:{port}");
-            let index = match nodes.iter().position(|(a, _)| *a == addr) {
+            let index = match nodes.iter().position(|(a, ..)| *a == addr) {
                 Some(i) => i,
                 None => {
                     let node_info = info.clone().set_addr(match info.addr() {
@@ -190,8 +191,8 @@ impl Topology {
                         },
                         _ => redis::ConnectionAddr::Tcp(host.clone(), port),
                     });
-                    let conn = connect(node_info).await.map_err(|e| (addr.clone(), e))?;
-                    nodes.push((addr, conn));
+                    let conn = connect(node_info.clone()).await.map_err(|e| (addr.clone(), e))?;
+                    nodes.push((addr, conn, node_info));
                     nodes.len() - 1
                 }
             };
@@ -220,7 +221,7 @@ impl Topology {
     /// Whether a redirection showed that slots moved: reconnect before the next batch.
     pub fn is_stale(&self) -> bool {
         match self {
-            Self::Single(_) => false,
+            Self::Single(..) => false,
             Self::Cluster(c) => c.stale.load(Ordering::SeqCst),
         }
     }
@@ -228,7 +229,7 @@ impl Topology {
     /// How many servers hold keys (primaries of a cluster).
     pub fn servers(&self) -> usize {
         match self {
-            Self::Single(_) => 1,
+            Self::Single(..) => 1,
             Self::Cluster(c) => c.nodes.len(),
         }
     }
@@ -241,9 +242,9 @@ impl Topology {
         count: usize,
     ) -> RedisResult<(Option<ScanCursor>, Vec<Vec<u8>>)> {
         let mut conn = match self {
-            Self::Single(c) => c.clone(),
+            Self::Single(c, _) => c.clone(),
             Self::Cluster(c) => match c.nodes.get(at.node) {
-                Some((_, conn)) => conn.clone(),
+                Some((_, conn, _)) => conn.clone(),
                 None => return Ok((None, Vec::new())),
             },
         };
@@ -271,6 +272,32 @@ impl Topology {
         Ok((after, keys))
     }
 
+    /// Groups of `keys` (by index) that one transaction may hold: all of them on one
+    /// server; those of one slot on a cluster, whose transactions must not cross slots.
+    pub fn transaction_groups(&self, keys: &[&[u8]]) -> Vec<Vec<usize>> {
+        match self {
+            Self::Single(..) => vec![(0..keys.len()).collect()],
+            Self::Cluster(_) => {
+                let mut by_slot: std::collections::BTreeMap<u16, Vec<usize>> = Default::default();
+                for (i, k) in keys.iter().enumerate() {
+                    by_slot.entry(key_slot(k)).or_default().push(i);
+                }
+                by_slot.into_values().collect()
+            }
+        }
+    }
+
+    /// A connection of its own to the server of `key`, for WATCH … MULTI/EXEC: it
+    /// never reconnects by itself (a reconnect would silently drop the WATCH), so a
+    /// lost connection fails the transaction instead of running it unguarded.
+    pub async fn exclusive(&self, key: &[u8]) -> RedisResult<redis::aio::MultiplexedConnection> {
+        let info = match self {
+            Self::Single(_, info) => info.as_ref().clone(),
+            Self::Cluster(c) => c.nodes[c.owner[key_slot(key) as usize] as usize].2.clone(),
+        };
+        redis::Client::open(info)?.get_multiplexed_async_connection().await
+    }
+
     /// Runs `commands`, each routed by its key, pipelined per server; one reply per
     /// command, in order. Errors of single commands are replies, not a failed call.
     pub async fn keyed(&self, commands: Vec<(&[u8], Cmd)>) -> RedisResult<Vec<RedisResult<Value>>> {
@@ -278,7 +305,7 @@ impl Topology {
             return Ok(Vec::new());
         }
         match self {
-            Self::Single(conn) => {
+            Self::Single(conn, _) => {
                 let mut p = redis::pipe();
                 p.ignore_errors();
                 for (_, c) in commands {
