@@ -4,7 +4,8 @@
 setup:
 	bash tools/setup.sh
 
-demo: setup
+demo:
+	bash tools/setup.sh demo
 	cargo build --release -q --workspace
 	./target/release/testkit demo
 
@@ -15,7 +16,8 @@ lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-bench: setup
+bench:
+	bash tools/setup.sh demo
 	cargo build --release -q --workspace
 	./target/release/testkit bench
 

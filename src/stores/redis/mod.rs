@@ -336,6 +336,9 @@ pub struct RedisPhase {
     conn: Option<Topology>,
     /// The next SCAN page, requested while the current one is processed.
     prefetch: Option<Prefetch>,
+    /// Connections of their own per server for WATCH … EXEC (see `Topology::exclusive`),
+    /// kept between batches; one that failed is dropped.
+    exclusive: std::collections::HashMap<usize, redis::aio::MultiplexedConnection>,
     /// The plan saw this migration's earlier work: under `onConflict: Fail` a target key
     /// that differs from its source is then this migration's copy of a source key
     /// changed since, not someone else's (the first run's preflight found none).
@@ -365,6 +368,7 @@ impl RedisPhase {
             keys,
             conn: None,
             prefetch: None,
+            exclusive: Default::default(),
             resuming: false,
         })
     }
@@ -408,6 +412,7 @@ impl RedisPhase {
             classify_connect(&at, source)
         })?;
         self.prefetch = None;
+        self.exclusive.clear();
         self.conn = Some(topology.clone());
         Ok(topology)
     }
@@ -713,7 +718,22 @@ impl RedisPhase {
             let mut tries = 0;
             loop {
                 let members: Vec<&Pair> = group.iter().map(|i| &pairs[*i]).collect();
-                match self.remove_group(conn, &members, &mut checked).await? {
+                let Some(first) = members.first() else { break };
+                let server = conn.server_of(&first.source);
+                let tx = match self.exclusive.remove(&server) {
+                    Some(tx) => tx,
+                    None => conn
+                        .exclusive(&first.source)
+                        .await
+                        .map_err(RedisStoreError::command(format!(
+                            "connection for WATCH of {}",
+                            show(&first.source)
+                        )))?,
+                };
+                // Given back only when the round ended cleanly (no WATCH left behind).
+                let (tx, done) = self.remove_group(conn, tx, &members, &mut checked).await?;
+                self.exclusive.insert(server, tx);
+                match done {
                     true => break,
                     false if tries < 10 => tries += 1,
                     // A source key keeps changing under us: the batch is retried later.
@@ -733,15 +753,14 @@ impl RedisPhase {
     async fn remove_group(
         &mut self,
         conn: &Topology,
+        mut tx: redis::aio::MultiplexedConnection,
         pairs: &[&Pair],
         checked: &mut Checked,
-    ) -> Result<bool, RedisStoreError> {
-        let Some(first) = pairs.first() else { return Ok(true) };
+    ) -> Result<(redis::aio::MultiplexedConnection, bool), RedisStoreError> {
+        let Some(first) = pairs.first() else {
+            return Ok((tx, true));
+        };
         let err = |what: &str| RedisStoreError::command(format!("{what} from {}", show(&first.source)));
-        let mut tx = conn
-            .exclusive(&first.source)
-            .await
-            .map_err(err("connection for WATCH"))?;
         let mut read = redis::pipe();
         for p in pairs {
             read.cmd("WATCH").arg(&p.source).ignore();
@@ -791,13 +810,13 @@ impl RedisPhase {
             }
             let done: Value = unlink.query_async(&mut tx).await.map_err(err("MULTI/UNLINK/EXEC"))?;
             if matches!(done, Value::Nil) {
-                return Ok(false); // a watched source key changed: nothing was removed
+                return Ok((tx, false)); // a watched source key changed: nothing was removed
             }
         }
         checked.equal += equal.len() as u64;
         checked.kept += kept;
         checked.recopied.extend(self.write_again(conn, again).await?);
-        Ok(true)
+        Ok((tx, true))
     }
 
     /// Counts tenant keys per prefix on one side, each key once.
@@ -1030,40 +1049,9 @@ impl Phase for RedisPhase {
 
     async fn verify(&mut self, plan: &PhasePlan, removed: bool) -> Result<Verified, RedisStoreError> {
         let conn = self.connect().await?;
-        // Every source key still present must have its target (kept keys under Skip
-        // have one too, with the target's own value). The counts are of the stores as
-        // they are now: clients may have written the source since the plan.
-        let mut source = vec![0u64; self.keys.prefixes.len()];
-        let mut seen = Seen::default();
-        let (mut missing, mut example) = (0u64, String::new());
-        let pattern = self.keys.source_pattern.clone();
-        let mut at = ScanCursor::default();
-        loop {
-            let (next, keys) = self.page(&conn, at, &pattern, self.settings.batch_size).await?;
-            let pairs: Vec<Pair> = self
-                .pairs(keys)
-                .into_iter()
-                .filter(|p| seen.first_time(&p.source))
-                .collect();
-            if !pairs.is_empty() {
-                for p in &pairs {
-                    source[p.group] += 1;
-                }
-                let found = exists_all(&conn, &pairs).await?;
-                for (p, f) in pairs.iter().zip(found) {
-                    if !f {
-                        missing += 1;
-                        if example.is_empty() {
-                            example = show(&p.source);
-                        }
-                    }
-                }
-            }
-            match next {
-                Some(n) => at = n,
-                None => break,
-            }
-        }
+        // The content pass compared every source key with its target; these are counts
+        // of the stores as they are now (clients may have written since the plan).
+        let source = self.count_side(&conn, false).await?;
         let source_left: u64 = source.iter().sum();
         if removed {
             // Only keys kept under Skip may remain; others appeared since the last pass.
@@ -1079,11 +1067,25 @@ impl Phase for RedisPhase {
                 target: target.iter().sum(),
             });
         }
-        if missing > 0 {
-            return Err(RedisStoreError::Incomplete { missing, example });
-        }
-        let (target, orphans) = self.target_side(&conn).await?;
+        // Every source key has its equal target (the content pass saw to it), so more
+        // target keys than source keys (and, unless under Fail, than the plan's extras,
+        // the target's own keys) means copies of source keys deleted since: only then
+        // is every target key looked at.
+        let counted = self.count_side(&conn, true).await?;
+        let fail = self.settings.on_conflict == OnConflict::Fail;
+        let surplus = counted
+            .iter()
+            .zip(&source)
+            .zip(&plan.groups)
+            .any(|((t, s), g)| *t > s + if fail { 0 } else { g.extra });
+        let (target, orphans) = if surplus {
+            self.target_side(&conn).await?
+        } else {
+            let none = vec![0; counted.len()];
+            (counted, none)
+        };
         let mut problems = Vec::new();
+        let (mut missing, mut example) = (0u64, String::new());
         for ((p, g), (s, (t, o))) in self
             .keys
             .prefixes
@@ -1092,8 +1094,14 @@ impl Phase for RedisPhase {
             .zip(source.iter().zip(target.iter().zip(&orphans)))
         {
             // Target keys without a source: those the plan found (kept under Skip or
-            // Overwrite), or copies of source keys deleted since.
-            if t - o != *s || *o > g.extra {
+            // Overwrite), or copies of source keys deleted since. Fewer target keys with
+            // a source than source keys: keys written since the content pass.
+            if t - o < *s {
+                missing += s - (t - o);
+                if example.is_empty() {
+                    example = format!("{}… (written after the last pass)", p.source);
+                }
+            } else if t - o != *s || *o > g.extra {
                 problems.push(format!(
                     "{}: target has {t} keys for {s} source keys ({o} without a source, {} expected)",
                     p.target, g.extra
@@ -1102,6 +1110,9 @@ impl Phase for RedisPhase {
         }
         if !problems.is_empty() {
             return Err(RedisStoreError::Mismatch(problems.join("; ")));
+        }
+        if missing > 0 {
+            return Err(RedisStoreError::Incomplete { missing, example });
         }
         Ok(Verified {
             source_left,

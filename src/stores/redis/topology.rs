@@ -287,6 +287,14 @@ impl Topology {
         }
     }
 
+    /// The index of the server that holds `key` (0 on a single server).
+    pub fn server_of(&self, key: &[u8]) -> usize {
+        match self {
+            Self::Single(..) => 0,
+            Self::Cluster(c) => c.owner[key_slot(key) as usize] as usize,
+        }
+    }
+
     /// A connection of its own to the server of `key`, for WATCH … MULTI/EXEC: it
     /// never reconnects by itself (a reconnect would silently drop the WATCH), so a
     /// lost connection fails the transaction instead of running it unguarded.
