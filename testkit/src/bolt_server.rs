@@ -128,18 +128,10 @@ impl BoltServer {
     pub async fn graph(&self) -> neo4rs::Result<neo4rs::Graph> {
         let user = if self.password.is_some() { USER } else { "" };
         let password = self.password.as_deref().unwrap_or_default();
-        let Some(ca) = self.ca() else {
-            return connect(&self.uri(), user, password).await;
-        };
-        let config = neo4rs::ConfigBuilder::default()
-            .uri(format!("bolt+s://127.0.0.1:{}", self.port))
-            .with_client_certificate(ca)
-            .user(user)
-            .password(password)
-            .db("memgraph")
-            .max_connections(4)
-            .build()?;
-        neo4rs::Graph::connect(config).await
+        match self.ca() {
+            None => connect(&self.uri(), user, password).await,
+            Some(ca) => connect_to(format!("bolt+s://127.0.0.1:{}", self.port), Some(ca), user, password).await,
+        }
     }
 }
 
@@ -149,14 +141,21 @@ pub async fn connect(uri: &str, user: &str, password: &str) -> neo4rs::Result<ne
         .split_once("://")
         .map_or(uri, |(_, rest)| rest)
         .trim_end_matches('/');
-    let config = neo4rs::ConfigBuilder::default()
-        .uri(address)
+    connect_to(address.to_owned(), None, user, password).await
+}
+
+/// A client of the `memgraph` database at `uri`, trusting `ca` too when given.
+async fn connect_to(uri: String, ca: Option<PathBuf>, user: &str, password: &str) -> neo4rs::Result<neo4rs::Graph> {
+    let mut config = neo4rs::ConfigBuilder::default()
+        .uri(uri)
         .user(user)
         .password(password)
         .db("memgraph")
-        .max_connections(4)
-        .build()?;
-    neo4rs::Graph::connect(config).await
+        .max_connections(4);
+    if let Some(ca) = ca {
+        config = config.with_client_certificate(ca);
+    }
+    neo4rs::Graph::connect(config.build()?).await
 }
 
 impl Drop for BoltServer {
