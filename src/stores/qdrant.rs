@@ -677,7 +677,8 @@ impl QdrantPhase {
         loop {
             let filter = tenant_filter(&self.settings.tenant_field, &self.settings.target);
             let limit = self.settings.batch_size as u32;
-            let (points, next) = scroll_page_payload(client, collection, filter, limit, offset).await?;
+            // The payload (its `id`), not the vectors.
+            let (points, next) = scroll(client, collection, filter, limit, offset, (true, false)).await?;
             let pairs: Vec<(PointId, PointId)> = points
                 .into_iter()
                 .filter_map(|p| match p.payload.get("id").and_then(|v| v.kind.as_ref()) {
@@ -783,17 +784,6 @@ async fn scroll_page(
     with_data: bool,
 ) -> Result<Page, QdrantStoreError> {
     scroll(client, collection, filter, limit, offset, (with_data, with_data)).await
-}
-
-/// A page with the payload only.
-async fn scroll_page_payload(
-    client: &Qdrant,
-    collection: &str,
-    filter: Filter,
-    limit: u32,
-    offset: Option<PointId>,
-) -> Result<Page, QdrantStoreError> {
-    scroll(client, collection, filter, limit, offset, (true, false)).await
 }
 
 async fn scroll(

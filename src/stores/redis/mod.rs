@@ -558,15 +558,7 @@ impl RedisPhase {
         if pairs.is_empty() {
             return Ok((0, 0));
         }
-        let read = pairs
-            .iter()
-            .flat_map(|p| {
-                [
-                    (p.source.as_slice(), keyed("PTTL", &p.source)),
-                    (p.source.as_slice(), keyed("DUMP", &p.source)),
-                ]
-            })
-            .collect();
+        let read = pttl_dump(pairs.iter().map(|p| p.source.as_slice()));
         let values: Vec<Value> = all(conn, read, format!("PTTL/DUMP batch from {}", show(&pairs[0].source))).await?;
         let replace = self.settings.on_conflict == OnConflict::Overwrite || self.own_targets();
         let mut write: Vec<(&[u8], Cmd)> = Vec::with_capacity(pairs.len());
@@ -638,11 +630,7 @@ impl RedisPhase {
         if pairs.is_empty() {
             return Ok(checked);
         }
-        let reads = pairs
-            .iter()
-            .flat_map(|p| [&p.source, &p.target])
-            .flat_map(|k| [(k.as_slice(), keyed("PTTL", k)), (k.as_slice(), keyed("DUMP", k))])
-            .collect();
+        let reads = pttl_dump(pairs.iter().flat_map(|p| [p.source.as_slice(), p.target.as_slice()]));
         let values: Vec<Value> = all(
             conn,
             reads,
@@ -769,15 +757,7 @@ impl RedisPhase {
             read.cmd("PTTL").arg(&p.source).cmd("DUMP").arg(&p.source);
         }
         let sources: Vec<Value> = read.query_async(&mut tx).await.map_err(err("WATCH/PTTL/DUMP batch"))?;
-        let reads = pairs
-            .iter()
-            .flat_map(|p| {
-                [
-                    (p.target.as_slice(), keyed("PTTL", &p.target)),
-                    (p.target.as_slice(), keyed("DUMP", &p.target)),
-                ]
-            })
-            .collect();
+        let reads = pttl_dump(pairs.iter().map(|p| p.target.as_slice()));
         let targets: Vec<Value> = all(
             conn,
             reads,
@@ -879,6 +859,12 @@ fn keyed(name: &str, key: &[u8]) -> Cmd {
     let mut c = redis::cmd(name);
     c.arg(key);
     c
+}
+
+/// `PTTL` and `DUMP` of each key, in order: what a [`Snapshot`] is read from.
+fn pttl_dump<'a>(keys: impl Iterator<Item = &'a [u8]>) -> Vec<(&'a [u8], Cmd)> {
+    keys.flat_map(|k| [(k, keyed("PTTL", k)), (k, keyed("DUMP", k))])
+        .collect()
 }
 
 /// The replies to `commands` as `T`; the first error fails them all, named by `op`.
