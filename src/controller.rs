@@ -720,6 +720,12 @@ async fn apply(
     };
     tracing::info!(?phase, %message, "migration finished");
     apply_status(&api, &name, PROGRESS_MANAGER, progress_status(&phases)).await?;
+    // Workloads get their replicas back before the final phase is written: Ready (or
+    // Failed) must not be visible while the RAG API is still at zero. A suspended
+    // migration keeps them stopped: they would see a half-moved tenant.
+    if phase != MigrationPhase::Suspended {
+        restore_workloads(&ctx, &api, &name).await?;
+    }
     let completion = jiff::Timestamp::now().to_string();
     let end = lifecycle(
         generation,
@@ -735,10 +741,6 @@ async fn apply(
         EventType::Normal
     };
     publish(&ctx, &object, kind, &format!("Migration{phase:?}"), message).await;
-    // A suspended migration keeps its workloads stopped: they would see a half-moved tenant.
-    if phase != MigrationPhase::Suspended {
-        restore_workloads(&ctx, &api, &name).await?;
-    }
     Ok(Action::await_change())
 }
 
