@@ -22,9 +22,10 @@ bench:
 	./target/release/testkit bench
 
 crd:
-	cargo run -q -- crd > crds/tenantmigrations.yaml
-	cp crds/tenantmigrations.yaml deploy/crds/tenantmigrations.yaml
-	cp crds/tenantmigrations.yaml charts/tenant-migrator/crds/tenantmigrations.yaml
+	cargo run -q -- crd tenantmigration > crds/tenantmigrations.yaml
+	cargo run -q -- crd ragstack > crds/ragstacks.yaml
+	cp crds/tenantmigrations.yaml crds/ragstacks.yaml deploy/crds/
+	cp crds/tenantmigrations.yaml crds/ragstacks.yaml charts/tenant-migrator/crds/
 
 snapshots: crd
 	UPDATE_SNAPSHOTS=1 cargo test -q --test chart the_rendered_chart_matches_its_snapshots

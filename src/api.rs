@@ -346,6 +346,7 @@ impl Default for MemgraphSpec {
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("self.source != self.target").message("source and target must be different tenants"))]
+#[x_kube(validation = Rule::new("has(self.stackRef) == has(oldSelf.stackRef)").message("stackRef cannot be added or removed; create a new TenantMigration"))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TenantMigrationSpec {
     /// Tenant id whose data is migrated.
@@ -383,6 +384,169 @@ pub struct TenantMigrationSpec {
     /// tenant. Needs the controller's quiesce role (see the README).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quiesce: Vec<WorkloadRef>,
+    /// The RagStack (set up by platform admins) whose stores this migration uses: the
+    /// endpoints and credentials come from it, and it says which namespaces may use it
+    /// for which tenants. Without it the endpoints are inline, which the controller
+    /// accepts only when started with `--allow-inline-endpoints`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("stackRef is immutable; create a new TenantMigration"))]
+    pub stack_ref: Option<StackRef>,
+}
+
+/// Names a cluster-scoped RagStack.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StackRef {
+    /// Name of the RagStack.
+    pub name: String,
+}
+
+/// The tenant-config API of a stack.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StackConfig {
+    /// Base URL of the API (`https://` for TLS); the phase uses `{url}/tenants/{id}/config`.
+    pub url: String,
+    /// Bearer token: a Secret in the operator's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret_ref: Option<SecretKeyRef>,
+}
+
+/// The Redis or DragonflyDB of a stack.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StackRedis {
+    /// `redis://host:port/db` (`rediss://` for TLS, `redis+cluster://` for a Cluster).
+    pub url: String,
+    /// Password for AUTH: a Secret in the operator's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+}
+
+/// The Qdrant of a stack.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StackQdrant {
+    /// gRPC URL (`https://` for TLS), e.g. `http://rag-qdrant:6334`.
+    pub url: String,
+    /// API key: a Secret in the operator's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_secret_ref: Option<SecretKeyRef>,
+}
+
+/// The Memgraph of a stack.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StackMemgraph {
+    /// Bolt URI, `bolt://` or `bolt+s://` for TLS.
+    pub uri: String,
+    /// Secret in the operator's namespace with `username` and `password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretRef>,
+    /// Database named in every Bolt request.
+    #[serde(default = "memgraph_database")]
+    pub database: String,
+}
+
+/// Who may use a stack: namespaces, and the tenant ids migrations there may touch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StackAccess {
+    /// Namespaces whose TenantMigrations may use the stack; `*` matches any run of
+    /// characters (`team-*`), a lone `*` every namespace.
+    pub namespaces: Vec<String>,
+    /// Tenant ids those migrations may touch, as source and as target; `*` as above
+    /// (`acme_*`).
+    pub tenants: Vec<String>,
+    /// Modes allowed (`Move`, `Copy`); empty allows both.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modes: Vec<Mode>,
+    /// Workloads of those namespaces that `spec.quiesce` may scale to zero (names may
+    /// use `*`); empty allows none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quiesce: Vec<WorkloadRef>,
+}
+
+/// How batches are retried.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts per batch before the phase fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_attempts: Option<u32>,
+    /// Milliseconds before the first retry; doubled each time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 600000))]
+    pub initial_backoff_millis: Option<u64>,
+    /// Longest wait between two attempts, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub max_backoff_seconds: Option<u64>,
+}
+
+/// Settings for every migration on a stack that does not set them itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StackDefaults {
+    /// Redis keys per batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub redis_batch_size: Option<u32>,
+    /// Qdrant points per page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub qdrant_batch_size: Option<u32>,
+    /// Memgraph nodes per transaction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub memgraph_batch_size: Option<u32>,
+    /// Seconds one Memgraph query may take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub memgraph_query_timeout_seconds: Option<u32>,
+    /// Retries of a failed batch.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+}
+
+/// One RAG platform's stores, set up by platform admins: where a migration's data
+/// goes, with which credentials (Secrets in the operator's namespace), and who may
+/// use it. A TenantMigration names it in `spec.stackRef`; Velero's
+/// BackupStorageLocation is the model.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "tenancy.dev",
+    version = "v1alpha1",
+    kind = "RagStack",
+    plural = "ragstacks",
+    shortname = "stack",
+    printcolumn = r#"{"name":"Config","type":"string","jsonPath":".spec.config.url"}"#,
+    printcolumn = r#"{"name":"Redis","type":"string","jsonPath":".spec.redis.url"}"#,
+    printcolumn = r#"{"name":"Qdrant","type":"string","jsonPath":".spec.qdrant.url"}"#,
+    printcolumn = r#"{"name":"Memgraph","type":"string","jsonPath":".spec.memgraph.uri"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RagStackSpec {
+    /// The tenant-config API; a stack without it cannot run the config phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<StackConfig>,
+    /// Redis / DragonflyDB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<StackRedis>,
+    /// Qdrant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qdrant: Option<StackQdrant>,
+    /// Memgraph.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memgraph: Option<StackMemgraph>,
+    /// Who may use the stack; a namespace no entry names may not.
+    #[serde(default)]
+    pub access: Vec<StackAccess>,
+    /// Settings for migrations that do not set them.
+    #[serde(default)]
+    pub defaults: StackDefaults,
 }
 
 /// Kinds of workload that `spec.quiesce` can scale.
@@ -645,6 +809,12 @@ pub struct TenantMigrationStatus {
     /// restarted controller still knows what to give back.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quiesced: Vec<QuiescedWorkload>,
+    /// The RagStack whose stores the migration uses (`inline` without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<String>,
+    /// The tenants the migration touches: source, then target.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tenants: Vec<String>,
     /// Ready, Progressing and Degraded, in metav1.Condition shape.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,

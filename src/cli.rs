@@ -238,9 +238,21 @@ pub fn spec_from_args(a: &MigrateArgs) -> Result<TenantMigrationSpec, InputError
                 qdrant: Default::default(),
                 memgraph: Default::default(),
                 quiesce: Vec::new(),
+                stack_ref: None,
             }
         }
     };
+    if let Some(r) = &spec.stack_ref {
+        // A RagStack and its Secrets are the cluster's; the CLI has neither.
+        return Err(InputError::Manifest {
+            path: a.manifest.clone().unwrap_or_default(),
+            message: format!(
+                "spec.stackRef names RagStack {:?}, which only the controller resolves; give the endpoints \
+                 inline or by flag",
+                r.name
+            ),
+        });
+    }
     if !spec.quiesce.is_empty() {
         // Scaling needs a cluster; the CLI has none. Say so rather than pretend.
         eprintln!(

@@ -18,6 +18,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
@@ -26,10 +27,13 @@ use tracing::Instrument;
 
 use crate::Secret;
 use crate::api::{
-    MigrationPhase, PhaseState, PhaseStatuses, QuiescedWorkload, SecretKeyRef, Store, TenantMigration, WorkloadRef,
+    MigrationPhase, PhaseState, PhaseStatuses, QuiescedWorkload, RagStack, RetryPolicy, SecretKeyRef, Store,
+    TenantMigration, TenantMigrationSpec, WorkloadRef,
 };
 use crate::engine::{self, Credentials, EngineError, Progress, RunOptions, StageProgress};
 use crate::quiesce::{self, QuiesceError, Quiescer};
+use crate::redact;
+use crate::stack::{self, Refusal};
 use crate::telemetry::{Metrics, StoreLabel};
 
 /// Errors of the controller itself (the engine's end up in status, not here).
@@ -55,6 +59,10 @@ struct Context {
     recorder: Recorder,
     /// The namespaces watched; empty for all.
     namespaces: Vec<String>,
+    /// Whether a migration without `spec.stackRef` may name endpoints and Secrets itself.
+    allow_inline_endpoints: bool,
+    /// The operator's own namespace, where the Secrets of RagStacks live.
+    secrets_namespace: Option<String>,
 }
 
 const MANAGER: &str = "tenant-migrator";
@@ -70,6 +78,12 @@ pub struct Options {
     pub lease_namespace: Option<String>,
     /// Seconds a leader holds the Lease without renewing it.
     pub lease_seconds: u64,
+    /// Accept migrations without `spec.stackRef` whose endpoints and Secret references
+    /// (in their own namespace) are inline: for clusters where everyone who may create
+    /// a migration may also read those Secrets.
+    pub allow_inline_endpoints: bool,
+    /// The operator's namespace: the only one where RagStack Secrets are read.
+    pub secrets_namespace: Option<String>,
 }
 
 /// Takes the Lease `tenant-migrator`, then runs the controller while holding it; a
@@ -121,7 +135,11 @@ pub async fn run_elected(client: Client, options: Options) -> Result<(), Control
 /// Runs the controller until SIGINT/SIGTERM.
 pub async fn run(client: Client, options: Options) {
     let Options {
-        namespaces, endpoints, ..
+        namespaces,
+        endpoints,
+        allow_inline_endpoints,
+        secrets_namespace,
+        ..
     } = options;
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
@@ -149,12 +167,31 @@ pub async fn run(client: Client, options: Options) {
     };
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
-        client,
+        client: client.clone(),
         namespaces,
         metrics,
+        allow_inline_endpoints,
+        secrets_namespace,
     });
     let controllers = apis.into_iter().map(|api| {
-        Controller::new(api, watcher::Config::default())
+        let controller = Controller::new(api, watcher::Config::default());
+        // A changed RagStack re-admits the migrations that name it (a refused one may
+        // now be allowed).
+        let cache = controller.store();
+        controller
+            .watches(
+                Api::<RagStack>::all(client.clone()),
+                watcher::Config::default(),
+                move |stack: RagStack| {
+                    let name = stack.name_any();
+                    cache
+                        .state()
+                        .into_iter()
+                        .filter(|tm| tm.spec.stack_ref.as_ref().is_some_and(|r| r.name == name))
+                        .map(|tm| ObjectRef::from_obj(&*tm))
+                        .collect::<Vec<_>>()
+                },
+            )
             .shutdown_on_signal()
             .run(reconcile, error_policy, ctx.clone())
             .boxed()
@@ -177,11 +214,12 @@ fn now() -> Time {
 /// people and `kubectl wait`, Reconciling/Stalled for kstatus (Flux `wait`, kpt), which
 /// would otherwise take a migration as finished as soon as observedGeneration matches.
 fn conditions(phase: MigrationPhase, generation: Option<i64>, message: &str, reason: &str) -> Vec<Condition> {
+    let message = redact::for_status(message);
     let cond = |type_: &str, status: bool, reason: &str| Condition {
         type_: type_.to_owned(),
         status: if status { "True" } else { "False" }.to_owned(),
         reason: reason.to_owned(),
-        message: message.to_owned(),
+        message: message.clone(),
         observed_generation: generation,
         last_transition_time: now(),
     };
@@ -252,10 +290,19 @@ fn lifecycle(
     status
 }
 
-/// Every field `PROGRESS_MANAGER` owns.
+/// Every field `PROGRESS_MANAGER` owns. Phase messages carry store errors: bounded
+/// and without credentials here.
 fn progress_status(phases: &PhaseStatuses) -> serde_json::Value {
-    json!({ "phases": phases, "progress": progress_of(phases) })
+    let mut phases = phases.clone();
+    for store in Store::ALL {
+        let p = phases.get_mut(store);
+        p.message = p.message.as_deref().map(redact::for_status);
+    }
+    json!({ "phases": phases, "progress": progress_of(&phases) })
 }
+
+/// Owns `stack` and `tenants`: what the migration touches, written once admitted.
+const ACCESS_MANAGER: &str = "tenant-migrator-access";
 
 async fn secret_value(client: &Client, ns: &str, r: &SecretKeyRef, field: &str) -> Result<Secret, ControllerError> {
     let secrets: Api<KubeSecret> = Api::namespaced(client.clone(), ns);
@@ -274,17 +321,24 @@ async fn secret_value(client: &Client, ns: &str, r: &SecretKeyRef, field: &str) 
     Ok(Secret::new(value.trim_end_matches('\n')))
 }
 
-async fn credentials(client: &Client, tm: &TenantMigration, ns: &str) -> Result<Credentials, ControllerError> {
-    let s = &tm.spec;
+/// The credentials `s` references, read in `ns`; `origin` says whose references they
+/// are in messages (`spec` of the migration, or a RagStack's).
+async fn credentials(
+    client: &Client,
+    s: &TenantMigrationSpec,
+    ns: &str,
+    origin: &str,
+) -> Result<Credentials, ControllerError> {
+    let field = |f: &str| format!("{origin}.{f}");
     let mut c = Credentials::default();
     if let (true, Some(r)) = (s.config.enabled, &s.config.token_secret_ref) {
-        c.config_token = Some(secret_value(client, ns, r, "spec.config.tokenSecretRef").await?);
+        c.config_token = Some(secret_value(client, ns, r, &field("config.tokenSecretRef")).await?);
     }
     if let (true, Some(r)) = (s.redis.enabled, &s.redis.password_secret_ref) {
-        c.redis_password = Some(secret_value(client, ns, r, "spec.redis.passwordSecretRef").await?);
+        c.redis_password = Some(secret_value(client, ns, r, &field("redis.passwordSecretRef")).await?);
     }
     if let (true, Some(r)) = (s.qdrant.enabled, &s.qdrant.api_key_secret_ref) {
-        c.qdrant_api_key = Some(secret_value(client, ns, r, "spec.qdrant.apiKeySecretRef").await?);
+        c.qdrant_api_key = Some(secret_value(client, ns, r, &field("qdrant.apiKeySecretRef")).await?);
     }
     if let (true, Some(r)) = (s.memgraph.enabled, &s.memgraph.credentials_secret_ref) {
         let user = SecretKeyRef {
@@ -296,14 +350,88 @@ async fn credentials(client: &Client, tm: &TenantMigration, ns: &str) -> Result<
             key: "password".into(),
         };
         c.memgraph_user = Some(
-            secret_value(client, ns, &user, "spec.memgraph.credentialsSecretRef")
+            secret_value(client, ns, &user, &field("memgraph.credentialsSecretRef"))
                 .await?
                 .expose()
                 .to_owned(),
         );
-        c.memgraph_password = Some(secret_value(client, ns, &password, "spec.memgraph.credentialsSecretRef").await?);
+        c.memgraph_password = Some(secret_value(client, ns, &password, &field("memgraph.credentialsSecretRef")).await?);
     }
     Ok(c)
+}
+
+/// A migration cleared to run: the spec the engine gets (endpoints and Secret
+/// references from its stack, or inline when allowed), where those Secrets are read,
+/// and the run's knobs.
+struct Admission {
+    spec: TenantMigrationSpec,
+    secrets_namespace: String,
+    stack: Option<String>,
+    options: RunOptions,
+}
+
+fn run_options(retry: &RetryPolicy) -> RunOptions {
+    let mut o = RunOptions::default();
+    if let Some(n) = retry.max_attempts {
+        o.max_attempts = n;
+    }
+    if let Some(ms) = retry.initial_backoff_millis {
+        o.initial_backoff = Duration::from_millis(ms);
+    }
+    if let Some(s) = retry.max_backoff_seconds {
+        o.max_backoff = Duration::from_secs(s);
+    }
+    o
+}
+
+/// Applies the rules of the migration's RagStack (or of inline endpoints) before any
+/// Secret or store is read. `Ok(Err(_))` is a refusal, for the conditions.
+async fn admission(
+    ctx: &Context,
+    tm: &TenantMigration,
+    ns: &str,
+) -> Result<Result<Admission, Refusal>, ControllerError> {
+    let Some(r) = &tm.spec.stack_ref else {
+        if !ctx.allow_inline_endpoints {
+            return Ok(Err(Refusal::NoStack));
+        }
+        return Ok(Ok(Admission {
+            spec: tm.spec.clone(),
+            secrets_namespace: ns.to_owned(),
+            stack: None,
+            options: RunOptions::default(),
+        }));
+    };
+    let stacks: Api<RagStack> = Api::all(ctx.client.clone());
+    let Some(found) = stacks.get_opt(&r.name).await? else {
+        return Ok(Err(Refusal::StackNotFound(r.name.clone())));
+    };
+    let admitted = match stack::admit(&r.name, &found.spec, ns, &tm.spec) {
+        Ok(a) => a,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    let spec = &admitted.spec;
+    let needs_secrets = spec.config.token_secret_ref.is_some()
+        || spec.redis.password_secret_ref.is_some()
+        || spec.qdrant.api_key_secret_ref.is_some()
+        || spec.memgraph.credentials_secret_ref.is_some();
+    let secrets_namespace = match (&ctx.secrets_namespace, needs_secrets) {
+        (Some(ns), _) => ns.clone(),
+        (None, false) => String::new(),
+        (None, true) => {
+            return Err(ControllerError::MissingSecret(format!(
+                "RagStack {:?} references Secrets, but the controller does not know its own namespace, where \
+                 they live: set POD_NAMESPACE or --secrets-namespace",
+                r.name
+            )));
+        }
+    };
+    Ok(Ok(Admission {
+        spec: admitted.spec,
+        secrets_namespace,
+        stack: Some(r.name.clone()),
+        options: run_options(&admitted.retry),
+    }))
 }
 
 /// What the engine reports, on its way to status patches and Events.
@@ -574,7 +702,12 @@ async fn apply(
     let generation = tm.metadata.generation;
     let status = tm.status.clone().unwrap_or_default();
     let finished = matches!(status.phase, MigrationPhase::Succeeded | MigrationPhase::Failed);
-    if finished && status.observed_generation == generation {
+    // A refused migration wrote nothing: it is admitted again (its stack may have changed).
+    let refused = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && Refusal::REASONS.contains(&c.reason.as_str()));
+    if finished && status.observed_generation == generation && !refused {
         // A controller that died between the final status and the restore finishes it here.
         restore_workloads(&ctx, &api, &name).await?;
         return Ok(Action::await_change());
@@ -585,6 +718,32 @@ async fn apply(
         return Ok(Action::await_change());
     }
 
+    // Where data and credentials go is decided first: a refused migration never waits
+    // for another or reads a Secret.
+    let run = match admission(&ctx, &tm, &ns).await {
+        Ok(Ok(run)) => run,
+        Ok(Err(refusal)) => {
+            let message = refusal.to_string();
+            if set_state(&api, &tm, MigrationPhase::Failed, refusal.reason(), &message).await? {
+                publish(
+                    &ctx,
+                    &tm.object_ref(&()),
+                    EventType::Warning,
+                    "MigrationRefused",
+                    message,
+                )
+                .await;
+            }
+            restore_workloads(&ctx, &api, &name).await?;
+            return Ok(Action::await_change());
+        }
+        Err(ControllerError::MissingSecret(m)) => {
+            set_state(&api, &tm, MigrationPhase::Pending, "MissingSecret", &m).await?;
+            return Ok(Action::requeue(Duration::from_secs(15)));
+        }
+        Err(e) => return Err(e),
+    };
+
     // One migration per tenant at a time: an older unfinished migration touching the
     // same tenant (as source or target, in any namespace watched) goes first.
     if let Some(other) = conflicting(&ctx, &tm).await? {
@@ -593,7 +752,11 @@ async fn apply(
         return Ok(Action::requeue(Duration::from_secs(5)));
     }
 
-    let creds = match credentials(&ctx.client, &tm, &ns).await {
+    let origin = match &run.stack {
+        Some(s) => format!("RagStack {s} spec"),
+        None => "spec".to_owned(),
+    };
+    let creds = match credentials(&ctx.client, &run.spec, &run.secrets_namespace, &origin).await {
         Ok(c) => c,
         Err(ControllerError::MissingSecret(m)) => {
             // A clear condition, retried slowly: creating the Secret is enough to proceed.
@@ -616,6 +779,41 @@ async fn apply(
         "Running",
     );
     apply_status(&api, &name, MANAGER, running).await?;
+    let stack_name = run.stack.clone().unwrap_or_else(|| "inline".to_owned());
+    let touched = json!({
+        "stack": stack_name,
+        "tenants": [tm.spec.source.as_str(), tm.spec.target.as_str()],
+    });
+    apply_status(&api, &name, ACCESS_MANAGER, touched).await?;
+    let stores: Vec<&str> = Store::ALL
+        .iter()
+        .filter(|s| match s {
+            Store::Config => run.spec.config.enabled,
+            Store::Redis => run.spec.redis.enabled,
+            Store::Qdrant => run.spec.qdrant.enabled,
+            Store::Memgraph => run.spec.memgraph.enabled,
+        })
+        .map(|s| s.name())
+        .collect();
+    let on = match &run.stack {
+        Some(s) => format!("RagStack {s}"),
+        None => "inline endpoints".to_owned(),
+    };
+    let started = format!(
+        "{:?} of tenant {} to {} started on {on} ({})",
+        tm.spec.mode,
+        tm.spec.source,
+        tm.spec.target,
+        stores.join(", ")
+    );
+    publish(
+        &ctx,
+        &tm.object_ref(&()),
+        EventType::Normal,
+        "MigrationStarted",
+        started,
+    )
+    .await;
 
     // Status patches and Events happen beside the engine, so a slow API server never stalls a batch.
     let (tx, mut rx) = mpsc::unbounded_channel::<Update>();
@@ -655,7 +853,7 @@ async fn apply(
     // The engine runs on a blocking thread of its own: its future borrows across
     // awaits in ways the controller's Send bound cannot express, and a long
     // migration must not occupy a reactor thread anyway.
-    let (spec, resume) = (tm.spec.clone(), status.phases.clone());
+    let (spec, resume, options) = (run.spec, status.phases.clone(), run.options);
     let handle = tokio::runtime::Handle::current();
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_for_stop(api.clone(), name.clone(), stop.clone());
@@ -680,13 +878,7 @@ async fn apply(
             seen: Vec::new(),
             quiesce,
         };
-        handle.block_on(engine::run(
-            &spec,
-            &creds,
-            &resume,
-            &RunOptions::default(),
-            &mut progress,
-        ))
+        handle.block_on(engine::run(&spec, &creds, &resume, &options, &mut progress))
     })
     .await;
     let _ = writer.await;
@@ -753,7 +945,7 @@ async fn set_state(
     phase: MigrationPhase,
     reason: &str,
     message: &str,
-) -> Result<(), kube::Error> {
+) -> Result<bool, kube::Error> {
     let generation = tm.metadata.generation;
     let status = tm.status.clone().unwrap_or_default();
     let same = status.phase == phase
@@ -763,12 +955,13 @@ async fn set_state(
             .iter()
             .any(|c| c.reason == reason && c.message == message);
     if same {
-        return Ok(());
+        return Ok(false);
     }
     // The times stay as they were: this apply must carry every field the manager owns.
     let times = (status.start_time.as_deref(), status.completion_time.as_deref());
     let body = lifecycle(generation, phase, times, message, reason);
-    apply_status(api, &tm.name_any(), MANAGER, body).await
+    apply_status(api, &tm.name_any(), MANAGER, body).await?;
+    Ok(true)
 }
 
 /// An older TenantMigration, not finished, whose source or target is one of `tm`'s.
@@ -812,7 +1005,7 @@ async fn publish(ctx: &Context, object: &ObjectReference, type_: EventType, reas
     let event = Event {
         type_,
         reason: reason.to_owned(),
-        note: Some(note.chars().take(1000).collect()),
+        note: Some(redact::excerpt(&note, 990)),
         action: "Migrate".into(),
         secondary: None,
     };

@@ -9,12 +9,16 @@
 //! - [`cli`]: the `migrate` shell (flags, manifest, progress bars, summary).
 //! - [`controller`]: the Kubernetes shell (watch, Secrets, engine, status).
 //! - [`quiesce`]: the controller's scaling of `spec.quiesce` workloads to zero and back.
+//! - [`stack`]: admission of a migration against the RagStack it names.
+//! - [`redact`]: bounded, credential-free excerpts for status and Events.
 
 pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod engine;
 pub mod quiesce;
+pub mod redact;
+pub mod stack;
 pub mod stores;
 pub mod telemetry;
 

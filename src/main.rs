@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use kube::CustomResourceExt;
 
-use tenant_migrator::api::TenantMigration;
+use tenant_migrator::api::{RagStack, TenantMigration};
 use tenant_migrator::cli::{self, MigrateArgs};
 use tenant_migrator::telemetry;
 
@@ -22,8 +22,12 @@ struct Cli {
 enum Command {
     /// Migrate a tenant without Kubernetes (flag-compatible with migrate_tenant.py).
     Migrate(Box<MigrateArgs>),
-    /// Print the TenantMigration CustomResourceDefinition as YAML.
-    Crd,
+    /// Print the CustomResourceDefinitions (TenantMigration, RagStack) as YAML.
+    Crd {
+        /// Only this one.
+        #[arg(value_enum)]
+        kind: Option<CrdKind>,
+    },
     /// Run the operator: reconcile TenantMigrations through the engine.
     Controller {
         /// Watch only these namespaces (repeat the flag or separate with commas;
@@ -40,7 +44,22 @@ enum Command {
         /// Seconds a leader holds the Lease without renewing it.
         #[arg(long, default_value_t = 15)]
         lease_seconds: u64,
+        /// The operator's own namespace, the only one where the Secrets of RagStacks
+        /// are read [default: $POD_NAMESPACE].
+        #[arg(long, env = "POD_NAMESPACE")]
+        secrets_namespace: Option<String>,
+        /// Also run migrations without spec.stackRef, whose inline endpoints and Secret
+        /// references (in the migration's namespace) are used as they are. Only for
+        /// clusters where whoever may create a migration may also read those Secrets.
+        #[arg(long)]
+        allow_inline_endpoints: bool,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CrdKind {
+    Tenantmigration,
+    Ragstack,
 }
 
 #[tokio::main]
@@ -51,21 +70,31 @@ async fn main() {
             telemetry::init("warn");
             cli::migrate(*args).await
         }
-        Command::Crd => match serde_yaml::to_string(&TenantMigration::crd()) {
-            Ok(yaml) => {
-                print!("{yaml}");
-                0
+        Command::Crd { kind } => {
+            let crds = match kind {
+                Some(CrdKind::Tenantmigration) => vec![TenantMigration::crd()],
+                Some(CrdKind::Ragstack) => vec![RagStack::crd()],
+                None => vec![TenantMigration::crd(), RagStack::crd()],
+            };
+            let yaml: Result<Vec<String>, _> = crds.iter().map(serde_yaml::to_string).collect();
+            match yaml {
+                Ok(docs) => {
+                    print!("{}", docs.join("---\n"));
+                    0
+                }
+                Err(e) => {
+                    eprintln!("error: cannot render the CRDs: {e}");
+                    1
+                }
             }
-            Err(e) => {
-                eprintln!("error: cannot render the CRD: {e}");
-                1
-            }
-        },
+        }
         Command::Controller {
             namespaces,
             metrics_addr,
             lease_namespace,
             lease_seconds,
+            secrets_namespace,
+            allow_inline_endpoints,
         } => {
             telemetry::init("info");
             match kube::Client::try_default().await {
@@ -75,6 +104,8 @@ async fn main() {
                         endpoints: Some(metrics_addr),
                         lease_namespace,
                         lease_seconds,
+                        allow_inline_endpoints,
+                        secrets_namespace,
                     };
                     match tenant_migrator::controller::run_elected(client, options).await {
                         Ok(()) => 0,

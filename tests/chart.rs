@@ -45,8 +45,7 @@ fn kinds(rendered: &str) -> Vec<String> {
         .collect()
 }
 
-/// The rules of every (Cluster)Role in `rendered` but the leader-election one, as
-/// `(group, resource, verb)` triples.
+/// The rules of every (Cluster)Role in `rendered`, as `(group, resource, verb)` triples.
 fn rules(rendered: &str) -> BTreeSet<(String, String, String)> {
     let strings = |v: &serde_yaml::Value| -> Vec<String> {
         v.as_sequence()
@@ -56,8 +55,7 @@ fn rules(rendered: &str) -> BTreeSet<(String, String, String)> {
     let mut out = BTreeSet::new();
     for d in docs(rendered) {
         let kind = d["kind"].as_str().unwrap_or_default();
-        let name = d["metadata"]["name"].as_str().unwrap_or_default();
-        if !kind.ends_with("Role") || name.ends_with("leader-election") {
+        if !kind.ends_with("Role") {
             continue;
         }
         for r in d["rules"].as_sequence().into_iter().flatten() {
@@ -71,6 +69,25 @@ fn rules(rendered: &str) -> BTreeSet<(String, String, String)> {
         }
     }
     out
+}
+
+/// Where the rendered roles let the operator read Secrets: namespaces, `*` for a ClusterRole.
+fn secret_scopes(rendered: &str) -> BTreeSet<String> {
+    docs(rendered)
+        .iter()
+        .filter(|d| d["kind"] == "Role" || d["kind"] == "ClusterRole")
+        .filter(|d| {
+            d["rules"].as_sequence().into_iter().flatten().any(|r| {
+                r["resources"]
+                    .as_sequence()
+                    .is_some_and(|s| s.iter().any(|x| x == "secrets"))
+            })
+        })
+        .map(|d| match d["kind"].as_str() {
+            Some("ClusterRole") => "*".to_owned(),
+            _ => d["metadata"]["namespace"].as_str().unwrap_or_default().to_owned(),
+        })
+        .collect()
 }
 
 fn kubeconform(schemas: &Path, files: &[&Path]) -> std::process::Output {
@@ -147,6 +164,14 @@ fn the_chart_lints_renders_validates_and_is_accepted_by_the_api_server() {
         cluster_wide.contains("name: POD_NAMESPACE"),
         "leader election off with 2 replicas"
     );
+    // Secrets: read in the release namespace only (the RagStacks' own), never cluster-wide.
+    let own = BTreeSet::from(["tenant-migrator".to_owned()]);
+    assert_eq!(secret_scopes(&cluster_wide), own);
+    assert!(!cluster_wide.contains("- --allow-inline-endpoints"));
+    assert!(
+        !kinds(&cluster_wide).iter().any(|k| k == "RagStack"),
+        "a stack rendered without values asking for one"
+    );
     assert!(!cluster_wide.contains("/scale"), "scale rights without quiesce.enabled");
     // The rendered pod runs as non-root, read-only, without privileges.
     let deployment = docs(&cluster_wide)
@@ -161,7 +186,7 @@ fn the_chart_lints_renders_validates_and_is_accepted_by_the_api_server() {
     assert_eq!(container["readOnlyRootFilesystem"], serde_yaml::Value::Bool(true));
     assert_eq!(container["capabilities"]["drop"][0], serde_yaml::Value::from("ALL"));
 
-    // A list of namespaces: a Role in each (Secrets readable there only), no ClusterRole.
+    // A list of namespaces: a Role in each, no ClusterRole but the one that reads RagStacks.
     let namespaced = render(&["watchNamespaces={rag,search}", "replicas=1"]);
     let roles: Vec<(String, String)> = docs(&namespaced)
         .iter()
@@ -181,16 +206,51 @@ fn the_chart_lints_renders_validates_and_is_accepted_by_the_api_server() {
             );
         }
     }
-    let k = kinds(&namespaced);
+    let cluster_roles: Vec<String> = docs(&namespaced)
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRole")
+        .filter_map(|d| d["metadata"]["name"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(cluster_roles, ["tm-stacks"], "a namespaced install's ClusterRoles");
+    assert_eq!(secret_scopes(&namespaced), own);
     assert!(
-        !k.iter().any(|x| x == "ClusterRole"),
-        "a namespaced install must not get a ClusterRole: {k:?}"
-    );
-    assert!(
-        namespaced.contains("- --namespace\n            - \"rag,search\"") && !namespaced.contains("POD_NAMESPACE"),
+        namespaced.contains("- --namespace\n            - \"rag,search\"") && namespaced.contains("POD_NAMESPACE"),
         "{namespaced}"
     );
-    assert!(!namespaced.contains("leases"), "no Lease rights with one replica");
+    assert!(
+        namespaced.contains("leases"),
+        "leader election is on with one replica too (a rolling update runs two pods)"
+    );
+    // Inline endpoints: asked for by a value, Secrets then readable in the watched
+    // namespaces too, and refused cluster-wide.
+    let inline = render(&["watchNamespaces={rag,search}", "allowInlineEndpoints=true"]);
+    assert!(inline.contains("- --allow-inline-endpoints"), "{inline}");
+    let scopes: Vec<String> = secret_scopes(&inline).into_iter().collect();
+    assert_eq!(scopes, ["rag", "search", "tenant-migrator"]);
+    let mut refused = Command::new(cached_tool("helm"));
+    refused.args(["template", "tm", chart(), "--set", "allowInlineEndpoints=true"]);
+    let refused = refused.output().expect("helm");
+    assert!(
+        !refused.status.success() && text(&refused).contains("allowInlineEndpoints needs watchNamespaces"),
+        "{}",
+        text(&refused)
+    );
+    // An example stack, when the values ask for one.
+    let stacked = render(&[
+        "stacks[0].name=rag-prod",
+        "stacks[0].spec.redis.url=redis://rag-redis:6379/0",
+        "stacks[0].spec.access[0].namespaces={rag}",
+        "stacks[0].spec.access[0].tenants={acme_*}",
+    ]);
+    let stack = docs(&stacked)
+        .into_iter()
+        .find(|d| d["kind"] == "RagStack")
+        .expect("a RagStack");
+    assert_eq!(stack["metadata"]["name"], serde_yaml::Value::from("rag-prod"));
+    assert_eq!(
+        stack["spec"]["access"][0]["tenants"][0],
+        serde_yaml::Value::from("acme_*")
+    );
 
     // The chart grants exactly what deploy/ grants (both what the controller calls).
     let with_quiesce = render(&["quiesce.enabled=true"]);
@@ -201,6 +261,11 @@ fn the_chart_lints_renders_validates_and_is_accepted_by_the_api_server() {
         .collect();
     assert_eq!(rules(&with_quiesce), deployed);
     assert!(deployed.contains(&("apps".into(), "deployments/scale".into(), "patch".into())));
+    assert_eq!(
+        secret_scopes(&read("deploy/rbac.yaml")),
+        own,
+        "deploy/ reads Secrets elsewhere"
+    );
 
     let extras = render(&["serviceMonitor.enabled=true", "podDisruptionBudget.enabled=true"]);
     let k = kinds(&extras);
@@ -224,6 +289,8 @@ fn the_chart_lints_renders_validates_and_is_accepted_by_the_api_server() {
         ("quiesce", &with_quiesce),
         ("extras", &extras),
         ("deploy", &ok(kube.kubectl(&["kustomize", &repo("deploy")]))),
+        ("inline", &inline),
+        ("stacked", &stacked),
         (
             "deploy-quiesce",
             &ok(kube.kubectl(&["kustomize", &repo("deploy/quiesce")])),
@@ -256,9 +323,8 @@ fn the_chart_lints_renders_validates_and_is_accepted_by_the_api_server() {
 
     // Everything but the ServiceMonitor (whose CRD belongs to the Prometheus operator)
     // must be accepted by a real API server.
-    ok(kube.kubectl(&["create", "namespace", "tenant-migrator"]));
     ok(kube.kubectl(&["create", "namespace", "search"]));
-    for rendered in [cluster_wide, namespaced, with_quiesce, extras] {
+    for rendered in [cluster_wide, namespaced, with_quiesce, extras, inline, stacked] {
         let docs: Vec<&str> = rendered
             .split("\n---")
             .filter(|d| !d.contains("kind: ServiceMonitor") && d.contains("kind:"))

@@ -90,7 +90,7 @@ fn the_example_manifest_parses() {
         .args([
             "migrate",
             "-f",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/examples/tenantmigration.yaml"),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/examples/tenantmigration-inline.yaml"),
         ])
         .args(["--dry-run", "--state-dir"])
         .arg(&dir)
@@ -116,30 +116,45 @@ fn the_example_manifest_parses() {
 }
 
 #[test]
-fn the_checked_in_crd_matches_the_code() {
-    let out = std::process::Command::new(bin()).arg("crd").output().expect("run");
-    assert!(out.status.success(), "{}", text(&out));
-    let printed = String::from_utf8_lossy(&out.stdout);
-    let checked_in = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/tenantmigrations.yaml"))
-        .expect("crds/tenantmigrations.yaml");
-    // No diff dump: the CRD is long, and the fix is one command.
+fn a_manifest_naming_a_stack_is_the_controllers() {
+    let dir = state_dir("example-stack");
+    let out = std::process::Command::new(bin())
+        .args([
+            "migrate",
+            "-f",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/examples/tenantmigration.yaml"),
+        ])
+        .args(["--dry-run", "--state-dir"])
+        .arg(&dir)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
-        printed == checked_in,
-        "crds/tenantmigrations.yaml is stale: run `make crd`"
+        text(&out).contains("spec.stackRef names RagStack \"rag-prod\", which only the controller resolves"),
+        "{}",
+        text(&out)
     );
-    let deployed = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/deploy/crds/tenantmigrations.yaml"
-    ))
-    .expect("deploy/crds/tenantmigrations.yaml");
-    assert!(
-        printed == deployed,
-        "deploy/crds/tenantmigrations.yaml is stale: run `make crd`"
-    );
-    let charted = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/charts/tenant-migrator/crds/tenantmigrations.yaml"
-    ))
-    .expect("charts/tenant-migrator/crds/tenantmigrations.yaml");
-    assert!(printed == charted, "the chart's CRD is stale: run `make crd`");
+}
+
+#[test]
+fn the_checked_in_crds_match_the_code() {
+    let printed = |kind: &str| {
+        let out = std::process::Command::new(bin())
+            .args(["crd", kind])
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let both = std::process::Command::new(bin()).arg("crd").output().expect("run");
+    let (tm, stack) = (printed("tenantmigration"), printed("ragstack"));
+    assert_eq!(String::from_utf8_lossy(&both.stdout), format!("{tm}---\n{stack}"));
+    for (file, want) in [("tenantmigrations.yaml", &tm), ("ragstacks.yaml", &stack)] {
+        for dir in ["crds", "deploy/crds", "charts/tenant-migrator/crds"] {
+            let path = format!("{}/{dir}/{file}", env!("CARGO_MANIFEST_DIR"));
+            let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+            // No diff dump: a CRD is long, and the fix is one command.
+            assert!(&checked_in == want, "{dir}/{file} is stale: run `make crd`");
+        }
+    }
 }

@@ -24,15 +24,7 @@ fn wait_for(kube: &KubeApiServer, name: &str, done: impl Fn(&serde_json::Value) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_applied_migration_is_run_by_the_controller_and_reported_in_status() {
     let kube = tokio::task::block_in_place(|| kube_with_crd(NS));
-    ok(kube.kubectl(&[
-        "create",
-        "secret",
-        "generic",
-        "rag-api",
-        "-n",
-        NS,
-        "--from-literal=token=t0ken",
-    ]));
+    stack_secret(&kube, "rag-api", &[("token", "t0ken")]);
 
     let (redis, loaded) = loaded_redis(0.02);
     let before = snapshot(&redis);
@@ -45,25 +37,25 @@ async fn an_applied_migration_is_run_by_the_controller_and_reported_in_status() 
 
     apply_ok(
         &kube,
-        &format!(
+        &via_stack(&format!(
             "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: move-it, namespace: {NS}}}\n\
              spec:\n  source: {SOURCE}\n  target: {TARGET}\n  \
              config: {{url: '{}', tokenSecretRef: {{name: rag-api, key: token}}}}\n  \
              redis: {{url: '{}'}}\n  qdrant: {{enabled: false}}\n  memgraph: {{enabled: false}}\n",
             api.url(),
             redis.url()
-        ),
+        )),
     );
     // A second one whose Secret does not exist waits with a clear condition.
     apply_ok(
         &kube,
-        &format!(
+        &via_stack(&format!(
             "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: no-secret, namespace: {NS}}}\n\
              spec:\n  source: other\n  target: other_b\n  \
              config: {{url: '{}', tokenSecretRef: {{name: missing, key: token}}}}\n  \
              redis: {{enabled: false}}\n  qdrant: {{enabled: false}}\n  memgraph: {{enabled: false}}\n",
             api.url()
-        ),
+        )),
     );
 
     let tm = tokio::task::block_in_place(|| wait_for(&kube, "move-it", finished));
@@ -112,7 +104,7 @@ async fn an_applied_migration_is_run_by_the_controller_and_reported_in_status() 
         .filter(|f| f["subresource"] == "status")
         .filter_map(|f| Some((f["manager"].as_str()?, f["operation"].as_str()?)))
         .collect();
-    for manager in ["tenant-migrator", "tenant-migrator-progress"] {
+    for manager in ["tenant-migrator", "tenant-migrator-progress", "tenant-migrator-access"] {
         assert!(appliers.contains(&(manager, "Apply")), "{appliers:?}");
     }
 
@@ -129,7 +121,12 @@ async fn an_applied_migration_is_run_by_the_controller_and_reported_in_status() 
                 .collect()
         })
         .unwrap_or_default();
-    for want in ["PhaseStarted", "PhaseSucceeded", "MigrationSucceeded"] {
+    for want in [
+        "MigrationStarted",
+        "PhaseStarted",
+        "PhaseSucceeded",
+        "MigrationSucceeded",
+    ] {
         assert!(reasons.contains(&want), "no {want} Event: {reasons:?}");
     }
     assert!(!events.to_string().contains("t0ken"), "the token leaked into an Event");
@@ -225,7 +222,7 @@ async fn an_applied_migration_is_run_by_the_controller_and_reported_in_status() 
     let text = waiting["status"]["conditions"].to_string();
     assert_eq!(waiting["status"]["phase"], "Pending", "{waiting:#}");
     assert!(
-        text.contains("MissingSecret") && text.contains("Secret rag/missing not found"),
+        text.contains("MissingSecret") && text.contains("Secret tenant-migrator/missing not found"),
         "{waiting:#}"
     );
 }
@@ -568,18 +565,9 @@ async fn a_migration_created_through_the_api_moves_every_store() {
     use tenant_migrator_testkit::{BoltServer, QdrantServer, graph_fixture, qdrant_fixture};
 
     let kube = tokio::task::block_in_place(|| kube_with_crd(NS));
-    for (secret, pairs) in [
-        ("rag-api", vec!["--from-literal=token=t0ken"]),
-        ("rag-qdrant", vec!["--from-literal=key=q-k3y"]),
-        (
-            "rag-graph",
-            vec!["--from-literal=username=neo4j", "--from-literal=password=g-pw"],
-        ),
-    ] {
-        let mut args = vec!["create", "secret", "generic", secret, "-n", NS];
-        args.extend(pairs);
-        ok(kube.kubectl(&args));
-    }
+    stack_secret(&kube, "rag-api", &[("token", "t0ken")]);
+    stack_secret(&kube, "rag-qdrant", &[("key", "q-k3y")]);
+    stack_secret(&kube, "rag-graph", &[("username", "neo4j"), ("password", "g-pw")]);
     // Every store, with the tenant in each.
     let (redis, loaded) = loaded_redis(0.02);
     let api = ConfigApi::start(0, Some("t0ken")).await.expect("config API");
@@ -598,7 +586,7 @@ async fn a_migration_created_through_the_api_moves_every_store() {
     let _controller = start_controller(&kubeconfig, &dir.join("controller.log"));
 
     // Created through the API, not kubectl.
-    let manifest = format!(
+    let inline = format!(
         "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: everything, namespace: {NS}}}\n\
          spec:\n  source: {SOURCE}\n  target: {TARGET}\n  \
          config: {{url: '{}', tokenSecretRef: {{name: rag-api, key: token}}}}\n  \
@@ -610,7 +598,11 @@ async fn a_migration_created_through_the_api_moves_every_store() {
         qdrant.url(),
         bolt.uri()
     );
-    let tm: tenant_migrator::api::TenantMigration = serde_yaml::from_str(&manifest).expect("manifest");
+    // The admin's stack by kubectl; the user's migration through the API.
+    let both = via_stack(&inline);
+    let (stack, manifest) = both.split_once("---\n").expect("two documents");
+    apply_ok(&kube, stack);
+    let tm: tenant_migrator::api::TenantMigration = serde_yaml::from_str(manifest).expect("manifest");
     let tms: kube::Api<tenant_migrator::api::TenantMigration> =
         kube::Api::namespaced(kube_client(&kubeconfig).await, NS);
     tms.create(&Default::default(), &tm)

@@ -84,3 +84,55 @@ fn the_crd_is_served_by_a_real_api_server_and_validates_ids() {
         assert!(all.contains(field) && all.contains("should match"), "{id:?}: {all}");
     }
 }
+
+/// The RagStack CRD: cluster-scoped, the example accepted, columns and descriptions
+/// served; a migration's stackRef can be neither changed nor dropped (a resumed run
+/// would write to another platform's stores with this one's checkpoints).
+#[test]
+fn the_ragstack_crd_is_served_and_a_migrations_stack_cannot_change() {
+    let kube = common::kube_with_crd("rag");
+    common::ok(kube.kubectl(&[
+        "apply",
+        "-f",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ragstack.yaml"),
+    ]));
+    let table = common::ok(kube.kubectl(&["get", "stack"]));
+    for column in [
+        "CONFIG",
+        "REDIS",
+        "QDRANT",
+        "MEMGRAPH",
+        "rag-prod",
+        "redis://rag-dragonflydb.rag:6379/0",
+    ] {
+        assert!(table.contains(column), "{column} missing:\n{table}");
+    }
+    let explain = common::ok(kube.kubectl(&["explain", "ragstack.spec.access"]));
+    assert!(explain.contains("Tenant ids those migrations may touch"), "{explain}");
+    let scope = common::ok(kube.kubectl(&["get", "crd", "ragstacks.tenancy.dev", "-o", "jsonpath={.spec.scope}"]));
+    assert_eq!(scope, "Cluster");
+
+    let manifest = |stack: &str| {
+        format!(
+            "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: s, namespace: rag}}\n\
+             spec: {{source: a, target: b{stack}}}\n"
+        )
+    };
+    assert!(
+        kube.apply(&manifest(", stackRef: {name: one}"))
+            .expect("kubectl")
+            .status
+            .success()
+    );
+    for (changed, want) in [
+        (manifest(", stackRef: {name: two}"), "stackRef is immutable"),
+        (manifest(""), "stackRef cannot be added or removed"),
+    ] {
+        let out = kube.apply(&changed).expect("kubectl");
+        assert!(
+            !out.status.success() && common::text(&out).contains(want),
+            "{want}: {}",
+            common::text(&out)
+        );
+    }
+}

@@ -21,6 +21,7 @@ async fn the_deployed_rbac_is_enough_for_everything_the_controller_does() {
         "--for",
         "condition=established",
         "crd/tenantmigrations.tenancy.dev",
+        "crd/ragstacks.tenancy.dev",
         "--timeout=60s",
     ]));
     for (kind, name) in [
@@ -42,15 +43,8 @@ async fn the_deployed_rbac_is_enough_for_everything_the_controller_does() {
         "--image=rag-api:1",
         "--replicas=2",
     ]));
-    ok(kube.kubectl(&[
-        "create",
-        "secret",
-        "generic",
-        "rag-api",
-        "-n",
-        NS,
-        "--from-literal=token=t0ken",
-    ]));
+    // The stack's Secret lives in the operator's namespace, the only one it may read.
+    stack_secret(&kube, "rag-api", &[("token", "t0ken")]);
     let (redis, loaded) = loaded_redis(0.02);
     let before = snapshot(&redis);
     let api = ConfigApi::start(0, Some("t0ken")).await.expect("config API");
@@ -70,6 +64,7 @@ async fn the_deployed_rbac_is_enough_for_everything_the_controller_does() {
         .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
         .env("KUBECONFIG", &kubeconfig)
         .env("POD_NAME", "deployed")
+        .env("POD_NAMESPACE", "tenant-migrator")
         .stdout(log.try_clone().expect("log"))
         .stderr(log)
         .spawn()
@@ -77,7 +72,7 @@ async fn the_deployed_rbac_is_enough_for_everything_the_controller_does() {
 
     apply_ok(
         &kube,
-        &format!(
+        &via_stack(&format!(
             "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: rbac, namespace: {NS}}}\n\
              spec:\n  source: {SOURCE}\n  target: {TARGET}\n  \
              config: {{url: '{}', tokenSecretRef: {{name: rag-api, key: token}}}}\n  \
@@ -85,7 +80,7 @@ async fn the_deployed_rbac_is_enough_for_everything_the_controller_does() {
              quiesce: [{{kind: Deployment, name: rag-api}}]\n",
             api.url(),
             redis.url()
-        ),
+        )),
     );
     let tm = tokio::task::block_in_place(|| wait_for_tm(&kube, NS, "rbac", finished));
     let _ = controller.kill();
@@ -126,20 +121,30 @@ async fn the_deployed_rbac_is_enough_for_everything_the_controller_does() {
 
     // Least privilege: the ServiceAccount cannot touch what the controller never needs.
     let sa = "system:serviceaccount:tenant-migrator:tenant-migrator";
-    for (verb, resource) in [
-        ("delete", "tenantmigrations.tenancy.dev"),
-        ("list", "secrets"),
-        ("create", "deployments.apps"),
-        ("update", "secrets"),
-        ("patch", "deployments.apps"),
+    for (verb, resource, ns, want) in [
+        ("delete", "tenantmigrations.tenancy.dev", NS, "no"),
+        // Secrets: read one by name in its own namespace, nothing anywhere else.
+        ("get", "secrets", NS, "no"),
+        ("get", "secrets", "kube-system", "no"),
+        ("get", "secrets", "tenant-migrator", "yes"),
+        ("list", "secrets", "tenant-migrator", "no"),
+        ("update", "secrets", "tenant-migrator", "no"),
+        ("create", "deployments.apps", NS, "no"),
+        ("patch", "deployments.apps", NS, "no"),
+        // Stacks are the admins': read, never written.
+        ("watch", "ragstacks.tenancy.dev", "", "yes"),
+        ("create", "ragstacks.tenancy.dev", "", "no"),
+        ("patch", "ragstacks.tenancy.dev", "", "no"),
     ] {
-        let out = kube
-            .kubectl(&["auth", "can-i", verb, resource, "-n", NS, "--as", sa])
-            .expect("kubectl");
+        let mut args = vec!["auth", "can-i", verb, resource, "--as", sa];
+        if !ns.is_empty() {
+            args.extend(["-n", ns]);
+        }
+        let out = kube.kubectl(&args).expect("kubectl");
         assert_eq!(
             String::from_utf8_lossy(&out.stdout).trim(),
-            "no",
-            "{sa} may {verb} {resource}"
+            want,
+            "{sa} may {verb} {resource} in {ns:?}: expected {want}"
         );
     }
     // The quiesce role: the scale subresource, read and patched, nothing else.

@@ -259,7 +259,8 @@ impl ConfigPhase {
 }
 
 fn unexpected(method: Method, url: &str, status: StatusCode, body: &str) -> ConfigStoreError {
-    let mut body: String = body.chars().take(200).collect();
+    // A bounded excerpt: the answer ends up in status and Events.
+    let mut body = crate::redact::excerpt(body, 200);
     if body.is_empty() {
         body = "(empty body)".into();
     }

@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex};
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::Value;
@@ -27,6 +28,35 @@ struct Inner {
     pass_first: AtomicU32,
     fail_next: AtomicU32,
     writes: AtomicU32,
+    /// Every request as received: method, path and Authorization header.
+    received: Mutex<Vec<Received>>,
+    /// When set, every request is answered with this status and body.
+    answer: Mutex<Option<(StatusCode, String)>>,
+}
+
+/// One request as the server saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    /// The Authorization header, if any: what a client sent as its credential.
+    pub authorization: Option<String>,
+}
+
+async fn record(State(s): State<Arc<Inner>>, req: Request, next: Next) -> Response {
+    s.received.lock().unwrap_or_else(|e| e.into_inner()).push(Received {
+        method: req.method().to_string(),
+        path: req.uri().path().to_owned(),
+        authorization: req
+            .headers()
+            .get("authorization")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+    });
+    let canned = s.answer.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    match canned {
+        Some((status, body)) => (status, body).into_response(),
+        None => next.run(req).await,
+    }
 }
 
 /// A running config API; stops when dropped.
@@ -136,6 +166,7 @@ impl ConfigApi {
                 "/tenants/{id}/config",
                 get(get_config).post(post_config).put(put_config).delete(delete_config),
             )
+            .layer(from_fn_with_state(inner.clone(), record))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
@@ -174,6 +205,18 @@ impl ConfigApi {
     /// Successful writes (POST, PUT, DELETE) served so far.
     pub fn writes(&self) -> u32 {
         self.inner.writes.load(Ordering::SeqCst)
+    }
+
+    /// Every request received so far, in order.
+    pub fn received(&self) -> Vec<Received> {
+        self.inner.received.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// From now on, every request is answered `status` with `body` (a misbehaving API or a
+    /// proxy's error page).
+    pub fn answer_every_request(&self, status: u16, body: String) {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        *self.inner.answer.lock().unwrap_or_else(|e| e.into_inner()) = Some((status, body));
     }
 
     /// The next `n` requests answer 503.

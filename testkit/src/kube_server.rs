@@ -162,9 +162,18 @@ impl KubeApiServer {
 
     /// `kubectl apply {args} -f -` with `yaml` on stdin (e.g. `--dry-run=server`).
     pub fn apply_with(&self, args: &[&str], yaml: &str) -> std::io::Result<Output> {
+        Self::apply_by(self.kubectl_cmd(), args, yaml)
+    }
+
+    /// `kubectl apply -f -` as the identity whose bearer token is `token` (a
+    /// ServiceAccount's, from `kubectl create token`): what that user may do, no more.
+    pub fn apply_as(&self, token: &str, yaml: &str) -> std::io::Result<Output> {
+        Self::apply_by(self.kubectl_as(token), &[], yaml)
+    }
+
+    fn apply_by(mut kubectl: Command, args: &[&str], yaml: &str) -> std::io::Result<Output> {
         use std::io::Write;
-        let mut child = self
-            .kubectl_cmd()
+        let mut child = kubectl
             .arg("apply")
             .args(args)
             .args(["-f", "-"])
@@ -180,16 +189,18 @@ impl KubeApiServer {
         child.wait_with_output()
     }
 
-    /// Applies the CRD at `crd`, waits until it is established, creates `namespace`.
-    pub fn install_crd(&self, crd: &std::path::Path, namespace: &str) -> Result<(), String> {
-        let crd = crd.to_string_lossy();
+    /// Applies the CRDs at `crds` (a file or a directory), waits until ours are
+    /// established, creates `namespace`.
+    pub fn install_crd(&self, crds: &std::path::Path, namespace: &str) -> Result<(), String> {
+        let crds = crds.to_string_lossy();
         let steps: [&[&str]; 3] = [
-            &["apply", "--server-side", "-f", &crd],
+            &["apply", "--server-side", "-f", &crds],
             &[
                 "wait",
                 "--for",
                 "condition=established",
                 "crd/tenantmigrations.tenancy.dev",
+                "crd/ragstacks.tenancy.dev",
                 "--timeout=60s",
             ],
             &["create", "namespace", namespace],
@@ -205,15 +216,14 @@ impl KubeApiServer {
 
     /// A `kubectl` command aimed at this server, for stdin or custom arguments.
     pub fn kubectl_cmd(&self) -> Command {
+        self.kubectl_as(ADMIN_TOKEN)
+    }
+
+    /// A `kubectl` command aimed at this server as the identity of `token`.
+    pub fn kubectl_as(&self, token: &str) -> Command {
         let mut c = Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()));
-        c.args([
-            "--server",
-            &self.url(),
-            "--token",
-            ADMIN_TOKEN,
-            "--insecure-skip-tls-verify",
-        ])
-        .env("KUBECONFIG", self.dir.join("no-kubeconfig"));
+        c.args(["--server", &self.url(), "--token", token, "--insecure-skip-tls-verify"])
+            .env("KUBECONFIG", self.dir.join("no-kubeconfig"));
         c
     }
 }

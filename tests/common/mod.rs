@@ -220,12 +220,81 @@ pub fn ok(o: std::io::Result<Output>) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// A real API server with the TenantMigration CRD installed and `namespace` created.
+/// A real API server with the TenantMigration and RagStack CRDs installed and `namespace` created.
 pub fn kube_with_crd(namespace: &str) -> tenant_migrator_testkit::KubeApiServer {
     let kube = tenant_migrator_testkit::KubeApiServer::start().expect("kube-apiserver (run tools/setup.sh)");
-    let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/tenantmigrations.yaml");
+    let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
     kube.install_crd(&crd, namespace).expect("install the CRD");
+    ok(kube.kubectl(&["create", "namespace", OPERATOR_NS]));
     kube
+}
+
+/// The controller's own namespace in the tests: where RagStack Secrets live.
+pub const OPERATOR_NS: &str = "tenant-migrator";
+
+/// `kubectl create secret generic NAME -n OPERATOR_NS --from-literal=K=V ...`.
+pub fn stack_secret(kube: &tenant_migrator_testkit::KubeApiServer, name: &str, pairs: &[(&str, &str)]) {
+    let literals: Vec<String> = pairs.iter().map(|(k, v)| format!("--from-literal={k}={v}")).collect();
+    let mut args = vec!["create", "secret", "generic", name, "-n", OPERATOR_NS];
+    args.extend(literals.iter().map(String::as_str));
+    ok(kube.kubectl(&args));
+}
+
+/// A TenantMigration manifest written the inline way (URLs and Secret references in
+/// its spec), turned into what a user of a stack applies: a RagStack `stack-{name}`
+/// holding those endpoints and references, allowing the migration's namespace, its two
+/// tenants and its quiesce workloads, and the migration naming it in `spec.stackRef`.
+pub fn via_stack(manifest: &str) -> String {
+    use serde_yaml::{Mapping, Value};
+    let mut tm: Value = serde_yaml::from_str(manifest).expect("a TenantMigration manifest");
+    let name = tm["metadata"]["name"].as_str().expect("metadata.name").to_owned();
+    let ns = tm["metadata"]["namespace"]
+        .as_str()
+        .expect("metadata.namespace")
+        .to_owned();
+    let spec = tm["spec"].as_mapping_mut().expect("spec");
+    let mut stack = Mapping::new();
+    for store in ["config", "redis", "qdrant", "memgraph"] {
+        let Some(Value::Mapping(phase)) = spec.get_mut(store) else {
+            continue;
+        };
+        let mut endpoint = Mapping::new();
+        for field in [
+            "url",
+            "uri",
+            "tokenSecretRef",
+            "passwordSecretRef",
+            "apiKeySecretRef",
+            "credentialsSecretRef",
+        ] {
+            if let Some(v) = phase.remove(field) {
+                endpoint.insert(field.into(), v);
+            }
+        }
+        if !endpoint.is_empty() {
+            stack.insert(store.into(), Value::Mapping(endpoint));
+        }
+    }
+    let tenants = vec![spec["source"].clone(), spec["target"].clone()];
+    let quiesce = spec.get("quiesce").cloned().unwrap_or(Value::Sequence(Vec::new()));
+    let stack_name = format!("stack-{name}");
+    spec.insert(
+        "stackRef".into(),
+        serde_yaml::to_value(serde_json::json!({"name": stack_name})).expect("yaml"),
+    );
+    let access = serde_json::json!([{"namespaces": [ns], "tenants": tenants, "quiesce": quiesce}]);
+    stack.insert("access".into(), serde_yaml::to_value(access).expect("yaml"));
+    let stack = serde_json::json!({
+        "apiVersion": "tenancy.dev/v1alpha1",
+        "kind": "RagStack",
+        "metadata": {"name": stack_name},
+        "spec": stack,
+    });
+    format!(
+        "{}---\n{}",
+        serde_yaml::to_string(&stack).expect("yaml"),
+        serde_yaml::to_string(&tm).expect("yaml")
+    )
 }
 
 /// `kubectl apply` of `yaml`, which must succeed.
@@ -279,13 +348,14 @@ pub fn controller_dir(
     (dir, kubeconfig)
 }
 
-/// A TenantMigration of Redis only; `spec_extra` adds spec lines (each ending in a newline).
+/// A TenantMigration of Redis only, through its own RagStack ([`via_stack`]);
+/// `spec_extra` adds spec lines (each ending in a newline).
 pub fn redis_only_tm(name: &str, ns: &str, source: &str, target: &str, redis: &str, spec_extra: &str) -> String {
-    format!(
+    via_stack(&format!(
         "apiVersion: tenancy.dev/v1alpha1\nkind: TenantMigration\nmetadata: {{name: {name}, namespace: {ns}}}\n\
          spec:\n  source: {source}\n  target: {target}\n{spec_extra}  config: {{enabled: false}}\n  \
          redis: {redis}\n  qdrant: {{enabled: false}}\n  memgraph: {{enabled: false}}\n"
-    )
+    ))
 }
 
 /// A `tenant-migrator controller` process; killed (SIGKILL) when dropped.
@@ -307,7 +377,7 @@ pub fn start_controller_in(ns: &str, kubeconfig: &Path, log: &Path, metrics_port
         .expect("log");
     ControllerProcess(
         std::process::Command::new(bin())
-            .args(["controller", "--namespace", ns])
+            .args(["controller", "--namespace", ns, "--secrets-namespace", OPERATOR_NS])
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .env("KUBECONFIG", kubeconfig)
             .stdout(log.try_clone().expect("log"))
