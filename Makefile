@@ -10,7 +10,7 @@ demo:
 	./target/release/testkit demo
 
 test: setup
-	cargo test --workspace
+	cargo test --workspace --no-fail-fast
 
 lint:
 	cargo fmt --all --check

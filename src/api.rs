@@ -682,6 +682,10 @@ pub struct Checkpoint {
     /// Pass of the stage (Verify and RemoveSource repeat while the source changes).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub pass: u32,
+    /// The phase may have written: recorded before its first write, so that a run
+    /// stopped during that write knows on resume that the target's items are its own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wrote: bool,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -594,6 +594,15 @@ impl Progress for CliProgress {
         }
     }
 
+    fn persist(&mut self, phases: &PhaseStatuses) -> Result<(), String> {
+        match &mut self.state {
+            Some(state) => state
+                .save(phases)
+                .map_err(|e| format!("cannot write state file {}: {e}", state.path.display())),
+            None => Ok(()),
+        }
+    }
+
     fn retrying(&mut self, store: Store, batch: u64, attempt: u32, error: &str, wait: Duration) {
         self.line(&format!(
             "{store}: batch {batch} failed (attempt {attempt}): {error}; retrying in {:.1}s",

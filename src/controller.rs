@@ -437,6 +437,8 @@ async fn admission(
 /// What the engine reports, on its way to status patches and Events.
 enum Update {
     Phases(Box<PhaseStatuses>),
+    /// Like `Phases`, written in order with them, and answered once written.
+    Persist(Box<PhaseStatuses>, std::sync::mpsc::Sender<Result<(), String>>),
     Retry {
         store: Store,
         batch: u64,
@@ -563,6 +565,17 @@ impl Progress for StatusProgress {
             attempt,
             error: error.to_owned(),
         });
+    }
+
+    fn persist(&mut self, phases: &PhaseStatuses) -> Result<(), String> {
+        // Through the writer, so that no older update queued before it lands after it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.tx
+            .send(Update::Persist(Box::new(phases.clone()), tx))
+            .map_err(|_| "the status writer has stopped".to_owned())?;
+        self.last = Some(Instant::now());
+        rx.recv()
+            .unwrap_or_else(|_| Err("the status writer has stopped".to_owned()))
     }
 
     fn before_writes(&mut self) -> Result<(), String> {
@@ -845,6 +858,13 @@ async fn apply(
                             tracing::warn!(error = %e, "status patch failed");
                         }
                         previous = *phases;
+                    }
+                    Update::Persist(phases, done) => {
+                        let body = progress_status(&phases);
+                        let written = apply_status(&api, &name, PROGRESS_MANAGER, body)
+                            .await
+                            .map_err(|e| format!("status patch failed: {e}"));
+                        let _ = done.send(written);
                     }
                 }
             }

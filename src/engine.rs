@@ -96,6 +96,14 @@ pub trait Progress: Send {
         Ok(())
     }
 
+    /// A phase's first write is next: return only once `phases` (whose checkpoint now
+    /// says the phase writes) is durable — the state file, the status. A run killed
+    /// during that write then resumes knowing the target may hold its own items,
+    /// instead of refusing them as another tenant's. An error stops the run there.
+    fn persist(&mut self, _phases: &PhaseStatuses) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Asked at every batch boundary: `true` stops the run there (suspend, SIGINT).
     fn should_stop(&mut self) -> bool {
         false
@@ -122,6 +130,8 @@ pub enum EngineError {
     Verify { store: Store, message: String },
     #[error("not started, nothing was written: {0}")]
     NotStarted(String),
+    #[error("{store}: not started, nothing was written to it: cannot record that it starts: {message}")]
+    Unrecorded { store: Store, message: String },
     #[error("stopped at a batch boundary before {store} finished; run again to resume from the checkpoint")]
     Stopped { store: Store },
 }
@@ -363,7 +373,7 @@ fn has_started(status: &PhaseStatus) -> bool {
     status
         .checkpoint
         .as_ref()
-        .is_some_and(|c| c.stage != Stage::Copy || c.batch > 0)
+        .is_some_and(|c| c.wrote || c.stage != Stage::Copy || c.batch > 0)
 }
 
 fn finished(status: &PhaseStatus) -> bool {
@@ -547,11 +557,17 @@ impl Run<'_> {
     ) -> Result<Option<Verified>, EngineError> {
         let Some(phase) = phase else { return Ok(None) };
         let skip_policy = on_conflict(self.spec, store) == OnConflict::Skip;
+        let fresh = !has_started(self.phases.get(store));
         {
             let st = self.phases.get_mut(store);
-            if !has_started(st) {
+            if fresh {
                 *st = PhaseStatus::default();
-                st.checkpoint = Some(Checkpoint::default());
+                // Durable before the first write (below): whatever that write leaves
+                // in the target is this migration's own on a resume.
+                st.checkpoint = Some(Checkpoint {
+                    wrote: true,
+                    ..Checkpoint::default()
+                });
             }
             st.state = PhaseState::Running;
             st.total = plan.total.max(st.total);
@@ -571,6 +587,11 @@ impl Run<'_> {
             }
             st.message = None;
             st.start_time.get_or_insert_with(now);
+        }
+        if fresh {
+            self.progress
+                .persist(&self.phases)
+                .map_err(|message| EngineError::Unrecorded { store, message })?;
         }
         self.progress.update(store, self.stage_of(store), &self.phases);
         let mut verified = None;
@@ -776,6 +797,7 @@ impl Run<'_> {
                 cursor: outcome.next.clone().unwrap_or_default(),
                 batch,
                 pass: cp.pass,
+                wrote: cp.wrote,
             };
             st.checkpoint = Some(cp.clone());
             let stage = StageProgress {

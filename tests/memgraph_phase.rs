@@ -628,3 +628,64 @@ async fn nodes_written_after_their_copy_are_copied_again() {
     assert_eq!(props(tgt, "written later").await.as_deref(), Some("new"));
     assert_eq!(props(src, "written later").await, None);
 }
+
+/// A Move killed during its very first relabelling batch — committed by the server, the
+/// client never told, nothing in the state file but the phase's start — resumes: the
+/// nodes under the target label are recognised as this run's own (a Move relabels in
+/// place: they are the tenant's only copy), and the graph ends exact. Before the phase
+/// recorded its start durably, every re-run refused them as another tenant's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_killed_in_its_first_batch_resumes_instead_of_refusing_its_own_nodes() {
+    let (src, tgt) = ("first_siraya", "first_target");
+    loaded(src).await;
+    let before = snapshot(src, tgt).await;
+    let recorder = tenant_migrator_testkit::BoltRecorder::start(upstream()).expect("recorder");
+    recorder.freeze_at_commit_after("SET n:");
+    let state = state_dir("mg-first-batch");
+    std::fs::create_dir_all(&state).expect("dir");
+    let mut first = migrate(src, tgt, recorder.port(), &state, &["--batch-size", "20"]);
+    let log = state.join("first.log");
+    let out = std::fs::File::create(&log).expect("log");
+    let mut child = first
+        .stdout(out.try_clone().expect("log"))
+        .stderr(out)
+        .spawn()
+        .expect("spawn");
+    // The first batch's COMMIT reached the server, its answer withheld: wait until the
+    // server shows it, then kill the run that never heard of it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let moved = snapshot(src, tgt)
+            .await
+            .0
+            .iter()
+            .filter(|n| n.starts_with(&format!("({tgt} ")))
+            .count();
+        if recorder.froze() && moved > 0 {
+            break;
+        }
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "the run ended before its first batch hung: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        assert!(std::time::Instant::now() < deadline, "the first batch never committed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join(format!("{src}--{tgt}.json"))).expect("state file"))
+            .expect("JSON");
+    let cp = &file["phases"]["memgraph"]["checkpoint"];
+    assert_eq!(
+        (cp["stage"].as_str(), cp["batch"].as_u64()),
+        (Some("Copy"), Some(0)),
+        "{cp}"
+    );
+
+    // Through the same proxy (the state file records the URL); its freeze is spent.
+    let out = migrate(src, tgt, recorder.port(), &state, &[]).output().expect("run");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_same(&snapshot(src, tgt).await, &expected(&before, src, tgt, true));
+}

@@ -77,9 +77,24 @@ async fn loaded() -> (Endpoint, u64) {
 
 /// The standard fixture plus the named-, sparse- and multi-vector collection.
 async fn loaded_wire(wire: Wire) -> (Endpoint, u64) {
-    let server = Endpoint::start_wire(wire);
+    load(Endpoint::start_wire(wire)).await
+}
+
+/// Like [`loaded`], always on a test server of its own (whose fault injection a test uses).
+async fn loaded_test_server() -> (Endpoint, QdrantServer, u64) {
+    let s = QdrantServer::start(Some(KEY)).expect("Qdrant test server (run tools/setup.sh)");
+    let endpoint = Endpoint {
+        url: s.url(),
+        key: KEY.into(),
+        server: None,
+    };
+    let (endpoint, n) = load(endpoint).await;
+    (endpoint, s, n)
+}
+
+async fn load(server: Endpoint) -> (Endpoint, u64) {
     let client = server.client();
-    if server.server.is_none() {
+    if server.server.is_none() && std::env::var_os("QDRANT_URL").is_some() {
         for c in client.list_collections().await.expect("list").collections {
             if c.name.starts_with("lightrag_vdb_") {
                 client.delete_collection(c.name).await.expect("delete");
@@ -720,5 +735,64 @@ async fn a_target_id_held_by_another_tenants_point_is_never_overwritten() {
                 assert!(after[name].contains_key(pid), "{name}/{pid} was removed");
             }
         }
+    }
+}
+
+/// A run killed during a phase's very first write — applied by the server, its reply
+/// never received, nothing in the state file but the phase's start — resumes: the points
+/// it wrote are recognised as its own (with Keep, the re-tagged points are the tenant's
+/// only copy), and the tenant ends exact. Before the phase recorded its start durably,
+/// every re-run refused them ("refusing to mix").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_in_its_first_write_resumes_instead_of_refusing_its_own_points() {
+    for (ids, rekey) in [("lightrag", true), ("keep", false)] {
+        let (endpoint, server, _) = loaded_test_server().await;
+        let before = snapshot(&endpoint).await;
+        let state = state_dir(&format!("q-first-write-{ids}"));
+        server.hang_after_writes(1).expect("hang file");
+        let log = state.join("first.log");
+        std::fs::create_dir_all(&state).expect("dir");
+        let out = std::fs::File::create(&log).expect("log");
+        let mut child = migrate(&endpoint.url, &state, &["--point-ids", ids, "--batch-size", "10"])
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn");
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while !server.hung() {
+            assert!(
+                child.try_wait().expect("wait").is_none(),
+                "{ids}: the run ended before its first write: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{ids}: no write reached the server"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        child.kill().expect("SIGKILL");
+        let _ = child.wait();
+        let file: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(state.join(format!("{SOURCE}--{TARGET}.json"))).expect("state file"),
+        )
+        .expect("JSON");
+        let cp = &file["phases"]["qdrant"]["checkpoint"];
+        assert_eq!(
+            (cp["stage"].as_str(), cp["batch"].as_u64()),
+            (Some("Copy"), Some(0)),
+            "{ids}: {cp}"
+        );
+        assert_ne!(
+            snapshot(&endpoint).await,
+            before,
+            "{ids}: the first write was not applied"
+        );
+
+        let out = migrate(&endpoint.url, &state, &["--point-ids", ids])
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{ids}: {}", text(&out));
+        assert_same(&snapshot(&endpoint).await, &expected(&before, true, rekey));
     }
 }

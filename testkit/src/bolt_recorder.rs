@@ -165,7 +165,17 @@ fn request(message: &[u8]) -> BoltRequest {
 /// The log of one connection: its requests in order.
 pub type Connection = Vec<BoltRequest>;
 
-type Freeze = Arc<Mutex<Option<(String, usize)>>>;
+/// When the proxy stops answering: after the `after`-th RUN containing `needle`, or,
+/// with `at_commit`, at the COMMIT that follows it (the server commits; the client never
+/// hears so).
+#[derive(Clone, Debug)]
+struct FreezeRule {
+    needle: String,
+    after: usize,
+    at_commit: bool,
+}
+
+type Freeze = Arc<Mutex<Option<FreezeRule>>>;
 
 /// A running recording proxy; stops accepting when dropped.
 pub struct BoltRecorder {
@@ -175,6 +185,7 @@ pub struct BoltRecorder {
     /// When set: the first connection to send this many RUNs containing the text stops
     /// forwarding the server's answers (a hung server, to the client); the rule is then spent.
     freeze: Freeze,
+    frozen_once: Arc<AtomicBool>,
 }
 
 impl BoltRecorder {
@@ -186,7 +197,8 @@ impl BoltRecorder {
         let stop = Arc::new(AtomicBool::new(false));
         let log: Arc<Mutex<Vec<Arc<Mutex<Connection>>>>> = Arc::default();
         let freeze: Freeze = Arc::default();
-        let (s, l, f) = (stop.clone(), log.clone(), freeze.clone());
+        let frozen_once = Arc::new(AtomicBool::new(false));
+        let (s, l, f, once) = (stop.clone(), log.clone(), freeze.clone(), frozen_once.clone());
         thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {
@@ -195,7 +207,7 @@ impl BoltRecorder {
                         if let Ok(mut all) = l.lock() {
                             all.push(conn.clone());
                         }
-                        let _ = relay(client, upstream, conn, f.clone());
+                        let _ = relay(client, upstream, conn, f.clone(), once.clone());
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         thread::sleep(std::time::Duration::from_millis(2));
@@ -209,6 +221,7 @@ impl BoltRecorder {
             stop,
             log,
             freeze,
+            frozen_once,
         })
     }
 
@@ -220,8 +233,30 @@ impl BoltRecorder {
     /// hangs from then on (stops answering the client), once; `None` lifts the rule.
     pub fn freeze_after(&self, rule: Option<(&str, usize)>) {
         if let Ok(mut g) = self.freeze.lock() {
-            *g = rule.map(|(n, a)| (n.to_owned(), a));
+            *g = rule.map(|(n, a)| FreezeRule {
+                needle: n.to_owned(),
+                after: a,
+                at_commit: false,
+            });
         }
+    }
+
+    /// The first connection that sends a RUN containing `needle` and then COMMITs hangs
+    /// from that COMMIT on: the server receives and commits it, the client is never
+    /// answered (a connection lost between a write and its acknowledgement), once.
+    pub fn freeze_at_commit_after(&self, needle: &str) {
+        if let Ok(mut g) = self.freeze.lock() {
+            *g = Some(FreezeRule {
+                needle: needle.to_owned(),
+                after: 1,
+                at_commit: true,
+            });
+        }
+    }
+
+    /// Whether a freeze rule was set and has been spent (a connection froze).
+    pub fn froze(&self) -> bool {
+        self.frozen_once.load(Ordering::SeqCst)
     }
 
     /// Every connection's requests so far.
@@ -246,7 +281,13 @@ impl Drop for BoltRecorder {
     }
 }
 
-fn relay(client: TcpStream, upstream: SocketAddr, log: Arc<Mutex<Connection>>, freeze: Freeze) -> std::io::Result<()> {
+fn relay(
+    client: TcpStream,
+    upstream: SocketAddr,
+    log: Arc<Mutex<Connection>>,
+    freeze: Freeze,
+    once: Arc<AtomicBool>,
+) -> std::io::Result<()> {
     client.set_nonblocking(false)?;
     let server = TcpStream::connect(upstream)?;
     client.set_nodelay(true)?;
@@ -254,7 +295,7 @@ fn relay(client: TcpStream, upstream: SocketAddr, log: Arc<Mutex<Connection>>, f
     let frozen = Arc::new(AtomicBool::new(false));
     let (c2, s2) = (client.try_clone()?, server.try_clone()?);
     let f2 = frozen.clone();
-    thread::spawn(move || record(client, server, log, freeze, &frozen));
+    thread::spawn(move || record(client, server, log, freeze, &frozen, &once));
     thread::spawn(move || answer(s2, c2, &f2));
     Ok(())
 }
@@ -279,20 +320,27 @@ fn answer(mut from: TcpStream, mut to: TcpStream, frozen: &AtomicBool) {
 }
 
 /// Client to server, decoding as it goes.
-fn record(mut from: TcpStream, mut to: TcpStream, log: Arc<Mutex<Connection>>, freeze: Freeze, frozen: &AtomicBool) {
+fn record(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    log: Arc<Mutex<Connection>>,
+    freeze: Freeze,
+    frozen: &AtomicBool,
+    once: &AtomicBool,
+) {
     let mut pending: Vec<u8> = Vec::new();
     let mut message: Vec<u8> = Vec::new();
     let mut handshake_left = 20usize;
     let runs = AtomicUsize::new(0);
+    let mut armed = false;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if to.write_all(&buf[..n]).is_err() {
-            break;
-        }
+        // Decoded (and a freeze decided) before the bytes go on, so that no answer to
+        // them can slip through first.
         pending.extend_from_slice(&buf[..n]);
         let skip = handshake_left.min(pending.len());
         pending.drain(..skip);
@@ -305,14 +353,25 @@ fn record(mut from: TcpStream, mut to: TcpStream, log: Arc<Mutex<Connection>>, f
             }
             if len == 0 {
                 let req = request(&message);
-                if let BoltRequest::Run { query, .. } = &req
-                    && let Ok(mut rule) = freeze.lock()
-                    && let Some((needle, after)) = rule.as_ref()
-                    && query.contains(needle.as_str())
-                    && runs.fetch_add(1, Ordering::SeqCst) + 1 >= *after
+                if let Ok(mut rule) = freeze.lock()
+                    && let Some(r) = rule.as_ref()
                 {
-                    frozen.store(true, Ordering::SeqCst);
-                    *rule = None;
+                    let freeze_now = match &req {
+                        BoltRequest::Run { query, .. }
+                            if query.contains(r.needle.as_str())
+                                && runs.fetch_add(1, Ordering::SeqCst) + 1 >= r.after =>
+                        {
+                            armed = r.at_commit;
+                            !r.at_commit
+                        }
+                        BoltRequest::Commit => armed,
+                        _ => false,
+                    };
+                    if freeze_now {
+                        frozen.store(true, Ordering::SeqCst);
+                        once.store(true, Ordering::SeqCst);
+                        *rule = None;
+                    }
                 }
                 if let Ok(mut l) = log.lock() {
                     l.push(req);
@@ -322,6 +381,9 @@ fn record(mut from: TcpStream, mut to: TcpStream, log: Arc<Mutex<Connection>>, f
                 message.extend_from_slice(&pending[2..2 + len]);
             }
             pending.drain(..2 + len);
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
         }
     }
     if !frozen.load(Ordering::SeqCst) {

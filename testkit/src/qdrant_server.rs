@@ -81,6 +81,8 @@ impl QdrantServer {
             .arg("--data")
             .arg(dir.join("data"))
             .args(["--wire", wire.arg()])
+            .arg("--hang-file")
+            .arg(dir.join("hang"))
             .stderr(Stdio::null());
         if let Some(k) = api_key {
             cmd.args(["--api-key", k]);
@@ -107,6 +109,19 @@ impl QdrantServer {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Fault injection: the `n`-th point write from now on (upsert, delete, payload
+    /// change) is applied and then never answered, as by a server that died between
+    /// its write and its reply. [`Self::hung`] tells when that write happened.
+    pub fn hang_after_writes(&self, n: u32) -> std::io::Result<()> {
+        std::fs::write(self.dir.join("hang"), n.to_string())
+    }
+
+    /// Whether the write chosen by [`Self::hang_after_writes`] has been applied (and
+    /// its reply withheld).
+    pub fn hung(&self) -> bool {
+        !self.dir.join("hang").exists()
     }
 
     /// `http://127.0.0.1:PORT` (gRPC).

@@ -287,6 +287,32 @@ class Store:
             return True
 
 
+# Point writes, for the hang hook below.
+WRITES = {"Upsert", "Delete", "SetPayload", "OverwritePayload", "DeletePayload"}
+# A file holding a number N: the N-th point write from now on is applied and then never
+# answered (a server that dies between its write and its reply, to the client). Fault
+# injection for tests; the file is removed when the hang begins.
+HANG_FILE = None
+HANG_LOCK = threading.Lock()
+
+
+def hang_after_write():
+    if HANG_FILE is None:
+        return
+    with HANG_LOCK:
+        try:
+            with open(HANG_FILE) as f:
+                n = int(f.read().strip() or "0")
+        except (OSError, ValueError):
+            return
+        if n > 1:
+            with open(HANG_FILE, "w") as f:
+                f.write(str(n - 1))
+            return
+        os.remove(HANG_FILE)
+    threading.Event().wait()
+
+
 def guarded(fn):
     """Checks the API key, turns Abort into a gRPC status, times the call."""
 
@@ -297,11 +323,14 @@ def guarded(fn):
                 context.abort(grpc.StatusCode.PERMISSION_DENIED, "Invalid api-key")
         start = time.monotonic()
         try:
-            return fn(self, request, context, start)
+            reply = fn(self, request, context, start)
         except Abort as a:
             context.abort(a.code, a.message)
         except (ValueError, RuntimeError, TypeError) as err:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        if fn.__name__ in WRITES:
+            hang_after_write()
+        return reply
 
     wrapper.__name__ = fn.__name__
     return wrapper
@@ -536,9 +565,11 @@ def main():
     ap.add_argument("--tls-port", type=int)
     ap.add_argument("--tls-cert")
     ap.add_argument("--tls-key")
+    ap.add_argument("--hang-file", help="fault injection: see HANG_FILE")
     a = ap.parse_args()
-    global LEGACY_WIRE
+    global LEGACY_WIRE, HANG_FILE
     LEGACY_WIRE = a.wire == "legacy"
+    HANG_FILE = a.hang_file
     store = Store(a.data)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=8),
