@@ -437,11 +437,62 @@ fn store_urls(spec: &TenantMigrationSpec) -> Vec<String> {
 struct StateStore {
     path: PathBuf,
     file: StateFile,
+    /// Held (an exclusive advisory lock) while this run lives: two runs of one
+    /// migration would overwrite each other's checkpoints.
+    _lock: std::fs::File,
+}
+
+/// Takes the exclusive lock of the state file at `path` (`….json.lock`, holding the
+/// holder's pid), or says who holds it.
+fn lock_state(path: &Path) -> Result<std::fs::File, InputError> {
+    use std::io::{Read, Seek, Write};
+    let lock_path = path.with_extension("json.lock");
+    let err = |message: String| InputError::State {
+        path: path.to_owned(),
+        message,
+    };
+    if let Some(dir) = lock_path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(|e| err(format!("cannot open its lock {}: {e}", lock_path.display())))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            return Err(err(format!(
+                "another run of this migration holds it ({}); wait for it to end or stop it",
+                if holder.is_empty() {
+                    "pid unknown".to_owned()
+                } else {
+                    format!("pid {holder}")
+                }
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(err(format!("cannot lock {}: {e}", lock_path.display())));
+        }
+    }
+    let written = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| write!(file, "{}", std::process::id()))
+        .and_then(|()| file.flush());
+    written.map_err(|e| err(format!("cannot write its lock {}: {e}", lock_path.display())))?;
+    Ok(file)
 }
 
 impl StateStore {
     fn open(a: &MigrateArgs, spec: &TenantMigrationSpec) -> Result<(Self, Vec<String>), InputError> {
         let path = state_dir(a).join(format!("{}--{}.json", spec.source, spec.target));
+        let lock = lock_state(&path)?;
         let fresh = StateFile {
             source: spec.source.to_string(),
             target: spec.target.to_string(),
@@ -471,7 +522,14 @@ impl StateStore {
             }
             Err(_) => fresh,
         };
-        Ok((Self { path, file }, notes))
+        Ok((
+            Self {
+                path,
+                file,
+                _lock: lock,
+            },
+            notes,
+        ))
     }
 
     /// Writes atomically (temp file + rename), so a kill never leaves half a checkpoint.

@@ -414,3 +414,49 @@ fn rediss_urls_verify_the_server_and_migrate_over_tls() {
     assert!(out.status.success(), "{}", text(&out));
     assert_migrated(&before, &snapshot(&redis), true);
 }
+
+/// Two runs of one migration would overwrite each other's checkpoints: the second is
+/// refused while the first holds the state file's lock, naming the holder's pid, before
+/// it connects to any store; once the first has ended, a run may take the lock again.
+#[test]
+fn a_second_run_of_the_same_migration_is_refused_while_the_first_holds_the_state_file() {
+    let (redis, loaded) = loaded_redis(0.05);
+    let proxy = slow_redis(&redis);
+    let state = state_dir("locked");
+    let mut first = migrate_cmd(proxy.port(), &state, &["--batch-size", "20"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // The state file is written after the lock is taken: once it exists, the lock is held.
+    let file = state.join(format!("{SOURCE}--{TARGET}.json"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !file.exists() {
+        assert!(
+            first.try_wait().expect("wait").is_none(),
+            "the first run ended before writing its state"
+        );
+        assert!(std::time::Instant::now() < deadline, "no state file");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let second = run(migrate_cmd(redis.port(), &state, &[]));
+    let said = text(&second);
+    assert_eq!(second.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains(&format!("another run of this migration holds it (pid {})", first.id())),
+        "{said}"
+    );
+    assert!(
+        !said.contains("preflight"),
+        "the refused run reached the stores: {said}"
+    );
+    let out = first.wait_with_output().expect("first run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let again = run(migrate_cmd(proxy.port(), &state, &[]));
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(
+        text(&again).contains(&loaded.tenant_keys.to_string()),
+        "{}",
+        text(&again)
+    );
+}
