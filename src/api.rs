@@ -384,6 +384,9 @@ pub struct TenantMigrationSpec {
     /// tenant. Needs the controller's quiesce role (see the README).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quiesce: Vec<WorkloadRef>,
+    /// How failing batches are retried (over the stack's defaults).
+    #[serde(default, skip_serializing_if = "RetryPolicy::is_default")]
+    pub retry: RetryPolicy,
     /// The RagStack (set up by platform admins) whose stores this migration uses: the
     /// endpoints and credentials come from it, and it says which namespaces may use it
     /// for which tenants. Without it the endpoints are inline, which the controller
@@ -467,11 +470,17 @@ pub struct StackAccess {
     pub quiesce: Vec<WorkloadRef>,
 }
 
-/// How batches are retried.
+/// How a failing batch is retried: with exponential backoff, while it fails with a
+/// transient error, until the deadline or the attempts run out.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetryPolicy {
-    /// Attempts per batch before the phase fails.
+    /// Seconds a failing batch is retried for, from its first failure: long enough to
+    /// ride out a store's restart or failover (default 120).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub deadline_seconds: Option<u64>,
+    /// Attempts per batch before the phase fails, whatever the deadline (default 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_attempts: Option<u32>,
@@ -483,6 +492,22 @@ pub struct RetryPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 3600))]
     pub max_backoff_seconds: Option<u64>,
+}
+
+impl RetryPolicy {
+    /// Each field of `self`, or else `other`'s.
+    pub fn or(&self, other: &RetryPolicy) -> RetryPolicy {
+        RetryPolicy {
+            deadline_seconds: self.deadline_seconds.or(other.deadline_seconds),
+            max_attempts: self.max_attempts.or(other.max_attempts),
+            initial_backoff_millis: self.initial_backoff_millis.or(other.initial_backoff_millis),
+            max_backoff_seconds: self.max_backoff_seconds.or(other.max_backoff_seconds),
+        }
+    }
+
+    fn is_default(&self) -> bool {
+        self == &RetryPolicy::default()
+    }
 }
 
 /// Settings for every migration on a stack that does not set them itself.

@@ -135,9 +135,14 @@ pub struct MigrateArgs {
     /// Items per batch: Redis keys [default 1000], Qdrant points [default 256], Memgraph nodes [default 5000]
     #[arg(long)]
     pub batch_size: Option<u32>,
-    /// Attempts per failing batch before the run fails.
-    #[arg(long, default_value_t = 5)]
-    pub max_attempts: u32,
+    /// Attempts per failing batch before the run fails, whatever --retry-for says
+    /// [default: 100, or the manifest's spec.retry]
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// Seconds a failing batch is retried for, from its first failure (rides out a
+    /// store's restart or failover) [default: 120, or the manifest's spec.retry]
+    #[arg(long)]
+    pub retry_for: Option<u64>,
     /// Verification (and removal) passes while the source keeps changing, before the
     /// run stops saying so.
     #[arg(long, default_value_t = 5)]
@@ -238,6 +243,7 @@ pub fn spec_from_args(a: &MigrateArgs) -> Result<TenantMigrationSpec, InputError
                 qdrant: Default::default(),
                 memgraph: Default::default(),
                 quiesce: Vec::new(),
+                retry: Default::default(),
                 stack_ref: None,
             }
         }
@@ -732,10 +738,15 @@ pub async fn migrate(a: MigrateArgs) -> i32 {
             progress.line(n);
         }
     }
+    let policy = crate::api::RetryPolicy {
+        deadline_seconds: a.retry_for,
+        max_attempts: a.max_attempts,
+        ..Default::default()
+    }
+    .or(&spec.retry);
     let opts = RunOptions {
-        max_attempts: a.max_attempts.max(1),
         max_passes: a.max_passes.max(1),
-        ..RunOptions::default()
+        ..RunOptions::with_retry(&policy)
     };
     let report = engine::run(&spec, &creds, &resume, &opts, &mut progress).await;
     if let Display::Bars { multi, .. } = &progress.display {

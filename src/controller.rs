@@ -27,8 +27,8 @@ use tracing::Instrument;
 
 use crate::Secret;
 use crate::api::{
-    MigrationPhase, PhaseState, PhaseStatuses, QuiescedWorkload, RagStack, RetryPolicy, SecretKeyRef, Store,
-    TenantMigration, TenantMigrationSpec, WorkloadRef,
+    MigrationPhase, PhaseState, PhaseStatuses, QuiescedWorkload, RagStack, SecretKeyRef, Store, TenantMigration,
+    TenantMigrationSpec, WorkloadRef,
 };
 use crate::engine::{self, Credentials, EngineError, Progress, RunOptions, StageProgress};
 use crate::quiesce::{self, QuiesceError, Quiescer};
@@ -370,20 +370,6 @@ struct Admission {
     options: RunOptions,
 }
 
-fn run_options(retry: &RetryPolicy) -> RunOptions {
-    let mut o = RunOptions::default();
-    if let Some(n) = retry.max_attempts {
-        o.max_attempts = n;
-    }
-    if let Some(ms) = retry.initial_backoff_millis {
-        o.initial_backoff = Duration::from_millis(ms);
-    }
-    if let Some(s) = retry.max_backoff_seconds {
-        o.max_backoff = Duration::from_secs(s);
-    }
-    o
-}
-
 /// Applies the rules of the migration's RagStack (or of inline endpoints) before any
 /// Secret or store is read. `Ok(Err(_))` is a refusal, for the conditions.
 async fn admission(
@@ -399,7 +385,7 @@ async fn admission(
             spec: tm.spec.clone(),
             secrets_namespace: ns.to_owned(),
             stack: None,
-            options: RunOptions::default(),
+            options: RunOptions::with_retry(&tm.spec.retry),
         }));
     };
     let stacks: Api<RagStack> = Api::all(ctx.client.clone());
@@ -430,7 +416,7 @@ async fn admission(
         spec: admitted.spec,
         secrets_namespace,
         stack: Some(r.name.clone()),
-        options: run_options(&admitted.retry),
+        options: RunOptions::with_retry(&admitted.retry),
     }))
 }
 

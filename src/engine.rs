@@ -37,7 +37,9 @@ pub struct Credentials {
 /// Knobs of a run that are not part of the resource.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
-    /// Attempts per batch before the phase fails.
+    /// How long a failing batch is retried, from its first failure.
+    pub retry_for: Duration,
+    /// Attempts per batch before the phase fails, whatever `retry_for` says.
     pub max_attempts: u32,
     /// Wait before the first retry; doubles each time up to `max_backoff`.
     pub initial_backoff: Duration,
@@ -53,10 +55,33 @@ pub struct RunOptions {
     pub max_passes: u32,
 }
 
+impl RunOptions {
+    /// The defaults, with what `policy` sets.
+    pub fn with_retry(policy: &crate::api::RetryPolicy) -> Self {
+        let mut o = RunOptions::default();
+        if let Some(s) = policy.deadline_seconds {
+            o.retry_for = Duration::from_secs(s);
+        }
+        if let Some(n) = policy.max_attempts {
+            o.max_attempts = n.max(1);
+        }
+        if let Some(ms) = policy.initial_backoff_millis {
+            o.initial_backoff = Duration::from_millis(ms);
+        }
+        if let Some(s) = policy.max_backoff_seconds {
+            o.max_backoff = Duration::from_secs(s);
+        }
+        o
+    }
+}
+
 impl Default for RunOptions {
     fn default() -> Self {
         Self {
-            max_attempts: 5,
+            // A store's restart or failover takes tens of seconds; a long migration
+            // should not fail for one.
+            retry_for: Duration::from_secs(120),
+            max_attempts: 100,
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(5),
             redis_batch_size: 1000,
@@ -822,10 +847,14 @@ impl Run<'_> {
     ) -> Result<T, EngineError> {
         let mut wait = self.opts.initial_backoff;
         let mut attempt = 1;
+        let mut first_failure: Option<Instant> = None;
         loop {
-            match op().await {
+            let result = op().await;
+            let failing_for = first_failure.get_or_insert_with(Instant::now).elapsed();
+            let in_time = failing_for + wait <= self.opts.retry_for;
+            match result {
                 Ok(v) => return Ok(v),
-                Err(e) if e.is_transient() && attempt < self.opts.max_attempts => {
+                Err(e) if e.is_transient() && attempt < self.opts.max_attempts && in_time => {
                     let message = describe(&e);
                     tracing::warn!(%store, batch, attempt, error = %message, "batch failed; retrying");
                     self.progress.retrying(store, batch, attempt, &message, wait);

@@ -247,7 +247,7 @@ pub fn admit(
     }
     Ok(Admitted {
         spec: out,
-        retry: d.retry.clone(),
+        retry: spec.retry.or(&d.retry),
     })
 }
 

@@ -173,6 +173,42 @@ async fn a_server_error_during_the_run_is_retried() {
     assert_eq!(api.get("siraya"), None);
 }
 
+/// A store failing for longer than a handful of attempts (a restart, a failover) is
+/// ridden out by the default policy (backoff for up to 120 s from the first failure);
+/// `--retry-for` bounds it, and the failure then names the attempts made.
+#[tokio::test]
+async fn an_outage_longer_than_a_few_attempts_is_ridden_out_and_the_deadline_bounds_it() {
+    let down = api().await;
+    let api = api().await;
+    // Five failures in a row: the old budget of five attempts gave up here.
+    api.fail_after(2, 5);
+    let out = migrate(&api.url(), Some(TOKEN), &[]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("config: batch 1 failed (attempt 5)"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(api.get("tenant_b"), Some(renamed_config("siraya", "tenant_b")));
+
+    down.fail_after(2, 1000);
+    let out = migrate(&down.url(), Some(TOKEN), &["--retry-for", "2"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = text(&out);
+    let attempts: u32 = said
+        .split(" attempt(s)")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no attempt count: {said}"));
+    assert!((2..10).contains(&attempts), "{attempts} attempts in 2 s: {said}");
+    assert_eq!(
+        down.get("siraya"),
+        Some(sample_config("siraya")),
+        "the source was touched"
+    );
+}
+
 /// Move removes no source until every store is copied and verified: when the Redis
 /// phase fails, the source tenant's config is still there (the platform keeps serving
 /// the tenant as it was), and the next run finishes the move.
