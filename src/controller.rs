@@ -63,6 +63,9 @@ struct Context {
     allow_inline_endpoints: bool,
     /// The operator's own namespace, where the Secrets of RagStacks live.
     secrets_namespace: Option<String>,
+    /// Set on SIGTERM/SIGINT: every running migration stops at its next batch
+    /// boundary, writes its progress, and stays Running for the next leader.
+    shutdown: Arc<AtomicBool>,
 }
 
 const MANAGER: &str = "tenant-migrator";
@@ -172,7 +175,19 @@ pub async fn run(client: Client, options: Options) {
         metrics,
         allow_inline_endpoints,
         secrets_namespace,
+        shutdown: Arc::new(AtomicBool::new(false)),
     });
+    // A rollout sends SIGTERM: running migrations stop at a batch boundary (the
+    // Controllers below stop taking new work and wait for them), rather than being
+    // killed mid-batch when the grace period ends.
+    {
+        let shutdown = ctx.shutdown.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: running migrations stop at their next batch boundary");
+            shutdown.store(true, Ordering::SeqCst);
+        });
+    }
     let controllers = apis.into_iter().map(|api| {
         let controller = Controller::new(api, watcher::Config::default());
         // A changed RagStack re-admits the migrations that name it (a refused one may
@@ -204,6 +219,22 @@ pub async fn run(client: Client, options: Options) {
             }
         })
         .await;
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
 }
 
 fn now() -> Time {
@@ -441,6 +472,8 @@ struct StatusProgress {
     last: Option<Instant>,
     states: Vec<PhaseState>,
     stop: Arc<AtomicBool>,
+    /// The controller's shutdown flag.
+    shutdown: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
     /// Per store: items done and batch reached as last seen, and when it started running here.
     seen: Vec<(u64, u64, Option<Instant>)>,
@@ -578,7 +611,7 @@ impl Progress for StatusProgress {
     }
 
     fn should_stop(&mut self) -> bool {
-        self.stop.load(Ordering::SeqCst)
+        self.stop.load(Ordering::SeqCst) || self.shutdown.load(Ordering::SeqCst)
     }
 }
 
@@ -864,6 +897,7 @@ async fn apply(
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_for_stop(api.clone(), name.clone(), stop.clone());
     let metrics = ctx.metrics.clone();
+    let shutdown = ctx.shutdown.clone();
     let quiesce = (!tm.spec.quiesce.is_empty()).then(|| QuiesceStep {
         quiescer: Quiescer::new(ctx.client.clone(), &ns, &name),
         wanted: tm.spec.quiesce.clone(),
@@ -880,6 +914,7 @@ async fn apply(
             last: None,
             states: Vec::new(),
             stop,
+            shutdown,
             metrics,
             seen: Vec::new(),
             quiesce,
@@ -897,6 +932,18 @@ async fn apply(
     let mut phases = status.phases.clone();
     for p in &report.phases {
         *phases.get_mut(p.store) = p.status.clone();
+    }
+    if matches!(report.error, Some(EngineError::Stopped { .. })) && ctx.shutdown.load(Ordering::SeqCst) {
+        // Stopped by the controller's own shutdown, not by the user: the progress is
+        // written, the migration stays Running (its workloads stay quiesced), and the
+        // next leader resumes it from the checkpoint.
+        apply_status(&api, &name, PROGRESS_MANAGER, progress_status(&phases)).await?;
+        let note = "the controller is shutting down: stopped at a batch boundary; the next leader resumes \
+                    from the checkpoint"
+            .to_owned();
+        tracing::info!("{note}");
+        publish(&ctx, &object, EventType::Normal, "MigrationInterrupted", note).await;
+        return Ok(Action::await_change());
     }
     let (phase, reason, message) = match &report.error {
         None if tm.spec.dry_run => (

@@ -278,6 +278,65 @@ async fn a_controller_killed_mid_phase_resumes_from_the_checkpoint_in_status() {
     assert_migrated(&before, &snapshot(&redis), true);
 }
 
+/// A rollout sends SIGTERM: the controller stops the running migration at its next
+/// batch boundary, writes its progress, leaves it Running (not Suspended, not Failed)
+/// and exits by itself well inside a pod's grace period; the next controller resumes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_at_a_batch_boundary_and_the_next_controller_resumes() {
+    let kube = tokio::task::block_in_place(|| kube_with_crd(NS));
+    let (redis, loaded) = loaded_redis(0.05);
+    let before = snapshot(&redis);
+    let proxy = slow_redis(&redis);
+    let (dir, kubeconfig) = controller_dir(&kube, "controller-sigterm", NS, None);
+    let log = dir.join("controller.log");
+    let mut first = start_controller(&kubeconfig, &log);
+    apply_ok(
+        &kube,
+        &redis_only_tm(
+            "rollout",
+            NS,
+            SOURCE,
+            TARGET,
+            &format!("{{url: 'redis://127.0.0.1:{}/', batchSize: 20}}", proxy.port()),
+            "",
+        ),
+    );
+    let midway = tokio::task::block_in_place(|| wait_for(&kube, "rollout", redis_past_batch(3)));
+    assert_eq!(midway["status"]["phase"], "Running", "{midway:#}");
+    let pid = first.0.id().to_string();
+    ok(Command::new("kill").args(["-TERM", &pid]).output());
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let code = loop {
+        if let Some(status) = first.0.try_wait().expect("wait") {
+            break status.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the controller did not exit within 25 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let logs = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(code, Some(0), "{logs}");
+    assert!(logs.contains("stopped at a batch boundary"), "{logs}");
+    let stopped = status_of(&kube, "rollout");
+    assert_eq!(stopped["status"]["phase"], "Running", "{stopped:#}");
+    let batch = |tm: &serde_json::Value| tm["status"]["phases"]["redis"]["checkpoint"]["batch"].as_u64();
+    assert!(batch(&stopped) >= batch(&midway), "{stopped:#}");
+    let events = ok(kube.kubectl(&["get", "events", "-n", NS, "-o", "json"]));
+    assert!(events.contains("MigrationInterrupted"), "{events}");
+
+    let _second = start_controller(&kubeconfig, &log);
+    let tm = tokio::task::block_in_place(|| wait_for(&kube, "rollout", finished));
+    assert_eq!(tm["status"]["phase"], "Succeeded", "{tm:#}");
+    assert_eq!(
+        tm["status"]["phases"]["redis"]["startTime"], midway["status"]["phases"]["redis"]["startTime"],
+        "resumed, not started over"
+    );
+    assert_eq!(tm["status"]["phases"]["redis"]["done"], loaded.tenant_keys, "{tm:#}");
+    assert_migrated(&before, &snapshot(&redis), true);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suspend_pauses_at_a_batch_boundary_and_clearing_it_resumes() {
     let kube = tokio::task::block_in_place(|| kube_with_crd(NS));
