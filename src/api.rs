@@ -387,6 +387,13 @@ pub struct TenantMigrationSpec {
     /// How failing batches are retried (over the stack's defaults).
     #[serde(default, skip_serializing_if = "RetryPolicy::is_default")]
     pub retry: RetryPolicy,
+    /// How many times the controller runs a migration again after it failed for a
+    /// transient reason (a store down past the batch retries, a source still being
+    /// written), waiting 10 s, 20 s, 40 s … (at most 5 min) in between; permanent
+    /// failures (bad input, conflicts) stay Failed at once. Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub backoff_limit: Option<u32>,
     /// The RagStack (set up by platform admins) whose stores this migration uses: the
     /// endpoints and credentials come from it, and it says which namespaces may use it
     /// for which tenants. Without it the endpoints are inline, which the controller
@@ -844,6 +851,12 @@ pub struct TenantMigrationStatus {
     /// The tenants the migration touches: source, then target.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tenants: Vec<String>,
+    /// Runs of this generation that failed for a transient reason and were retried.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failed_runs: u32,
+    /// When the next run after a transient failure starts (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<String>,
     /// Ready, Progressing and Degraded, in metav1.Condition shape.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,

@@ -244,6 +244,7 @@ pub fn spec_from_args(a: &MigrateArgs) -> Result<TenantMigrationSpec, InputError
                 memgraph: Default::default(),
                 quiesce: Vec::new(),
                 retry: Default::default(),
+                backoff_limit: None,
                 stack_ref: None,
             }
         }

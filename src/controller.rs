@@ -335,6 +335,18 @@ fn progress_status(phases: &PhaseStatuses) -> serde_json::Value {
 /// Owns `stack` and `tenants`: what the migration touches, written once admitted.
 const ACCESS_MANAGER: &str = "tenant-migrator-access";
 
+/// Owns `failedRuns` and `retryAfter`: the controller's retries of a migration that
+/// failed for a transient reason.
+const RETRY_MANAGER: &str = "tenant-migrator-retry";
+
+/// Runs of one generation after a transient failure, by default.
+const BACKOFF_LIMIT: u32 = 3;
+
+/// The wait before the `n`-th run again (1-based): 10 s, 20 s, 40 s … at most 5 min.
+fn backoff(n: u32) -> Duration {
+    Duration::from_secs(10u64.saturating_mul(1 << n.saturating_sub(1).min(5))).min(Duration::from_secs(300))
+}
+
 async fn secret_value(client: &Client, ns: &str, r: &SecretKeyRef, field: &str) -> Result<Secret, ControllerError> {
     let secrets: Api<KubeSecret> = Api::namespaced(client.clone(), ns);
     let missing = |what: String| ControllerError::MissingSecret(format!("{field}: {what}"));
@@ -744,6 +756,25 @@ async fn apply(
         restore_workloads(&ctx, &api, &name).await?;
         return Ok(Action::await_change());
     }
+    // Failed runs of this generation (a new generation starts the count again).
+    let failed_runs = if status.observed_generation == generation {
+        status.failed_runs
+    } else {
+        0
+    };
+    if status.phase == MigrationPhase::Pending
+        && failed_runs > 0
+        && let Some(at) = status
+            .retry_after
+            .as_deref()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+    {
+        let left = at.duration_since(jiff::Timestamp::now());
+        if left.is_positive() {
+            let wait = Duration::from_secs_f64(left.as_secs_f64()).max(Duration::from_millis(100));
+            return Ok(Action::requeue(wait));
+        }
+    }
     if tm.spec.suspend {
         let message = "suspended by spec.suspend; clear it to resume from the checkpoint";
         set_state(&api, &tm, MigrationPhase::Suspended, "Suspended", message).await?;
@@ -965,6 +996,56 @@ async fn apply(
     };
     tracing::info!(?phase, %message, "migration finished");
     apply_status(&api, &name, PROGRESS_MANAGER, progress_status(&phases)).await?;
+    let limit = tm.spec.backoff_limit.unwrap_or(BACKOFF_LIMIT);
+    let (phase, message) = match &report.error {
+        Some(e) if phase == MigrationPhase::Failed && e.is_transient() && failed_runs < limit => {
+            // Run again later: the workloads stay quiesced, as for a suspended run.
+            let n = failed_runs + 1;
+            let wait = backoff(n);
+            let at = jiff::Timestamp::now()
+                .checked_add(jiff::SignedDuration::try_from(wait).unwrap_or_default())
+                .unwrap_or_else(|_| jiff::Timestamp::now());
+            apply_status(
+                &api,
+                &name,
+                RETRY_MANAGER,
+                json!({"failedRuns": n, "retryAfter": at.to_string()}),
+            )
+            .await?;
+            let message = format!(
+                "run failed for a transient reason; running again in {} s (retry {n} of {limit}): {message}",
+                wait.as_secs()
+            );
+            let body = lifecycle(
+                generation,
+                MigrationPhase::Pending,
+                (Some(&start_time), None),
+                &message,
+                "RetryingAfterFailure",
+            );
+            apply_status(&api, &name, MANAGER, body).await?;
+            publish(&ctx, &object, EventType::Warning, "MigrationRetrying", message).await;
+            return Ok(Action::requeue(wait));
+        }
+        Some(e) if phase == MigrationPhase::Failed && failed_runs > 0 => {
+            apply_status(&api, &name, RETRY_MANAGER, json!({"failedRuns": failed_runs})).await?;
+            let why = if e.is_transient() {
+                format!(
+                    "failed {} times for a transient reason (backoffLimit {limit})",
+                    failed_runs + 1
+                )
+            } else {
+                "failed".to_owned()
+            };
+            (phase, format!("{why}: {message}"))
+        }
+        _ => {
+            if failed_runs > 0 {
+                apply_status(&api, &name, RETRY_MANAGER, json!({"failedRuns": failed_runs})).await?;
+            }
+            (phase, message)
+        }
+    };
     // Workloads get their replicas back before the final phase is written: Ready (or
     // Failed) must not be visible while the RAG API is still at zero. A suspended
     // migration keeps them stopped: they would see a half-moved tenant.

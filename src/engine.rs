@@ -150,9 +150,16 @@ pub enum EngineError {
         batch: u64,
         attempts: u32,
         message: String,
+        /// The last error was transient (the store was down past the retry deadline).
+        transient: bool,
     },
     #[error("{store}: {message}")]
-    Verify { store: Store, message: String },
+    Verify {
+        store: Store,
+        message: String,
+        /// A later run may succeed as it is (the source was still being written).
+        transient: bool,
+    },
     #[error("not started, nothing was written: {0}")]
     NotStarted(String),
     #[error("{store}: not started, nothing was written to it: cannot record that it starts: {message}")]
@@ -166,6 +173,23 @@ pub enum EngineError {
 pub struct StoreMessage {
     pub store: Store,
     pub message: String,
+    /// A store that could not be reached (or answered with a transient error), as
+    /// opposed to bad input or a conflict.
+    pub transient: bool,
+}
+
+impl EngineError {
+    /// Whether running the migration again later, unchanged, may succeed: a store
+    /// that was down, a source still being written. Bad input, conflicts and content
+    /// that cannot be reconciled are permanent.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            EngineError::Preflight { failures } => failures.iter().all(|f| f.transient),
+            EngineError::Batch { transient, .. } | EngineError::Verify { transient, .. } => *transient,
+            EngineError::Unrecorded { .. } => true,
+            EngineError::InvalidSpec(_) | EngineError::NotStarted(_) | EngineError::Stopped { .. } => false,
+        }
+    }
 }
 
 fn join_failures(f: &[StoreMessage]) -> String {
@@ -429,7 +453,11 @@ impl Run<'_> {
                     self.progress.planned(store, &plan);
                     plans.push((store, plan));
                 }
-                Err(message) => failures.push(StoreMessage { store, message }),
+                Err((message, transient)) => failures.push(StoreMessage {
+                    store,
+                    message,
+                    transient,
+                }),
             }
         }
         if !failures.is_empty() {
@@ -679,7 +707,13 @@ impl Run<'_> {
                         self.next_pass(store, stage, &mut passes, 0, &message)?;
                         continue;
                     }
-                    Err(Failed(message)) => return Err(EngineError::Verify { store, message }),
+                    Err(Failed(message)) => {
+                        return Err(EngineError::Verify {
+                            store,
+                            message,
+                            transient: false,
+                        });
+                    }
                     Err(Fatal(e)) => return Err(e),
                 }
             } else {
@@ -724,6 +758,7 @@ impl Run<'_> {
         if !behind.is_empty() {
             return Err(EngineError::Verify {
                 store,
+                transient: false,
                 message: format!(
                     "{} target {} changed behind the run's back: they differed from their unchanged source in two \
                      passes (e.g. {}); is something else writing the target tenant?",
@@ -758,6 +793,7 @@ impl Run<'_> {
         if *passes >= self.opts.max_passes {
             return Err(EngineError::Verify {
                 store,
+                transient: true,
                 message: format!(
                     "source tenant still being written: {what} during the last of {} passes; quiesce its writers \
                      (spec.quiesce) and run again — nothing that was not verified was removed",
@@ -869,6 +905,7 @@ impl Run<'_> {
                         batch,
                         attempts: attempt,
                         message: describe(&e),
+                        transient: e.is_transient(),
                     });
                 }
             }
@@ -940,10 +977,10 @@ fn examples<'a>(items: impl Iterator<Item = &'a str>) -> String {
     items.take(3).collect::<Vec<_>>().join(", ")
 }
 
-async fn preflight<P: Phase>(phase: Option<&mut P>, resuming: bool) -> Result<PhasePlan, String> {
+async fn preflight<P: Phase>(phase: Option<&mut P>, resuming: bool) -> Result<PhasePlan, (String, bool)> {
     match phase {
-        Some(p) => p.plan(resuming).await.map_err(|e| describe(&e)),
-        None => Err("phase not configured".into()),
+        Some(p) => p.plan(resuming).await.map_err(|e| (describe(&e), e.is_transient())),
+        None => Err(("phase not configured".into(), false)),
     }
 }
 

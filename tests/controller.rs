@@ -172,7 +172,8 @@ async fn an_applied_migration_is_run_by_the_controller_and_reported_in_status() 
             "xsiraya",
             "tenant_y",
             &format!("{{url: 'redis://127.0.0.1:{closed}/'}}"),
-            "",
+            // Transient: without this it would be run again with backoff (tested below).
+            "  backoffLimit: 0\n",
         ),
     );
     let failed = tokio::task::block_in_place(|| wait_for(&kube, "unreachable", finished));
@@ -335,6 +336,98 @@ async fn sigterm_stops_at_a_batch_boundary_and_the_next_controller_resumes() {
     );
     assert_eq!(tm["status"]["phases"]["redis"]["done"], loaded.tenant_keys, "{tm:#}");
     assert_migrated(&before, &snapshot(&redis), true);
+}
+
+/// A store that is down longer than a batch's retries fails the run for a transient
+/// reason: the controller runs it again with backoff (`backoffLimit`), and it succeeds
+/// once the store is back; one that stays down ends Failed after the limit; a permanent
+/// failure (bad settings) is Failed at once, never retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_failure_is_run_again_with_backoff_and_a_permanent_one_is_not() {
+    let kube = tokio::task::block_in_place(|| kube_with_crd(NS));
+    let (redis, loaded) = loaded_redis(0.02);
+    let before = snapshot(&redis);
+    let (dir, kubeconfig) = controller_dir(&kube, "controller-backoff", NS, None);
+    let _controller = start_controller(&kubeconfig, &dir.join("controller.log"));
+    let later = tenant_migrator_testkit::free_port().expect("port");
+    let never = tenant_migrator_testkit::free_port().expect("port");
+    let quick = "  retry: {deadlineSeconds: 1}\n";
+    apply_ok(
+        &kube,
+        &redis_only_tm(
+            "comes-back",
+            NS,
+            SOURCE,
+            TARGET,
+            &format!("{{url: 'redis://127.0.0.1:{later}/'}}"),
+            &format!("{quick}  backoffLimit: 2\n"),
+        ),
+    );
+    apply_ok(
+        &kube,
+        &redis_only_tm(
+            "stays-down",
+            NS,
+            "down_a",
+            "down_b",
+            &format!("{{url: 'redis://127.0.0.1:{never}/'}}"),
+            &format!("{quick}  backoffLimit: 1\n"),
+        ),
+    );
+    apply_ok(
+        &kube,
+        &redis_only_tm(
+            "bad-settings",
+            NS,
+            "bad_a",
+            "bad_b",
+            &format!("{{url: 'redis://:pw@127.0.0.1:{}/'}}", redis.port()),
+            quick,
+        ),
+    );
+    let retrying = tokio::task::block_in_place(|| {
+        wait_for(&kube, "comes-back", |tm| {
+            tm["status"]["conditions"].to_string().contains("RetryingAfterFailure")
+        })
+    });
+    assert_eq!(retrying["status"]["phase"], "Pending", "{retrying:#}");
+    assert_eq!(retrying["status"]["failedRuns"], 1, "{retrying:#}");
+    assert!(
+        retrying["status"]["conditions"].to_string().contains("retry 1 of 2"),
+        "{retrying:#}"
+    );
+    // The store comes up at the address the migration names.
+    let _up =
+        tenant_migrator_testkit::DelayProxy::start_on(later, ([127, 0, 0, 1], redis.port()).into(), Duration::ZERO)
+            .expect("proxy");
+    let done = tokio::task::block_in_place(|| wait_for(&kube, "comes-back", finished));
+    assert_eq!(done["status"]["phase"], "Succeeded", "{done:#}");
+    assert_eq!(
+        done["status"]["phases"]["redis"]["done"], loaded.tenant_keys,
+        "{done:#}"
+    );
+    assert_migrated(&before, &snapshot(&redis), true);
+
+    let failed = tokio::task::block_in_place(|| wait_for(&kube, "stays-down", finished));
+    assert_eq!(failed["status"]["phase"], "Failed", "{failed:#}");
+    assert!(
+        failed["status"]["conditions"]
+            .to_string()
+            .contains("failed 2 times for a transient reason (backoffLimit 1)"),
+        "{failed:#}"
+    );
+    let bad = tokio::task::block_in_place(|| wait_for(&kube, "bad-settings", finished));
+    assert_eq!(bad["status"]["phase"], "Failed", "{bad:#}");
+    assert!(
+        bad["status"]["failedRuns"].is_null(),
+        "a permanent failure was retried: {bad:#}"
+    );
+    assert!(
+        bad["status"]["conditions"].to_string().contains("contains a password"),
+        "{bad:#}"
+    );
+    let events = ok(kube.kubectl(&["get", "events", "-n", NS, "-o", "json"]));
+    assert!(events.contains("MigrationRetrying"), "{events}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

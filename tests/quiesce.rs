@@ -146,7 +146,13 @@ async fn workloads_are_at_zero_while_the_migration_writes_and_restored_after_suc
     let back = format!("{{url: '{}', onConflict: Overwrite}}", redis.url());
     apply_ok(
         &kube,
-        &with_quiesce("fails", (TARGET, "tenant_c"), &back, "  mode: Copy\n", &both),
+        &with_quiesce(
+            "fails",
+            (TARGET, "tenant_c"),
+            &back,
+            "  mode: Copy\n  backoffLimit: 0\n  retry: {deadlineSeconds: 1}\n",
+            &both,
+        ),
     );
     let tm = tokio::task::block_in_place(|| wait_for_tm(&kube, NS, "fails", finished));
     assert_eq!(tm["status"]["phase"], "Failed", "{tm:#}");
@@ -162,7 +168,13 @@ async fn workloads_are_at_zero_while_the_migration_writes_and_restored_after_suc
     let nowhere = format!("{{url: 'redis://127.0.0.1:{closed}/'}}");
     apply_ok(
         &kube,
-        &with_quiesce("unreachable", (SOURCE, "tenant_d"), &nowhere, "", &both),
+        &with_quiesce(
+            "unreachable",
+            (SOURCE, "tenant_d"),
+            &nowhere,
+            "  backoffLimit: 0\n",
+            &both,
+        ),
     );
     let missing = [("Deployment", "rag-api"), ("Deployment", "no-such-api")];
     apply_ok(

@@ -264,7 +264,7 @@ async fn a_migration_author_cannot_send_a_secret_anywhere_or_touch_another_tenan
         "loud",
         SOURCE,
         "tenant_loud",
-        &format!("  stackRef: {{name: noisy}}\n{off}"),
+        &format!("  stackRef: {{name: noisy}}\n  backoffLimit: 0\n{off}"),
     );
     ok(kube.apply_as(&token, &loud));
     let creds = tm(

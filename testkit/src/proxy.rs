@@ -61,7 +61,13 @@ fn connect_pair(client: TcpStream, upstream: SocketAddr, delay: Duration) -> std
 impl DelayProxy {
     /// Listens on a free loopback port and forwards to `upstream` with `one_way` delay.
     pub fn start(upstream: SocketAddr, one_way: Duration) -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
+        Self::start_on(0, upstream, one_way)
+    }
+
+    /// Like [`Self::start`], on loopback port `port` (0: a free one): a store that comes
+    /// up at an address a client already tried.
+    pub fn start_on(port: u16, upstream: SocketAddr, one_way: Duration) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(("127.0.0.1", port))?;
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
