@@ -66,6 +66,30 @@ struct Context {
     /// Set on SIGTERM/SIGINT: every running migration stops at its next batch
     /// boundary, writes its progress, and stays Running for the next leader.
     shutdown: Arc<AtomicBool>,
+    /// One permit per migration this controller may run at once.
+    slots: Arc<tokio::sync::Semaphore>,
+    max_running: usize,
+    /// Workloads (namespace, kind, name) a running migration of this process is about
+    /// to quiesce or holds at zero, and that migration's uid: two migrations checking
+    /// `status.quiesced` at the same moment would otherwise both pass.
+    reserved: Reservations,
+}
+
+/// (namespace, kind, name) of a workload → uid of the migration reserving it.
+type Reservations = Arc<std::sync::Mutex<std::collections::HashMap<(String, String, String), String>>>;
+
+/// Releases a migration's workload reservations when its run ends.
+struct Reservation {
+    map: Reservations,
+    uid: String,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.map.lock() {
+            m.retain(|_, holder| *holder != self.uid);
+        }
+    }
 }
 
 const MANAGER: &str = "tenant-migrator";
@@ -87,6 +111,8 @@ pub struct Options {
     pub allow_inline_endpoints: bool,
     /// The operator's namespace: the only one where RagStack Secrets are read.
     pub secrets_namespace: Option<String>,
+    /// Migrations run at once; the others wait as Pending (`WaitingForCapacity`).
+    pub max_running: usize,
 }
 
 /// Takes the Lease `tenant-migrator`, then runs the controller while holding it; a
@@ -142,8 +168,10 @@ pub async fn run(client: Client, options: Options) {
         endpoints,
         allow_inline_endpoints,
         secrets_namespace,
+        max_running,
         ..
     } = options;
+    let max_running = max_running.max(1);
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     if let Some(addr) = endpoints {
@@ -176,6 +204,9 @@ pub async fn run(client: Client, options: Options) {
         allow_inline_endpoints,
         secrets_namespace,
         shutdown: Arc::new(AtomicBool::new(false)),
+        slots: Arc::new(tokio::sync::Semaphore::new(max_running)),
+        max_running,
+        reserved: Arc::default(),
     });
     // A rollout sends SIGTERM: running migrations stop at a batch boundary (the
     // Controllers below stop taking new work and wait for them), rather than being
@@ -829,6 +860,58 @@ async fn apply(
         Err(e) => return Err(e),
     };
 
+    // A workload that another unfinished migration scaled to zero holds that
+    // migration's record of its replicas: recording it again would record the zero.
+    // The second one waits until the first has given the replicas back.
+    let uid = tm.metadata.uid.clone().unwrap_or_default();
+    let wait_for_workload =
+        |workload: String, other: String| format!("waiting for {other}, which holds {workload} at zero (spec.quiesce)");
+    if let Some((workload, other)) = quiesced_by_another(&api, &tm).await? {
+        let message = wait_for_workload(workload, format!("TenantMigration {other}"));
+        set_state(&api, &tm, MigrationPhase::Pending, "WaitingForWorkload", &message).await?;
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    }
+    // Checked and reserved at once: two migrations past the status check together
+    // cannot both go on (this process runs every migration: it holds the Lease).
+    let reservation = {
+        let mut map = ctx.reserved.lock().unwrap_or_else(|e| e.into_inner());
+        let key = |w: &WorkloadRef| (ns.clone(), w.kind.to_string(), w.name.clone());
+        let taken = tm
+            .spec
+            .quiesce
+            .iter()
+            .find(|w| map.get(&key(w)).is_some_and(|h| *h != uid));
+        match taken {
+            Some(w) => Err(format!("{} {}", w.kind, w.name)),
+            None => {
+                for w in &tm.spec.quiesce {
+                    map.insert(key(w), uid.clone());
+                }
+                Ok(Reservation {
+                    map: ctx.reserved.clone(),
+                    uid: uid.clone(),
+                })
+            }
+        }
+    };
+    let _reservation = match reservation {
+        Ok(r) => r,
+        Err(workload) => {
+            let message = wait_for_workload(workload, "another running migration".to_owned());
+            set_state(&api, &tm, MigrationPhase::Pending, "WaitingForWorkload", &message).await?;
+            return Ok(Action::requeue(Duration::from_secs(5)));
+        }
+    };
+    // Held until the engine returns (dropped with this function).
+    let Ok(_slot) = ctx.slots.clone().try_acquire_owned() else {
+        let message = format!(
+            "{n} migrations are running in this controller, its limit (--max-concurrent-migrations {n})",
+            n = ctx.max_running
+        );
+        set_state(&api, &tm, MigrationPhase::Pending, "WaitingForCapacity", &message).await?;
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    };
+
     let start_time = status
         .start_time
         .clone()
@@ -1096,6 +1179,29 @@ async fn set_state(
     let body = lifecycle(generation, phase, times, message, reason);
     apply_status(api, &tm.name_any(), MANAGER, body).await?;
     Ok(true)
+}
+
+/// A workload of `tm.spec.quiesce` that another migration of the namespace has scaled
+/// to zero and not given back yet, and that migration.
+async fn quiesced_by_another(
+    api: &Api<TenantMigration>,
+    tm: &TenantMigration,
+) -> Result<Option<(String, String)>, ControllerError> {
+    if tm.spec.quiesce.is_empty() {
+        return Ok(None);
+    }
+    for other in api.list(&Default::default()).await?.items {
+        if other.metadata.uid == tm.metadata.uid {
+            continue;
+        }
+        let held = other.status.as_ref().map(|s| s.quiesced.as_slice()).unwrap_or_default();
+        for w in &tm.spec.quiesce {
+            if held.iter().any(|q| !q.restored && q.kind == w.kind && q.name == w.name) {
+                return Ok(Some((format!("{} {}", w.kind, w.name), other.name_any())));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// An older TenantMigration, not finished, whose source or target is one of `tm`'s.

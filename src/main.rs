@@ -53,6 +53,10 @@ enum Command {
         /// clusters where whoever may create a migration may also read those Secrets.
         #[arg(long)]
         allow_inline_endpoints: bool,
+        /// Migrations this controller runs at once; the others wait as Pending
+        /// (WaitingForCapacity).
+        #[arg(long, default_value_t = 4)]
+        max_concurrent_migrations: usize,
     },
 }
 
@@ -95,6 +99,7 @@ async fn main() {
             lease_seconds,
             secrets_namespace,
             allow_inline_endpoints,
+            max_concurrent_migrations,
         } => {
             telemetry::init("info");
             match kube::Client::try_default().await {
@@ -106,6 +111,7 @@ async fn main() {
                         lease_seconds,
                         allow_inline_endpoints,
                         secrets_namespace,
+                        max_running: max_concurrent_migrations,
                     };
                     match tenant_migrator::controller::run_elected(client, options).await {
                         Ok(()) => 0,

@@ -430,6 +430,55 @@ async fn a_transient_failure_is_run_again_with_backoff_and_a_permanent_one_is_no
     assert!(events.contains("MigrationRetrying"), "{events}");
 }
 
+/// `--max-concurrent-migrations` bounds what one controller runs at once: the others
+/// wait as Pending, saying why, and run when a slot frees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_beyond_the_controllers_limit_wait_saying_why() {
+    let kube = tokio::task::block_in_place(|| kube_with_crd(NS));
+    let (redis, loaded) = loaded_redis(0.05);
+    let before = snapshot(&redis);
+    let proxy = slow_redis(&redis);
+    let (dir, kubeconfig) = controller_dir(&kube, "controller-capacity", NS, None);
+    let port = tenant_migrator_testkit::free_port().expect("port");
+    let _controller = start_controller_with(
+        NS,
+        &kubeconfig,
+        &dir.join("controller.log"),
+        port,
+        &["--max-concurrent-migrations", "1"],
+    );
+    let slow = format!("{{url: 'redis://127.0.0.1:{}/', batchSize: 20}}", proxy.port());
+    apply_ok(&kube, &redis_only_tm("first", NS, SOURCE, TARGET, &slow, ""));
+    tokio::task::block_in_place(|| wait_for(&kube, "first", redis_past_batch(2)));
+    apply_ok(&kube, &redis_only_tm("second", NS, "other", "other_b", &slow, ""));
+    let waiting = tokio::task::block_in_place(|| {
+        wait_for(&kube, "second", |tm| {
+            tm["status"]["conditions"].to_string().contains("WaitingForCapacity")
+        })
+    });
+    assert_eq!(waiting["status"]["phase"], "Pending", "{waiting:#}");
+    assert!(
+        waiting["status"]["conditions"]
+            .to_string()
+            .contains("--max-concurrent-migrations 1"),
+        "{waiting:#}"
+    );
+    let first = status_of(&kube, "first");
+    assert_eq!(
+        first["status"]["phase"], "Running",
+        "the first ended before the second waited: {first:#}"
+    );
+    for name in ["first", "second"] {
+        let tm = tokio::task::block_in_place(|| wait_for(&kube, name, finished));
+        assert_eq!(tm["status"]["phase"], "Succeeded", "{tm:#}");
+    }
+    assert_eq!(
+        status_of(&kube, "first")["status"]["phases"]["redis"]["done"],
+        loaded.tenant_keys
+    );
+    assert_migrated(&before, &snapshot(&redis), true);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suspend_pauses_at_a_batch_boundary_and_clearing_it_resumes() {
     let kube = tokio::task::block_in_place(|| kube_with_crd(NS));

@@ -294,3 +294,44 @@ async fn a_suspended_migration_keeps_its_workloads_stopped_until_it_ends() {
     // Scaled down once (the resumed run found it at zero already) and up once.
     assert_eq!(replicas(&kube, "deployment", "rag-api"), (3, 3));
 }
+
+/// Two migrations that quiesce the same Deployment: the second waits (Pending,
+/// `WaitingForWorkload`, naming the first) until the first has given the replicas
+/// back, then records the real count — never the first one's zero — and the
+/// Deployment ends with its replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_quiesced_by_one_migration_is_not_recorded_at_zero_by_another() {
+    let kube = tokio::task::block_in_place(|| kube_with_crd(NS));
+    apply_ok(&kube, &workload("Deployment", "rag-api", 3));
+    let (redis, _) = loaded_redis(0.05);
+    let before = snapshot(&redis);
+    let proxy = slow_redis(&redis);
+    let (dir, kubeconfig) = controller_dir(&kube, "quiesce-shared", NS, None);
+    let port = tenant_migrator_testkit::free_port().expect("port");
+    let _controller = start_controller_in(NS, &kubeconfig, &dir.join("controller.log"), port);
+    let url = format!("{{url: 'redis://127.0.0.1:{}/', batchSize: 20}}", proxy.port());
+    let api = [("Deployment", "rag-api")];
+    apply_ok(&kube, &with_quiesce("first", (SOURCE, TARGET), &url, "", &api));
+    tokio::task::block_in_place(|| wait_for_tm(&kube, NS, "first", redis_past_batch(3)));
+    assert_eq!(replicas(&kube, "deployment", "rag-api").0, 0);
+    apply_ok(&kube, &with_quiesce("second", ("other", "other_b"), &url, "", &api));
+    let waiting = tokio::task::block_in_place(|| {
+        wait_for_tm(&kube, NS, "second", |tm| {
+            tm["status"]["conditions"].to_string().contains("WaitingForWorkload")
+        })
+    });
+    assert!(
+        waiting["status"]["conditions"]
+            .to_string()
+            .contains("TenantMigration first"),
+        "{waiting:#}"
+    );
+    assert_eq!(get_tm(&kube, NS, "first")["status"]["phase"], "Running");
+    for name in ["first", "second"] {
+        let tm = tokio::task::block_in_place(|| wait_for_tm(&kube, NS, name, finished));
+        assert_eq!(tm["status"]["phase"], "Succeeded", "{tm:#}");
+        assert_eq!(tm["status"]["quiesced"][0]["replicas"], 3, "{name} recorded: {tm:#}");
+    }
+    assert_eq!(replicas(&kube, "deployment", "rag-api").0, 3);
+    assert_migrated(&before, &snapshot(&redis), true);
+}

@@ -370,6 +370,17 @@ impl Drop for ControllerProcess {
 
 /// The controller watching `ns`, logging (appending) to `log`.
 pub fn start_controller_in(ns: &str, kubeconfig: &Path, log: &Path, metrics_port: u16) -> ControllerProcess {
+    start_controller_with(ns, kubeconfig, log, metrics_port, &[])
+}
+
+/// Like [`start_controller_in`], with more flags.
+pub fn start_controller_with(
+    ns: &str,
+    kubeconfig: &Path,
+    log: &Path,
+    metrics_port: u16,
+    extra: &[&str],
+) -> ControllerProcess {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -378,6 +389,7 @@ pub fn start_controller_in(ns: &str, kubeconfig: &Path, log: &Path, metrics_port
     ControllerProcess(
         std::process::Command::new(bin())
             .args(["controller", "--namespace", ns, "--secrets-namespace", OPERATOR_NS])
+            .args(extra)
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .env("KUBECONFIG", kubeconfig)
             .stdout(log.try_clone().expect("log"))
