@@ -460,3 +460,37 @@ fn a_second_run_of_the_same_migration_is_refused_while_the_first_holds_the_state
         text(&again)
     );
 }
+
+/// A SCAN cursor means something only to the server process that handed it out (Redis
+/// seeds its hash function at random per process). A run killed mid-stage, then the
+/// server restarted from its saved data — a new process, as after a pod restart or a
+/// failover: the resumed run does not trust the old cursor, scans again from the start,
+/// and the tenant ends exact. Killed in Copy, in Verify and in removal.
+#[test]
+fn a_scan_cursor_is_not_trusted_after_the_server_restarts() {
+    let (mut redis, loaded) = loaded_redis(SCALE);
+    let before = snapshot(&redis);
+    let state = state_dir("restarted");
+    let proxy = slow_redis(&redis);
+    for (stage, batch) in [("Copy", 3), ("Verify", 2), ("RemoveSource", 3)] {
+        let cmd = migrate_cmd(proxy.port(), &state, &["--batch-size", "20"]);
+        assert!(
+            kill_at(cmd, &state, (SOURCE, TARGET), "redis", stage, batch),
+            "finished before {stage} batch {batch}"
+        );
+        redis.restart().expect("restart redis-server");
+    }
+    let out = run(migrate_cmd(proxy.port(), &state, &[]));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("scanning this server again from the start"),
+        "the stale cursor was trusted: {}",
+        text(&out)
+    );
+    assert!(stdout(&out).contains("keys moved and verified"), "{}", text(&out));
+    let after = snapshot(&redis);
+    assert_migrated(&before, &after, true);
+    assert_eq!(digest_outside(&before), digest_outside(&after));
+    let moved = after.keys().filter(|k| k.starts_with(b"tenant_b_")).count() as u64;
+    assert_eq!(moved, loaded.tenant_keys);
+}

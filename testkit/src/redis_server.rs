@@ -39,9 +39,33 @@ impl RedisServer {
     }
 
     fn spawn(port: u16, password: Option<&str>, extra: &[&str]) -> Result<Self, ServerError> {
-        let program = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         let dir = std::env::temp_dir().join(format!("tm-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
+        let child = Self::launch(port, password, extra, &dir)?;
+        let server = Self {
+            child,
+            port,
+            password: password.map(str::to_owned),
+            dir,
+            tls: None,
+        };
+        server.wait_ready()?;
+        Ok(server)
+    }
+
+    /// A fault: the server saves its data (RDB), is killed and started again on the
+    /// same port from that file — a new process, with a new `run_id` and hash seed, as
+    /// after a pod restart or a failover. Not for TLS servers.
+    pub fn restart(&mut self) -> Result<(), ServerError> {
+        redis::cmd("SAVE").query::<()>(&mut self.conn()?)?;
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::launch(self.port, self.password.as_deref(), &[], &self.dir)?;
+        self.wait_ready()
+    }
+
+    fn launch(port: u16, password: Option<&str>, extra: &[&str], dir: &std::path::Path) -> Result<Child, ServerError> {
+        let program = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         let mut cmd = Command::new(&program);
         cmd.args([
             "--port",
@@ -54,32 +78,28 @@ impl RedisServer {
             "no",
         ])
         .arg("--dir")
-        .arg(&dir)
+        .arg(dir)
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
         if let Some(p) = password {
             cmd.args(["--requirepass", p]);
         }
-        let child = cmd.spawn().map_err(|source| ServerError::Spawn {
-            program: program.clone(),
-            source,
-        })?;
-        let server = Self {
-            child,
-            port,
-            password: password.map(str::to_owned),
-            dir,
-            tls: None,
-        };
+        cmd.spawn().map_err(|source| ServerError::Spawn { program, source })
+    }
+
+    /// Waits until the server answers PING (10 s at most).
+    fn wait_ready(&self) -> Result<(), ServerError> {
+        let program = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let port = self.port;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let ok = server
+            let ok = self
                 .client()
                 .and_then(|c| c.get_connection())
                 .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
             if ok.is_ok() {
-                return Ok(server);
+                return Ok(());
             }
             if Instant::now() > deadline {
                 return Err(ServerError::NotReady {

@@ -49,40 +49,76 @@ pub fn key_slot(key: &[u8]) -> u16 {
     crc16(hashed) % SLOTS as u16
 }
 
-/// A position in a scan of every primary: which primary, and its SCAN cursor.
+/// A position in a scan of every primary: which primary, its SCAN cursor, and which
+/// server process handed the cursor out.
+///
+/// A SCAN cursor means something only to the process that returned it: Redis and
+/// DragonflyDB seed their hash functions at random per process, and a replica promoted
+/// by a failover has tables of its own. A cursor from another process (the server
+/// restarted, failed over, or a resumed run meets a new one) is not trusted: that
+/// server is scanned again from the start, which every stage tolerates.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ScanCursor {
     pub node: usize,
     pub cursor: u64,
+    /// Digest of the server's `run_id` (0: unknown; only cursor 0 is then trusted).
+    pub server: u64,
 }
 
 impl ScanCursor {
-    /// `"{cursor}"` on the first primary (and on a single server), `"{node}:{cursor}"` after.
+    /// `"{cursor}@{server}"` on the first primary (and on a single server),
+    /// `"{node}:{cursor}@{server}"` after; without `@…` (older checkpoints) the
+    /// server is unknown.
     pub fn parse(s: &str) -> Option<Self> {
         if s.is_empty() {
             return Some(Self::default());
         }
-        match s.split_once(':') {
-            Some((node, cursor)) => Some(Self {
-                node: node.parse().ok()?,
-                cursor: cursor.parse().ok()?,
-            }),
-            None => Some(Self {
-                node: 0,
-                cursor: s.parse().ok()?,
-            }),
-        }
+        let (position, server) = match s.split_once('@') {
+            Some((p, id)) => (p, u64::from_str_radix(id, 16).ok()?),
+            None => (s, 0),
+        };
+        let (node, cursor) = match position.split_once(':') {
+            Some((node, cursor)) => (node.parse().ok()?, cursor.parse().ok()?),
+            None => (0, position.parse().ok()?),
+        };
+        Some(Self { node, cursor, server })
     }
 }
 
 impl std::fmt::Display for ScanCursor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.node == 0 {
-            write!(f, "{}", self.cursor)
-        } else {
-            write!(f, "{}:{}", self.node, self.cursor)
+        if self.node != 0 {
+            write!(f, "{}:", self.node)?;
         }
+        write!(f, "{}", self.cursor)?;
+        if self.cursor != 0 {
+            write!(f, "@{:016x}", self.server)?;
+        }
+        Ok(())
     }
+}
+
+/// Which server process answered: a digest of `run_id` from `INFO server` (a new one
+/// per process in Redis), or, where a server reports none, of this client process —
+/// so that its cursors are trusted within this run only.
+fn server_identity(info: &str) -> u64 {
+    static CLIENT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let run_id = info
+        .lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .map(str::trim)
+        .filter(|id| !id.is_empty());
+    let id = match run_id {
+        Some(id) => crate::stores::digest(&[b"run_id", id.as_bytes()]),
+        None => *CLIENT.get_or_init(|| {
+            let started = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default();
+            crate::stores::digest(&[b"client", &std::process::id().to_le_bytes(), &started.to_le_bytes()])
+        }),
+    };
+    id.max(1)
 }
 
 /// A Redis Cluster's primaries and which of them owns each slot.
@@ -235,6 +271,8 @@ impl Topology {
     }
 
     /// One SCAN page from `at`; `None` for the next position once every server is done.
+    /// The server's identity comes in the same round trip: a cursor another process
+    /// handed out restarts that server's scan from 0.
     pub async fn scan(
         &self,
         at: ScanCursor,
@@ -248,28 +286,51 @@ impl Topology {
                 None => return Ok((None, Vec::new())),
             },
         };
-        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-            .arg(at.cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(count)
-            .query_async(&mut conn)
-            .await?;
-        let after = if next != 0 {
-            Some(ScanCursor {
-                node: at.node,
-                cursor: next,
-            })
-        } else if at.node + 1 < self.servers() {
-            Some(ScanCursor {
-                node: at.node + 1,
-                cursor: 0,
-            })
-        } else {
-            None
-        };
-        Ok((after, keys))
+        let mut at = at;
+        loop {
+            let (info, (next, keys)): (String, (u64, Vec<Vec<u8>>)) = redis::pipe()
+                .cmd("INFO")
+                .arg("server")
+                .cmd("SCAN")
+                .arg(at.cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(count)
+                .query_async(&mut conn)
+                .await?;
+            let server = server_identity(&info);
+            if at.cursor != 0 && at.server != server {
+                tracing::warn!(
+                    node = at.node,
+                    cursor = at.cursor,
+                    "the SCAN cursor was handed out by another server process (restarted or failed over); \
+                     scanning this server again from the start"
+                );
+                at = ScanCursor {
+                    cursor: 0,
+                    server,
+                    ..at
+                };
+                continue;
+            }
+            let after = if next != 0 {
+                Some(ScanCursor {
+                    node: at.node,
+                    cursor: next,
+                    server,
+                })
+            } else if at.node + 1 < self.servers() {
+                Some(ScanCursor {
+                    node: at.node + 1,
+                    cursor: 0,
+                    server: 0,
+                })
+            } else {
+                None
+            };
+            return Ok((after, keys));
+        }
     }
 
     /// Groups of `keys` (by index) that one transaction may hold: all of them on one
@@ -378,11 +439,24 @@ mod tests {
     }
 
     #[test]
-    fn cursors_name_the_server() {
-        let c = ScanCursor { node: 2, cursor: 17 };
+    fn cursors_name_the_node_and_the_server_process() {
+        let c = ScanCursor {
+            node: 2,
+            cursor: 17,
+            server: 0xabc,
+        };
+        assert_eq!(c.to_string(), "2:17@0000000000000abc");
         assert_eq!(ScanCursor::parse(&c.to_string()), Some(c));
-        assert_eq!(ScanCursor::parse("42"), Some(ScanCursor { node: 0, cursor: 42 }));
+        // Older checkpoints: the server is unknown, so the cursor will not be trusted.
+        let old = ScanCursor::parse("42").expect("parse");
+        assert_eq!((old.node, old.cursor, old.server), (0, 42, 0));
         assert_eq!(ScanCursor::parse(""), Some(ScanCursor::default()));
+        assert_eq!(ScanCursor::parse("3:0").map(|c| c.to_string()), Some("3:0".to_owned()));
         assert_eq!(ScanCursor::parse("x"), None);
+        assert_eq!(ScanCursor::parse("5@zz"), None);
+        let a = server_identity("# Server\r\nredis_version:7.0.15\r\nrun_id:27d6fd8965e06e5d\r\n");
+        let b = server_identity("# Server\r\nrun_id:0000000000000001\r\n");
+        let none = server_identity("# Server\r\nredis_version:7\r\n");
+        assert!(a != b && a != none && none == server_identity(""));
     }
 }
