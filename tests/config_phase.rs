@@ -217,14 +217,6 @@ async fn no_source_is_removed_until_every_store_is_verified() {
     let api = api().await;
     let (redis, _) = common::loaded_redis(0.02);
     let before = common::snapshot(&redis);
-    let set_maxmemory = |bytes: u64| {
-        redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("maxmemory")
-            .arg(bytes)
-            .query::<()>(&mut redis.conn().expect("connect"))
-            .expect("CONFIG SET")
-    };
     let state = common::state_dir("config-then-redis");
     let run = || {
         let mut cmd = tokio::process::Command::new(bin());
@@ -236,10 +228,10 @@ async fn no_source_is_removed_until_every_store_is_verified() {
             .env("TENANT_API_TOKEN", TOKEN);
         cmd
     };
-    // Every Redis write is refused (OOM): the config phase has copied and verified by then.
-    set_maxmemory(1);
+    // Every Redis write is refused (NOPERM): the config phase has copied and verified by then.
+    common::allow_restore(&redis, false);
     let out = run().output().await.expect("run");
-    set_maxmemory(0);
+    common::allow_restore(&redis, true);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("copied and verified; the source is kept because redis failed"),

@@ -136,13 +136,8 @@ async fn the_deployed_rbac_is_enough_for_everything_the_controller_does() {
         ("create", "ragstacks.tenancy.dev", "", "no"),
         ("patch", "ragstacks.tenancy.dev", "", "no"),
     ] {
-        let mut args = vec!["auth", "can-i", verb, resource, "--as", sa];
-        if !ns.is_empty() {
-            args.extend(["-n", ns]);
-        }
-        let out = kube.kubectl(&args).expect("kubectl");
         assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
+            can_i(&kube, sa, verb, resource, ns),
             want,
             "{sa} may {verb} {resource} in {ns:?}: expected {want}"
         );

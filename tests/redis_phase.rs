@@ -208,51 +208,132 @@ fn set_maxmemory(redis: &RedisServer, bytes: u64) {
         .expect("CONFIG SET");
 }
 
+/// A text to wait for on stderr, and what to do when it shows.
+type Step<'a> = (&'a str, Box<dyn FnMut() + 'a>);
+
+/// Runs `cmd` with its stderr read line by line; each time a line contains the next
+/// of `steps`' texts, its action runs (while the run goes on). Returns the exit status
+/// and stderr followed by stdout.
+fn run_and_act_on(mut cmd: Command, steps: Vec<Step<'_>>) -> (std::process::ExitStatus, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let summary = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
+        s
+    });
+    let mut steps = steps.into_iter().peekable();
+    let mut seen = String::new();
+    for line in BufReader::new(stderr).lines() {
+        let line = line.expect("read");
+        seen.push_str(&line);
+        seen.push('\n');
+        if let Some((when, _)) = steps.peek()
+            && line.contains(*when)
+            && let Some((_, mut then)) = steps.next()
+        {
+            then();
+        }
+    }
+    assert!(
+        steps.peek().is_none(),
+        "the run ended before every step was reached:\n{seen}"
+    );
+    seen.push_str(&summary.join().unwrap_or_default());
+    (child.wait().expect("wait"), seen)
+}
+
+/// A Redis that cannot hold the copy is refused in preflight, with the numbers, and so
+/// is one whose eviction policy would evict other tenants' keys once it is full;
+/// nothing is written.
+#[test]
+fn a_copy_that_would_not_fit_or_could_evict_is_refused_in_preflight() {
+    let (redis, _) = loaded_redis(SCALE);
+    let before = digest(&snapshot(&redis));
+    let config = |name: &str, value: &str| {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query::<()>(&mut redis.conn().expect("connect"))
+            .expect("CONFIG SET");
+    };
+    let used: u64 = {
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query(&mut redis.conn().expect("connect"))
+            .expect("INFO");
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("used_memory")
+    };
+    // Room for 64 kB more: the tenant needs megabytes.
+    config("maxmemory", &(used + 64 * 1024).to_string());
+    let out = run(migrate_cmd(redis.port(), &state_dir("full"), &[]));
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("preflight failed, nothing was written"), "{said}");
+    assert!(said.contains("bytes short") && said.contains("of maxmemory"), "{said}");
+    // Plenty of room, but a policy that evicts any key when full.
+    config("maxmemory", "1gb");
+    config("maxmemory-policy", "allkeys-lru");
+    let out = run(migrate_cmd(redis.port(), &state_dir("evicting"), &[]));
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("maxmemory-policy allkeys-lru evicts any key"), "{said}");
+    // noeviction and room: it runs.
+    config("maxmemory-policy", "noeviction");
+    assert_eq!(before, digest(&snapshot(&redis)));
+    let out = run(migrate_cmd(redis.port(), &state_dir("fits"), &["--mode", "copy"]));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("memory: the copy needs about"), "{}", text(&out));
+}
+
 #[test]
 fn a_batch_that_keeps_failing_fails_the_run_with_store_batch_and_error() {
     let (redis, _) = loaded_redis(SCALE);
-    let before = digest(&snapshot(&redis));
-    // Every write is refused with OOM; reads still work, so the preflight passes.
-    set_maxmemory(&redis, 1);
-    let out = run(migrate_cmd(redis.port(), &state_dir("oom"), &["--max-attempts", "3"]));
+    let before = snapshot(&redis);
+    let proxy = slow_redis(&redis);
+    // Every write is refused with OOM once the preflight has passed (a full maxmemory
+    // before it is refused there): Redis filling up during the run.
+    let cmd = migrate_cmd(proxy.port(), &state_dir("oom"), &["--max-attempts", "3"]);
+    let full: Box<dyn FnMut()> = Box::new(|| set_maxmemory(&redis, 1));
+    let (status, all) = run_and_act_on(cmd, vec![("redis: preflight ok", full)]);
     set_maxmemory(&redis, 0);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let all = text(&out);
-    assert!(all.contains("redis: Copy batch 1 failed after 3 attempt(s)"), "{all}");
+    assert_eq!(status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("redis: Copy batch") && all.contains("failed after 3 attempt(s)"),
+        "{all}"
+    );
     assert!(all.contains("OOM"), "{all}");
     assert!(all.contains("Result: FAILED") && !all.contains("succeeded"), "{all}");
-    assert_eq!(before, digest(&snapshot(&redis)));
+    // A Move removes nothing before every key is verified: the source is whole.
+    let source = |s: &Snapshot| {
+        s.iter()
+            .filter(|(k, _)| is_tenant_key(k, SOURCE))
+            .map(|(k, v)| (k.clone(), v.kind.clone(), v.value.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(source(&before), source(&snapshot(&redis)));
 }
 
 #[test]
 fn a_failing_batch_is_retried_and_the_run_then_succeeds() {
     let (redis, _) = loaded_redis(SCALE);
     let before = snapshot(&redis);
-    set_maxmemory(&redis, 1);
-    let mut child = migrate_cmd(redis.port(), &state_dir("retry"), &["--max-attempts", "10"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let mut seen = String::new();
-    for line in lines.by_ref() {
-        let line = line.expect("read");
-        seen.push_str(&line);
-        seen.push('\n');
-        if line.contains("failed (attempt 2)") {
-            break;
-        }
-    }
-    assert!(seen.contains("redis: batch 1 failed (attempt 1)"), "{seen}");
-    set_maxmemory(&redis, 0);
-    for line in lines {
-        seen.push_str(&line.expect("read"));
-        seen.push('\n');
-    }
-    let status = child.wait().expect("wait");
+    let proxy = slow_redis(&redis);
+    let cmd = migrate_cmd(proxy.port(), &state_dir("retry"), &["--max-attempts", "10"]);
+    let full: Box<dyn FnMut()> = Box::new(|| set_maxmemory(&redis, 1));
+    let room: Box<dyn FnMut()> = Box::new(|| set_maxmemory(&redis, 0));
+    let (status, seen) = run_and_act_on(cmd, vec![("redis: preflight ok", full), ("failed (attempt 2)", room)]);
     assert!(status.success(), "{seen}");
+    assert!(seen.contains("failed (attempt 1)"), "{seen}");
     assert_migrated(&before, &snapshot(&redis), true);
 }
 

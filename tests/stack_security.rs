@@ -87,13 +87,8 @@ fn migration_author(kube: &KubeApiServer) -> String {
         ("get", "secrets", OPERATOR_NS, "no"),
         ("create", "ragstacks.tenancy.dev", "", "no"),
     ] {
-        let mut args = vec!["auth", "can-i", verb, resource, "--as", &alice];
-        if !ns.is_empty() {
-            args.extend(["-n", ns]);
-        }
-        let out = kube.kubectl(&args).expect("kubectl");
         assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
+            can_i(kube, &alice, verb, resource, ns),
             want,
             "alice {verb} {resource} {ns}"
         );

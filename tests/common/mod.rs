@@ -229,6 +229,29 @@ pub fn kube_with_crd(namespace: &str) -> tenant_migrator_testkit::KubeApiServer 
     kube
 }
 
+/// `kubectl auth can-i VERB RESOURCE --as WHO [-n NS]` ("yes" or "no"); `ns` empty for
+/// cluster-scoped resources.
+pub fn can_i(kube: &tenant_migrator_testkit::KubeApiServer, who: &str, verb: &str, resource: &str, ns: &str) -> String {
+    let mut args = vec!["auth", "can-i", verb, resource, "--as", who];
+    if !ns.is_empty() {
+        args.extend(["-n", ns]);
+    }
+    let out = kube.kubectl(&args).expect("kubectl");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Lets the default user of `redis` run RESTORE, or not (`NOPERM`): a write failure in
+/// the middle of a run that no preflight can foresee, unlike a full `maxmemory`,
+/// which the preflight refuses.
+pub fn allow_restore(redis: &RedisServer, allowed: bool) {
+    redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("default")
+        .arg(if allowed { "+restore" } else { "-restore" })
+        .query::<()>(&mut redis.conn().expect("connect"))
+        .expect("ACL SETUSER");
+}
+
 /// The controller's own namespace in the tests: where RagStack Secrets live.
 pub const OPERATOR_NS: &str = "tenant-migrator";
 

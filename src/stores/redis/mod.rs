@@ -96,6 +96,9 @@ pub enum RedisStoreError {
     ConflictsFound { count: u64, examples: String },
     #[error("target tenant already holds {count} keys with no source counterpart (e.g. {example}); onConflict is Fail")]
     TargetNotEmpty { count: u64, example: String },
+    /// The copy would not fit, or filling memory would evict other keys.
+    #[error("Redis at {url}: {detail}")]
+    Capacity { url: String, detail: String },
     #[error("{missing} source keys have no target key yet (e.g. {example:?})")]
     Incomplete { missing: u64, example: String },
     #[error("{count} target keys were copies of source keys deleted since (e.g. {example:?}); removed from the target")]
@@ -328,6 +331,9 @@ struct Pair {
     source: Vec<u8>,
     target: Vec<u8>,
 }
+
+/// One source key in this many is sized with MEMORY USAGE in the preflight.
+const MEMORY_SAMPLE: u64 = 8;
 
 /// The Redis phase of one migration.
 pub struct RedisPhase {
@@ -799,6 +805,71 @@ impl RedisPhase {
         Ok((tx, true))
     }
 
+    /// Refuses a copy of about `needed` bytes (`keys` keys) that would not fit under
+    /// `maxmemory`, or that could make the server evict other keys (`allkeys-*`
+    /// policies evict any key, another tenant's included, once memory is full).
+    async fn check_capacity(
+        &self,
+        conn: &Topology,
+        needed: u64,
+        keys: u64,
+        plan: &mut PhasePlan,
+    ) -> Result<(), RedisStoreError> {
+        if keys == 0 {
+            return Ok(());
+        }
+        let infos = conn
+            .info_of_each("memory")
+            .await
+            .map_err(RedisStoreError::command("INFO memory"))?;
+        let field = |info: &str, name: &str| -> Option<String> {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(|v| v.trim().to_owned())
+        };
+        let number = |info: &str, name: &str| field(info, name).and_then(|v| v.parse::<u64>().ok());
+        let used: u64 = infos.iter().filter_map(|i| number(i, "used_memory")).sum();
+        let limits: Vec<u64> = infos.iter().map(|i| number(i, "maxmemory").unwrap_or(0)).collect();
+        if limits.contains(&0) {
+            // No limit on some server: nothing is evicted and nothing refuses a write there.
+            return Ok(());
+        }
+        let max: u64 = limits.iter().sum();
+        let url = self.settings.url.clone();
+        if let Some(policy) = infos.iter().find_map(|i| field(i, "maxmemory_policy")) {
+            if policy.starts_with("allkeys-") {
+                return Err(RedisStoreError::Capacity {
+                    url,
+                    detail: format!(
+                        "maxmemory-policy {policy} evicts any key once memory is full (maxmemory {max} bytes, \
+                         {used} used): a copy could evict other tenants' keys; set maxmemory-policy noeviction for \
+                         the migration"
+                    ),
+                });
+            }
+            if policy.starts_with("volatile-") {
+                plan.notes.push(format!(
+                    "maxmemory-policy {policy}: keys with a TTL may be evicted if the copy fills memory"
+                ));
+            }
+        }
+        if used.saturating_add(needed) > max {
+            return Err(RedisStoreError::Capacity {
+                url,
+                detail: format!(
+                    "the copy of {keys} keys needs about {needed} bytes, and {used} of maxmemory {max} are used: \
+                     {} bytes short (Move too keeps every source until every store is verified); raise maxmemory \
+                     or free memory",
+                    used.saturating_add(needed) - max
+                ),
+            });
+        }
+        plan.notes.push(format!(
+            "memory: the copy needs about {needed} bytes; {used} of maxmemory {max} used"
+        ));
+        Ok(())
+    }
+
     /// Counts tenant keys per prefix on one side, each key once.
     async fn count_side(&mut self, conn: &Topology, target_side: bool) -> Result<Vec<u64>, RedisStoreError> {
         let pattern = if target_side {
@@ -913,6 +984,9 @@ impl Phase for RedisPhase {
         let mut seen = Seen::default();
         let mut excluded = 0u64;
         let mut changed = 0u64;
+        // Memory the copy will take: MEMORY USAGE of every SAMPLE-th source key without a
+        // target yet, scaled up.
+        let (mut to_copy, mut sampled, mut sampled_bytes) = (0u64, 0u64, 0u64);
         let pattern = self.keys.source_pattern.clone();
         let mut at = ScanCursor::default();
         loop {
@@ -929,6 +1003,24 @@ impl Phase for RedisPhase {
             }
             if !pairs.is_empty() {
                 let found = exists_all(&conn, &pairs).await?;
+                let missing: Vec<&Pair> = pairs.iter().zip(&found).filter(|(_, f)| !**f).map(|(p, _)| p).collect();
+                let sample: Vec<(&[u8], redis::Cmd)> = missing
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| (to_copy + *i as u64).is_multiple_of(MEMORY_SAMPLE))
+                    .map(|(_, p)| {
+                        let mut usage = redis::cmd("MEMORY");
+                        usage.arg("USAGE").arg(&p.source);
+                        (p.source.as_slice(), usage)
+                    })
+                    .collect();
+                to_copy += missing.len() as u64;
+                if !sample.is_empty() {
+                    let usage: Vec<Option<u64>> =
+                        all(&conn, sample, "MEMORY USAGE of sampled source keys".into()).await?;
+                    sampled += usage.len() as u64;
+                    sampled_bytes += usage.into_iter().flatten().sum::<u64>();
+                }
                 let both: Vec<&Pair> = pairs.iter().zip(found).filter(|(_, f)| *f).map(|(p, _)| p).collect();
                 let keys: Vec<&[u8]> = both
                     .iter()
@@ -957,6 +1049,10 @@ impl Phase for RedisPhase {
                 None => break,
             }
         }
+        let needed = sampled_bytes
+            .checked_div(sampled)
+            .map_or(0, |per_key| per_key.saturating_mul(to_copy));
+        self.check_capacity(&conn, needed, to_copy, &mut plan).await?;
         let targets = self.count_side(&conn, true).await?;
         for ((g, t), paired) in groups.iter_mut().zip(targets).zip(paired) {
             g.target = t;

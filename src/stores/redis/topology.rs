@@ -262,6 +262,19 @@ impl Topology {
         }
     }
 
+    /// `INFO {section}` of every server (each primary of a cluster), in order.
+    pub async fn info_of_each(&self, section: &str) -> RedisResult<Vec<String>> {
+        let conns: Vec<ConnectionManager> = match self {
+            Self::Single(c, _) => vec![c.clone()],
+            Self::Cluster(c) => c.nodes.iter().map(|(_, conn, _)| conn.clone()).collect(),
+        };
+        let mut out = Vec::with_capacity(conns.len());
+        for mut conn in conns {
+            out.push(redis::cmd("INFO").arg(section).query_async(&mut conn).await?);
+        }
+        Ok(out)
+    }
+
     /// How many servers hold keys (primaries of a cluster).
     pub fn servers(&self) -> usize {
         match self {
