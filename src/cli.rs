@@ -617,10 +617,8 @@ impl Progress for CliProgress {
     }
 
     fn update(&mut self, store: Store, stage: StageProgress, phases: &PhaseStatuses) {
-        if let Some(state) = &mut self.state
-            && let Err(e) = state.save(phases)
-        {
-            self.save_error = Some(format!("cannot write state file {}: {e}", state.path.display()));
+        if let Err(e) = self.persist(phases) {
+            self.save_error = Some(e);
             self.stop.store(true, Ordering::SeqCst);
         }
         let status = phases.get(store);

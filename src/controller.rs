@@ -378,9 +378,21 @@ fn backoff(n: u32) -> Duration {
     Duration::from_secs(10u64.saturating_mul(1 << n.saturating_sub(1).min(5))).min(Duration::from_secs(300))
 }
 
-async fn secret_value(client: &Client, ns: &str, r: &SecretKeyRef, field: &str) -> Result<Secret, ControllerError> {
-    let secrets: Api<KubeSecret> = Api::namespaced(client.clone(), ns);
+async fn secret_value(
+    client: &Client,
+    ns: Option<&str>,
+    r: &SecretKeyRef,
+    field: &str,
+) -> Result<Secret, ControllerError> {
     let missing = |what: String| ControllerError::MissingSecret(format!("{field}: {what}"));
+    let ns = ns.ok_or_else(|| {
+        missing(format!(
+            "Secret {:?} lives in the controller's own namespace, which it does not know: set POD_NAMESPACE or \
+             --secrets-namespace",
+            r.name
+        ))
+    })?;
+    let secrets: Api<KubeSecret> = Api::namespaced(client.clone(), ns);
     let secret = secrets
         .get_opt(&r.name)
         .await?
@@ -400,7 +412,7 @@ async fn secret_value(client: &Client, ns: &str, r: &SecretKeyRef, field: &str) 
 async fn credentials(
     client: &Client,
     s: &TenantMigrationSpec,
-    ns: &str,
+    ns: Option<&str>,
     origin: &str,
 ) -> Result<Credentials, ControllerError> {
     let field = |f: &str| format!("{origin}.{f}");
@@ -434,14 +446,13 @@ async fn credentials(
     Ok(c)
 }
 
-/// A migration cleared to run: the spec the engine gets (endpoints and Secret
-/// references from its stack, or inline when allowed), where those Secrets are read,
-/// and the run's knobs.
+/// A migration cleared to run: the spec the engine gets (endpoints, Secret references
+/// and retry policy from its stack, or inline when allowed) and the namespace its
+/// Secrets are read in (`None`: unknown, which only a spec without Secrets survives).
 struct Admission {
     spec: TenantMigrationSpec,
-    secrets_namespace: String,
+    secrets_namespace: Option<String>,
     stack: Option<String>,
-    options: RunOptions,
 }
 
 /// Applies the rules of the migration's RagStack (or of inline endpoints) before any
@@ -457,40 +468,18 @@ async fn admission(
         }
         return Ok(Ok(Admission {
             spec: tm.spec.clone(),
-            secrets_namespace: ns.to_owned(),
+            secrets_namespace: Some(ns.to_owned()),
             stack: None,
-            options: RunOptions::with_retry(&tm.spec.retry),
         }));
     };
     let stacks: Api<RagStack> = Api::all(ctx.client.clone());
     let Some(found) = stacks.get_opt(&r.name).await? else {
         return Ok(Err(Refusal::StackNotFound(r.name.clone())));
     };
-    let admitted = match stack::admit(&r.name, &found.spec, ns, &tm.spec) {
-        Ok(a) => a,
-        Err(refusal) => return Ok(Err(refusal)),
-    };
-    let spec = &admitted.spec;
-    let needs_secrets = spec.config.token_secret_ref.is_some()
-        || spec.redis.password_secret_ref.is_some()
-        || spec.qdrant.api_key_secret_ref.is_some()
-        || spec.memgraph.credentials_secret_ref.is_some();
-    let secrets_namespace = match (&ctx.secrets_namespace, needs_secrets) {
-        (Some(ns), _) => ns.clone(),
-        (None, false) => String::new(),
-        (None, true) => {
-            return Err(ControllerError::MissingSecret(format!(
-                "RagStack {:?} references Secrets, but the controller does not know its own namespace, where \
-                 they live: set POD_NAMESPACE or --secrets-namespace",
-                r.name
-            )));
-        }
-    };
-    Ok(Ok(Admission {
-        spec: admitted.spec,
-        secrets_namespace,
+    Ok(stack::admit(&r.name, &found.spec, ns, &tm.spec).map(|spec| Admission {
+        spec,
+        secrets_namespace: ctx.secrets_namespace.clone(),
         stack: Some(r.name.clone()),
-        options: RunOptions::with_retry(&admitted.retry),
     }))
 }
 
@@ -831,16 +820,14 @@ async fn apply(
             restore_workloads(&ctx, &api, &name).await?;
             return Ok(Action::await_change());
         }
-        Err(ControllerError::MissingSecret(m)) => {
-            set_state(&api, &tm, MigrationPhase::Pending, "MissingSecret", &m).await?;
-            return Ok(Action::requeue(Duration::from_secs(15)));
-        }
         Err(e) => return Err(e),
     };
 
     // One migration per tenant at a time: an older unfinished migration touching the
     // same tenant (as source or target, in any namespace watched) goes first.
-    if let Some(other) = conflicting(&ctx, &tm).await? {
+    // The other migrations, read once for the checks below.
+    let others = watched_migrations(&ctx).await?;
+    if let Some(other) = conflicting(&others, &tm) {
         let message = format!("waiting for TenantMigration {other}, which touches the same tenant");
         set_state(&api, &tm, MigrationPhase::Pending, "WaitingForOtherMigration", &message).await?;
         return Ok(Action::requeue(Duration::from_secs(5)));
@@ -850,7 +837,7 @@ async fn apply(
         Some(s) => format!("RagStack {s} spec"),
         None => "spec".to_owned(),
     };
-    let creds = match credentials(&ctx.client, &run.spec, &run.secrets_namespace, &origin).await {
+    let creds = match credentials(&ctx.client, &run.spec, run.secrets_namespace.as_deref(), &origin).await {
         Ok(c) => c,
         Err(ControllerError::MissingSecret(m)) => {
             // A clear condition, retried slowly: creating the Secret is enough to proceed.
@@ -866,7 +853,7 @@ async fn apply(
     let uid = tm.metadata.uid.clone().unwrap_or_default();
     let wait_for_workload =
         |workload: String, other: String| format!("waiting for {other}, which holds {workload} at zero (spec.quiesce)");
-    if let Some((workload, other)) = quiesced_by_another(&api, &tm).await? {
+    if let Some((workload, other)) = quiesced_by_another(&others, &tm) {
         let message = wait_for_workload(workload, format!("TenantMigration {other}"));
         set_state(&api, &tm, MigrationPhase::Pending, "WaitingForWorkload", &message).await?;
         return Ok(Action::requeue(Duration::from_secs(5)));
@@ -1006,7 +993,8 @@ async fn apply(
     // The engine runs on a blocking thread of its own: its future borrows across
     // awaits in ways the controller's Send bound cannot express, and a long
     // migration must not occupy a reactor thread anyway.
-    let (spec, resume, options) = (run.spec, status.phases.clone(), run.options);
+    let options = RunOptions::with_retry(&run.spec.retry);
+    let (spec, resume) = (run.spec, status.phases.clone());
     let handle = tokio::runtime::Handle::current();
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_for_stop(api.clone(), name.clone(), stop.clone());
@@ -1181,31 +1169,8 @@ async fn set_state(
     Ok(true)
 }
 
-/// A workload of `tm.spec.quiesce` that another migration of the namespace has scaled
-/// to zero and not given back yet, and that migration.
-async fn quiesced_by_another(
-    api: &Api<TenantMigration>,
-    tm: &TenantMigration,
-) -> Result<Option<(String, String)>, ControllerError> {
-    if tm.spec.quiesce.is_empty() {
-        return Ok(None);
-    }
-    for other in api.list(&Default::default()).await?.items {
-        if other.metadata.uid == tm.metadata.uid {
-            continue;
-        }
-        let held = other.status.as_ref().map(|s| s.quiesced.as_slice()).unwrap_or_default();
-        for w in &tm.spec.quiesce {
-            if held.iter().any(|q| !q.restored && q.kind == w.kind && q.name == w.name) {
-                return Ok(Some((format!("{} {}", w.kind, w.name), other.name_any())));
-            }
-        }
-    }
-    Ok(None)
-}
-
-/// An older TenantMigration, not finished, whose source or target is one of `tm`'s.
-async fn conflicting(ctx: &Context, tm: &TenantMigration) -> Result<Option<String>, ControllerError> {
+/// Every TenantMigration the controller watches, for the checks against the others.
+async fn watched_migrations(ctx: &Context) -> Result<Vec<TenantMigration>, ControllerError> {
     let apis: Vec<Api<TenantMigration>> = if ctx.namespaces.is_empty() {
         vec![Api::all(ctx.client.clone())]
     } else {
@@ -1214,14 +1179,36 @@ async fn conflicting(ctx: &Context, tm: &TenantMigration) -> Result<Option<Strin
             .map(|ns| Api::namespaced(ctx.client.clone(), ns))
             .collect()
     };
-    let mine = [tm.spec.source.as_str(), tm.spec.target.as_str()];
-    let key = |t: &TenantMigration| (t.metadata.creation_timestamp.clone(), t.namespace(), t.name_any());
-    let me = key(tm);
     let mut list = Vec::new();
     for api in apis {
         list.extend(api.list(&Default::default()).await?.items);
     }
-    let mut others: Vec<&TenantMigration> = list
+    Ok(list)
+}
+
+/// A workload of `tm.spec.quiesce` that another migration of `all` in its namespace
+/// has scaled to zero and not given back yet, and that migration.
+fn quiesced_by_another(all: &[TenantMigration], tm: &TenantMigration) -> Option<(String, String)> {
+    let others = all
+        .iter()
+        .filter(|o| o.metadata.uid != tm.metadata.uid && o.namespace() == tm.namespace());
+    for other in others {
+        let held = other.status.as_ref().map(|s| s.quiesced.as_slice()).unwrap_or_default();
+        for w in &tm.spec.quiesce {
+            if held.iter().any(|q| !q.restored && q.kind == w.kind && q.name == w.name) {
+                return Some((format!("{} {}", w.kind, w.name), other.name_any()));
+            }
+        }
+    }
+    None
+}
+
+/// An older TenantMigration of `all`, not finished, whose source or target is one of `tm`'s.
+fn conflicting(all: &[TenantMigration], tm: &TenantMigration) -> Option<String> {
+    let mine = [tm.spec.source.as_str(), tm.spec.target.as_str()];
+    let key = |t: &TenantMigration| (t.metadata.creation_timestamp.clone(), t.namespace(), t.name_any());
+    let me = key(tm);
+    let mut others: Vec<&TenantMigration> = all
         .iter()
         .filter(|o| o.metadata.uid != tm.metadata.uid)
         .filter(|o| {
@@ -1235,9 +1222,9 @@ async fn conflicting(ctx: &Context, tm: &TenantMigration) -> Result<Option<Strin
         .filter(|o| key(o) < me)
         .collect();
     others.sort_by_key(|o| key(o));
-    Ok(others
+    others
         .first()
-        .map(|o| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any())))
+        .map(|o| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any()))
 }
 
 /// Publishes an Event; a failure to do so is logged, never fatal.

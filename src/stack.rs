@@ -6,7 +6,7 @@
 //! returns, whose endpoints and Secret references are the stack's. Nothing here talks
 //! to Kubernetes or to a store.
 
-use crate::api::{Mode, RagStackSpec, RetryPolicy, TenantMigrationSpec, WorkloadRef};
+use crate::api::{Mode, RagStackSpec, TenantMigrationSpec, WorkloadRef};
 
 /// Why a migration may not run. Each variant is one rule, named by [`Refusal::reason`]
 /// in the migration's conditions.
@@ -128,23 +128,16 @@ pub fn matches(pattern: &str, text: &str) -> bool {
     rest.len() >= last.len() && rest.ends_with(last)
 }
 
-/// A migration admitted on a stack: the spec the engine runs (the stack's endpoints
-/// and Secret references, which live in the operator's namespace) and the stack's
-/// retry and batch defaults.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Admitted {
-    pub spec: TenantMigrationSpec,
-    pub retry: RetryPolicy,
-}
-
 /// Checks every rule of `stack` (named `name`) for a migration in `namespace`, and
-/// builds the spec to run. Nothing is read from a store or a Secret before this passes.
+/// builds the spec to run: the stack's endpoints and Secret references (which live in
+/// the operator's namespace), its batch and retry defaults under the migration's own
+/// settings. Nothing is read from a store or a Secret before this passes.
 pub fn admit(
     name: &str,
     stack: &RagStackSpec,
     namespace: &str,
     spec: &TenantMigrationSpec,
-) -> Result<Admitted, Refusal> {
+) -> Result<TenantMigrationSpec, Refusal> {
     let stack_name = name.to_owned();
     if let Some(field) = inline_field(spec) {
         return Err(Refusal::InlineWithStack {
@@ -245,10 +238,8 @@ pub fn admit(
         out.memgraph.batch_size = out.memgraph.batch_size.or(d.memgraph_batch_size);
         out.memgraph.query_timeout_seconds = out.memgraph.query_timeout_seconds.or(d.memgraph_query_timeout_seconds);
     }
-    Ok(Admitted {
-        spec: out,
-        retry: spec.retry.or(&d.retry),
-    })
+    out.retry = spec.retry.or(&d.retry);
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -292,13 +283,10 @@ mod tests {
     fn an_admitted_migration_gets_the_stacks_endpoints_and_defaults() {
         let m = migration("source: acme_1\ntarget: acme_2\nqdrant: {enabled: false}\nmemgraph: {enabled: false}\n");
         let a = admit("prod", &stack(STACK), "team-a", &m).expect("admitted");
-        assert_eq!(a.spec.redis.url.as_deref(), Some("redis://r:6379/0"));
-        assert_eq!(
-            a.spec.redis.password_secret_ref.as_ref().map(|r| r.name.as_str()),
-            Some("r")
-        );
-        assert_eq!(a.spec.config.url.as_deref(), Some("http://api:8000"));
-        assert_eq!(a.spec.redis.batch_size, Some(77));
+        assert_eq!(a.redis.url.as_deref(), Some("redis://r:6379/0"));
+        assert_eq!(a.redis.password_secret_ref.as_ref().map(|r| r.name.as_str()), Some("r"));
+        assert_eq!(a.config.url.as_deref(), Some("http://api:8000"));
+        assert_eq!(a.redis.batch_size, Some(77));
         assert_eq!(a.retry.max_attempts, Some(9));
     }
 
