@@ -674,6 +674,81 @@ async fn restore_workloads(ctx: &Context, api: &Api<TenantMigration>, name: &str
     }
 }
 
+/// Why a migration that has run to its end is not finished yet.
+const RESTORE_FAILED: &str = "RestoreFailed";
+
+/// Gives the quiesced workloads their replicas back before the run's final phase is
+/// written, trying again while that fails (a webhook or quota refusing the scale, the
+/// API server away): until then the migration stays Running with `Ready=False` and
+/// `WorkloadsRestored=False`, reason `RestoreFailed`, naming the workload and the
+/// error, so nothing waiting for Ready sees a finished migration while its RAG API is
+/// still at zero. A deleted migration, or a controller shutting down, leaves the loop:
+/// the finalizer or the next leader restores.
+async fn restore_before_end(
+    ctx: &Context,
+    api: &Api<TenantMigration>,
+    name: &str,
+    (generation, start_time): (Option<i64>, &str),
+    (outcome, outcome_message): (MigrationPhase, &str),
+) -> Result<(), ControllerError> {
+    let mut wait = Duration::from_secs(2);
+    loop {
+        let error = match restore_workloads(ctx, api, name).await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let deleted = api
+            .get_opt(name)
+            .await?
+            .is_none_or(|tm| tm.metadata.deletion_timestamp.is_some());
+        if deleted || ctx.shutdown.load(Ordering::SeqCst) {
+            return Err(error);
+        }
+        let message = format!(
+            "the run ended ({outcome:?}: {outcome_message}), but the quiesced workloads could not get their \
+             replicas back: {error}; trying again in {} s",
+            wait.as_secs()
+        );
+        tracing::warn!(%message);
+        let mut body = lifecycle(
+            generation,
+            MigrationPhase::Running,
+            (Some(start_time), None),
+            &message,
+            RESTORE_FAILED,
+        );
+        push_condition(
+            &mut body,
+            generation,
+            ("WorkloadsRestored", false, RESTORE_FAILED),
+            &message,
+        );
+        apply_status(api, name, MANAGER, body).await?;
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Adds one condition to a [`lifecycle`] body.
+fn push_condition(
+    body: &mut serde_json::Value,
+    generation: Option<i64>,
+    (type_, status, reason): (&str, bool, &str),
+    message: &str,
+) {
+    let condition = Condition {
+        type_: type_.to_owned(),
+        status: if status { "True" } else { "False" }.to_owned(),
+        reason: reason.to_owned(),
+        message: redact::for_status(message),
+        observed_generation: generation,
+        last_transition_time: now(),
+    };
+    if let Some(list) = body["conditions"].as_array_mut() {
+        list.push(json!(condition));
+    }
+}
+
 /// Sets `stop` once the migration is suspended, deleted or gone, so the run pauses at
 /// the next batch boundary. A watch on this one object: the change arrives as it happens,
 /// with no polling of the API server.
@@ -1121,16 +1196,24 @@ async fn apply(
     // Failed) must not be visible while the RAG API is still at zero. A suspended
     // migration keeps them stopped: they would see a half-moved tenant.
     if phase != MigrationPhase::Suspended {
-        restore_workloads(&ctx, &api, &name).await?;
+        restore_before_end(&ctx, &api, &name, (generation, &start_time), (phase, &message)).await?;
     }
     let completion = jiff::Timestamp::now().to_string();
-    let end = lifecycle(
+    let mut end = lifecycle(
         generation,
         phase,
         (Some(&start_time), Some(&completion)),
         &message,
         reason,
     );
+    if !tm.spec.quiesce.is_empty() && phase != MigrationPhase::Suspended {
+        push_condition(
+            &mut end,
+            generation,
+            ("WorkloadsRestored", true, "Restored"),
+            "replicas given back",
+        );
+    }
     apply_status(&api, &name, MANAGER, end).await?;
     let kind = if phase == MigrationPhase::Failed {
         EventType::Warning

@@ -35,6 +35,14 @@ pub enum QuiesceError {
         name: String,
         message: String,
     },
+    #[error("{kind} {namespace}/{name}: the API server refused the scale ({code}): {message}")]
+    Refused {
+        kind: WorkloadKind,
+        namespace: String,
+        name: String,
+        code: u16,
+        message: String,
+    },
     #[error("{kind} {namespace}/{name}: {source}")]
     Kube {
         kind: WorkloadKind,
@@ -82,6 +90,14 @@ impl Quiescer {
         let (namespace, name) = (self.namespace.clone(), name.to_owned());
         match e {
             kube::Error::Api(s) if s.code == 404 => QuiesceError::NotFound { kind, namespace, name },
+            // An admission policy or webhook said no: RBAC is not the cause.
+            kube::Error::Api(s) if s.code == 422 || s.message.contains("denied") => QuiesceError::Refused {
+                kind,
+                namespace,
+                name,
+                code: s.code,
+                message: s.message,
+            },
             kube::Error::Api(s) if s.code == 403 => QuiesceError::Forbidden {
                 kind,
                 namespace,

@@ -332,3 +332,84 @@ async fn a_workload_quiesced_by_one_migration_is_not_recorded_at_zero_by_another
     assert_eq!(replicas(&kube, "deployment", "rag-api").0, 3);
     assert_migrated(&before, &snapshot(&redis), true);
 }
+
+/// A restore the API server refuses (here a ValidatingAdmissionPolicy denying any
+/// scale-up of `rag-api`, as a policy engine or quota might) is a condition, not a
+/// silent Ready: the migration stays Running with `Ready=False` and
+/// `WorkloadsRestored=False` (reason `RestoreFailed`, naming the workload), and
+/// becomes Succeeded only once the replicas are back, after the policy is lifted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_restore_holds_ready_back_until_the_replicas_are_given_back() {
+    let kube = tokio::task::block_in_place(|| kube_with_crd(NS));
+    apply_ok(&kube, &workload("Deployment", "rag-api", 3));
+    apply_ok(&kube, &workload("Deployment", "policy-probe", 0));
+    let policy = "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicy\n\
+        metadata: {name: hold-rag-api}\nspec:\n  failurePolicy: Fail\n  matchConstraints:\n    resourceRules:\n    \
+        - {apiGroups: [apps], apiVersions: [v1], operations: [UPDATE], resources: [deployments/scale]}\n  \
+        validations:\n  - expression: \"!(object.metadata.name in ['rag-api', 'policy-probe']) || !has(object.spec.replicas) || object.spec.replicas == 0\"\n    \
+        message: rag-api is on hold\n---\napiVersion: admissionregistration.k8s.io/v1\n\
+        kind: ValidatingAdmissionPolicyBinding\nmetadata: {name: hold-rag-api}\n\
+        spec: {policyName: hold-rag-api, validationActions: [Deny]}\n";
+    apply_ok(&kube, policy);
+    // Readiness check: the policy is in force once it denies the probe's scale-up.
+    tokio::task::block_in_place(|| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let o = kube
+                .kubectl(&["scale", "deployment", "policy-probe", "-n", NS, "--replicas=1"])
+                .expect("kubectl");
+            if !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("on hold") {
+                break;
+            }
+            assert!(o.status.success() || Instant::now() < deadline, "{}", text(&o));
+            if o.status.success() {
+                ok(kube.kubectl(&["scale", "deployment", "policy-probe", "-n", NS, "--replicas=0"]));
+            }
+            assert!(Instant::now() < deadline, "the admission policy never took effect");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+
+    let (redis, _) = loaded_redis(0.02);
+    let before = snapshot(&redis);
+    let (dir, kubeconfig) = controller_dir(&kube, "quiesce-refused", NS, None);
+    let port = tenant_migrator_testkit::free_port().expect("port");
+    let _controller = start_controller_in(NS, &kubeconfig, &dir.join("controller.log"), port);
+    let url = format!("{{url: '{}'}}", redis.url());
+    apply_ok(
+        &kube,
+        &with_quiesce("held", (SOURCE, TARGET), &url, "", &[("Deployment", "rag-api")]),
+    );
+    let held = tokio::task::block_in_place(|| {
+        wait_for_tm(&kube, NS, "held", |tm| {
+            tm["status"]["conditions"].to_string().contains("RestoreFailed")
+        })
+    });
+    let condition = |tm: &serde_json::Value, type_: &str| -> serde_json::Value {
+        tm["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == type_).cloned())
+            .unwrap_or_default()
+    };
+    assert_eq!(held["status"]["phase"], "Running", "{held:#}");
+    assert_eq!(condition(&held, "Ready")["status"], "False", "{held:#}");
+    let restored = condition(&held, "WorkloadsRestored");
+    assert_eq!(restored["status"], "False", "{held:#}");
+    let says = restored["message"].as_str().unwrap_or_default();
+    assert!(
+        says.contains("Deployment rag/rag-api") && says.contains("on hold") && says.contains("Succeeded"),
+        "{held:#}"
+    );
+    assert_eq!(replicas(&kube, "deployment", "rag-api").0, 0);
+    // The data is already exact; only the workloads wait.
+    assert_migrated(&before, &snapshot(&redis), true);
+
+    ok(kube.kubectl(&["delete", "validatingadmissionpolicybinding", "hold-rag-api"]));
+    let tm = tokio::task::block_in_place(|| wait_for_tm(&kube, NS, "held", finished));
+    assert_eq!(tm["status"]["phase"], "Succeeded", "{tm:#}");
+    assert_eq!(condition(&tm, "Ready")["status"], "True", "{tm:#}");
+    assert_eq!(condition(&tm, "WorkloadsRestored")["status"], "True", "{tm:#}");
+    assert_eq!(replicas(&kube, "deployment", "rag-api").0, 3);
+    let ev = events(&kube);
+    assert!(ev.contains("RestoreFailed") && ev.contains("WorkloadsRestored"), "{ev}");
+}
