@@ -66,14 +66,42 @@ impl BoltServer {
     }
 
     fn launch(password: Option<&str>, tls: Option<crate::test_ca::TestCa>) -> Result<Self, ServerError> {
+        let port = crate::free_port()?;
+        let dir = std::env::temp_dir().join(format!("tm-bolt-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let (child, stdin) = Self::spawn(port, &dir, password, tls.as_ref())?;
+        Ok(Self {
+            child,
+            _stdin: stdin,
+            port,
+            password: password.map(str::to_owned),
+            dir,
+            tls,
+        })
+    }
+
+    /// A fault: SIGKILL, and a start on the same port from the same store (Neo4j
+    /// recovers from its transaction log), as after a crash and a pod restart.
+    pub fn crash_restart(&mut self) -> Result<(), ServerError> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, stdin) = Self::spawn(self.port, &self.dir, self.password.as_deref(), self.tls.as_ref())?;
+        self.child = child;
+        self._stdin = stdin;
+        Ok(())
+    }
+
+    fn spawn(
+        port: u16,
+        dir: &std::path::Path,
+        password: Option<&str>,
+        tls: Option<&crate::test_ca::TestCa>,
+    ) -> Result<(Child, ChildStdin), ServerError> {
         let tools = tooling_dir();
         let classpath = std::fs::read_to_string(tools.join("classpath.txt")).map_err(|e| ServerError::Spawn {
             program: format!("{} (run tools/setup.sh)", tools.join("classpath.txt").display()),
             source: e,
         })?;
-        let port = crate::free_port()?;
-        let dir = std::env::temp_dir().join(format!("tm-bolt-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
         let mut cmd = Command::new(std::env::var("JAVA").unwrap_or_else(|_| "java".into()));
         cmd.args(["-Xmx1g", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"])
             .args(JAVA_OPENS)
@@ -84,7 +112,7 @@ impl BoltServer {
             .arg(dir.join("data"))
             .arg(password.unwrap_or("-"))
             .stderr(Stdio::null());
-        if let Some(ca) = &tls {
+        if let Some(ca) = tls {
             // Neo4j reads private.key and public.crt from the policy's folder.
             let certs = dir.join("tls");
             std::fs::create_dir_all(&certs)?;
@@ -93,16 +121,7 @@ impl BoltServer {
             std::fs::copy(key, certs.join("private.key"))?;
             cmd.arg(certs);
         }
-        let (child, stdin) = crate::spawn_until_ready(&mut cmd, "BoltServer (Neo4j 4.4, java)", port, 180)?;
-        let server = Self {
-            child,
-            _stdin: stdin,
-            port,
-            password: password.map(str::to_owned),
-            dir,
-            tls,
-        };
-        Ok(server)
+        crate::spawn_until_ready(&mut cmd, "BoltServer (Neo4j 4.4, java)", port, 180)
     }
 
     pub fn port(&self) -> u16 {

@@ -6,6 +6,7 @@
 
 pub mod bolt_recorder;
 pub mod bolt_server;
+pub mod chaos;
 pub mod config_api;
 pub mod fixture;
 pub mod graph_fixture;

@@ -45,6 +45,8 @@ pub struct QdrantServer {
     dir: PathBuf,
     /// With [`QdrantServer::start_tls`]: the TLS port and the CA that signed its certificate.
     tls: Option<(u16, crate::test_ca::TestCa)>,
+    api_key: Option<String>,
+    wire: Wire,
 }
 
 impl QdrantServer {
@@ -74,6 +76,42 @@ impl QdrantServer {
         let port = crate::free_port()?;
         let dir = std::env::temp_dir().join(format!("tm-qdrant-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
+        let (child, stdin) = Self::launch(port, &dir, api_key, wire, tls.as_ref())?;
+        Ok(Self {
+            child,
+            _stdin: stdin,
+            port,
+            dir,
+            tls,
+            api_key: api_key.map(str::to_owned),
+            wire,
+        })
+    }
+
+    /// A fault: SIGKILL, and a start on the same port from the same storage (Qdrant's
+    /// segments and WAL), as after a crash and a pod restart.
+    pub fn crash_restart(&mut self) -> Result<(), ServerError> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, stdin) = Self::launch(
+            self.port,
+            &self.dir,
+            self.api_key.as_deref(),
+            self.wire,
+            self.tls.as_ref(),
+        )?;
+        self.child = child;
+        self._stdin = stdin;
+        Ok(())
+    }
+
+    fn launch(
+        port: u16,
+        dir: &std::path::Path,
+        api_key: Option<&str>,
+        wire: Wire,
+        tls: Option<&(u16, crate::test_ca::TestCa)>,
+    ) -> Result<(Child, ChildStdin), ServerError> {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tools/qdrant/server.py");
         let mut cmd = Command::new(python());
         cmd.arg(script)
@@ -87,7 +125,7 @@ impl QdrantServer {
         if let Some(k) = api_key {
             cmd.args(["--api-key", k]);
         }
-        if let Some((tls_port, ca)) = &tls {
+        if let Some((tls_port, ca)) = tls {
             let (cert, key) = ca.server();
             cmd.args(["--tls-port", &tls_port.to_string()])
                 .arg("--tls-cert")
@@ -96,15 +134,7 @@ impl QdrantServer {
                 .arg(key);
         }
         let program = format!("{} tools/qdrant/server.py (run tools/setup.sh)", python().display());
-        let (child, stdin) = crate::spawn_until_ready(&mut cmd, &program, port, 60)?;
-        let server = Self {
-            child,
-            _stdin: stdin,
-            port,
-            dir,
-            tls,
-        };
-        Ok(server)
+        crate::spawn_until_ready(&mut cmd, &program, port, 60)
     }
 
     pub fn port(&self) -> u16 {

@@ -25,6 +25,8 @@ pub struct RedisServer {
     dir: PathBuf,
     /// With [`RedisServer::start_tls`]: the TLS port and the CA that signed its certificate.
     tls: Option<(u16, crate::test_ca::TestCa)>,
+    /// Arguments beyond the defaults, given again on a restart.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -48,9 +50,31 @@ impl RedisServer {
             password: password.map(str::to_owned),
             dir,
             tls: None,
+            extra: extra.iter().map(|a| (*a).to_owned()).collect(),
         };
         server.wait_ready()?;
         Ok(server)
+    }
+
+    /// Starts one with the append-only file on and fsynced after every write, as a
+    /// production Redis that must not lose acknowledged writes runs.
+    pub fn start_durable() -> Result<Self, ServerError> {
+        Self::spawn(
+            crate::free_port()?,
+            None,
+            &["--appendonly", "yes", "--appendfsync", "always"],
+        )
+    }
+
+    /// A fault: SIGKILL, no save, and a start on the same port from what is on disk (the
+    /// append-only file of a [`RedisServer::start_durable`] server) — a crash and a pod
+    /// restart, with a new `run_id` and hash seed.
+    pub fn crash_restart(&mut self) -> Result<(), ServerError> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        self.child = Self::launch(self.port, self.password.as_deref(), &extra, &self.dir)?;
+        self.wait_ready()
     }
 
     /// A fault: the server saves its data (RDB), is killed and started again on the
@@ -60,7 +84,8 @@ impl RedisServer {
         redis::cmd("SAVE").query::<()>(&mut self.conn()?)?;
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = Self::launch(self.port, self.password.as_deref(), &[], &self.dir)?;
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        self.child = Self::launch(self.port, self.password.as_deref(), &extra, &self.dir)?;
         self.wait_ready()
     }
 

@@ -3,6 +3,7 @@
 //! - `testkit demo`: starts Redis and the config API, loads a sample tenant and
 //!   migrates it with `tenant-migrator migrate` (progress bars on a terminal).
 //! - `testkit bench`: reference script vs tenant-migrator on identical data.
+//! - `testkit chaos`: the fault-injection suite (kills, store restarts), as a table.
 //! - `testkit fixture`: loads the LightRAG-shaped fixture into a Redis.
 //! - `testkit config-api`: serves the tenant-config API stand-in.
 
@@ -14,7 +15,7 @@ use std::process::{Command, ExitCode};
 use clap::{Parser, Subcommand};
 use tenant_migrator_testkit::config_api::sample_config;
 use tenant_migrator_testkit::{
-    BoltServer, ConfigApi, QdrantServer, RedisServer, fixture, graph_fixture, qdrant_fixture,
+    BoltServer, ConfigApi, QdrantServer, RedisServer, chaos, fixture, graph_fixture, qdrant_fixture,
 };
 
 #[derive(Parser)]
@@ -51,6 +52,26 @@ enum Cmd {
         #[arg(long, default_value = "siraya")]
         source: String,
         #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+    },
+    /// Fault injection: CLI runs SIGKILLed at random points of every stage of every
+    /// store and resumed, stores crashed and restarted mid-phase; each tenant is then
+    /// checked by content. Prints a table and the figures; fails if any trial is not exact.
+    Chaos {
+        /// Seed of the fault points (the same seed, the same points).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Trials with CLI kills.
+        #[arg(long, default_value_t = 12)]
+        kill_trials: usize,
+        /// Kills per trial.
+        #[arg(long, default_value_t = 3)]
+        kills: usize,
+        /// Trials with one store restart each (Redis, Qdrant, graph server in turn).
+        #[arg(long, default_value_t = 6)]
+        restart_trials: usize,
+        /// Fixture scale of each trial's tenant.
+        #[arg(long, default_value_t = 0.02)]
         scale: f64,
     },
     /// Forward a local port to `upstream` with an added one-way delay, until interrupted.
@@ -130,6 +151,40 @@ async fn main() -> ExitCode {
                     eprintln!("error: {e}");
                     ExitCode::FAILURE
                 }
+            }
+        }
+        Cmd::Chaos {
+            seed,
+            kill_trials,
+            kills,
+            restart_trials,
+            scale,
+        } => {
+            let plan = chaos::Plan {
+                seed,
+                kill_trials,
+                kills_per_trial: kills,
+                restart_trials,
+                scale,
+                migrator: migrator_binary(),
+                work: std::env::temp_dir().join(format!("tm-chaos-{}", std::process::id())),
+            };
+            println!(
+                "chaos: seed {seed}, {kill_trials} trials with {kills} CLI kills each, {restart_trials} with a store \
+                 restart; tenants at scale {scale}"
+            );
+            let result = chaos::run(&plan).await;
+            let _ = std::fs::remove_dir_all(&plan.work);
+            match result {
+                Ok(f) => {
+                    print!("{}", f.table());
+                    if f.failures.is_empty() && f.foreign_touched == 0 {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => fail("chaos", e),
             }
         }
         Cmd::Proxy { upstream, delay_ms } => {
