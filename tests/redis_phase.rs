@@ -575,3 +575,98 @@ fn a_scan_cursor_is_not_trusted_after_the_server_restarts() {
     let moved = after.keys().filter(|k| k.starts_with(b"tenant_b_")).count() as u64;
     assert_eq!(moved, loaded.tenant_keys);
 }
+
+/// Large values and keys: five 20 MB documents (each alone in a DUMP/RESTORE batch),
+/// a 200 MB hash and 40 MB of each other type (streamed page by page). Killed after
+/// its first batch and resumed over a partial copy of the hash, the Move ends exact,
+/// and no run's peak RSS reaches the chart's 256 MiB memory limit.
+#[test]
+fn large_values_and_a_200_mb_hash_move_exactly_within_the_pods_memory_limit() {
+    const LIMIT_KIB: u64 = 256 * 1024;
+    let (redis, _) = loaded_redis(0.01);
+    let mut c = redis.conn().expect("connect");
+    let filler = |seed: usize, len: usize| -> Vec<u8> {
+        let unit = format!("{seed:012}-");
+        unit.as_bytes().iter().copied().cycle().take(len).collect()
+    };
+    for i in 0..5 {
+        redis::cmd("SET")
+            .arg(format!("{SOURCE}_full_docs:large-{i}"))
+            .arg(filler(i, 20 << 20))
+            .query::<()>(&mut c)
+            .expect("SET");
+    }
+    let huge = format!("{SOURCE}_llm_response_cache:huge");
+    for chunk in 0..200 {
+        let mut p = redis::pipe();
+        for f in 0..1_000 {
+            let n = chunk * 1_000 + f;
+            p.cmd("HSET")
+                .arg(&huge)
+                .arg(format!("field-{n}"))
+                .arg(filler(n, 1_000))
+                .ignore();
+        }
+        p.query::<()>(&mut c).expect("HSET");
+    }
+    for chunk in 0..40 {
+        let mut p = redis::pipe();
+        for e in 0..1_000 {
+            let n = chunk * 1_000 + e;
+            p.cmd("RPUSH")
+                .arg(format!("{SOURCE}_text_chunks:list"))
+                .arg(filler(n, 1_000))
+                .ignore();
+            p.cmd("SADD")
+                .arg(format!("{SOURCE}_entity_chunks:set"))
+                .arg(filler(n, 1_000))
+                .ignore();
+            p.cmd("ZADD")
+                .arg(format!("{SOURCE}_relation_chunks:zset"))
+                .arg(n as f64 / 7.0)
+                .arg(filler(n, 1_000))
+                .ignore();
+        }
+        p.query::<()>(&mut c).expect("list, set, zset");
+    }
+    let streamed_string = format!("{SOURCE}_full_docs:streamed");
+    redis::cmd("SET")
+        .arg(&streamed_string)
+        .arg(filler(99, 40 << 20))
+        .arg("EX")
+        .arg(7_200)
+        .query::<()>(&mut c)
+        .expect("SET");
+    let before = snapshot(&redis);
+    let state = state_dir("large-values");
+    let args = ["--batch-size", "50"];
+
+    // Killed after its first batch; then a partial streamed copy of the hash at the
+    // target, as a run killed half-way through it leaves.
+    let cmd = migrate_cmd(redis.port(), &state, &args);
+    assert!(
+        kill_at(cmd, &state, (SOURCE, TARGET), "redis", "Copy", 1),
+        "finished first"
+    );
+    let target_huge = format!("{TARGET}_llm_response_cache:huge");
+    let _: () = redis::cmd("UNLINK").arg(&target_huge).query(&mut c).expect("UNLINK");
+    let mut p = redis::pipe();
+    for n in 0..1_500 {
+        p.cmd("HSET")
+            .arg(&target_huge)
+            .arg(format!("field-{n}"))
+            .arg(filler(n, 1_000))
+            .ignore();
+    }
+    p.query::<()>(&mut c).expect("partial copy");
+
+    let dir = state_dir("large-values-run");
+    let (status, printed, peak_kib) =
+        tenant_migrator_testkit::run_measured(&mut migrate_cmd(redis.port(), &state, &args), &dir).expect("run");
+    assert!(status.success(), "{printed}");
+    eprintln!("peak RSS of the resumed run: {} MiB", peak_kib / 1024);
+    assert!(peak_kib < LIMIT_KIB, "peak RSS {peak_kib} KiB: {printed}");
+    let after = snapshot(&redis);
+    assert_migrated(&before, &after, true);
+    assert_eq!(digest_outside(&before), digest_outside(&after));
+}

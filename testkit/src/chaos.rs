@@ -319,14 +319,6 @@ fn position(state: &Path, moved: bool) -> Option<Point> {
     })
 }
 
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
 /// How a run ended.
 enum Ended {
     /// Exited by itself: success or not.
@@ -349,7 +341,7 @@ async fn watch(
     let mut pending = fault;
     let mut restarted_at = None;
     loop {
-        if let Some(rss) = peak_rss_kib(child.id()) {
+        if let Some(rss) = crate::peak_rss_kib(child.id()) {
             *peak = (*peak).max(rss);
         }
         if let Some(status) = child.try_wait()? {

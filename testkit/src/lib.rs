@@ -82,3 +82,40 @@ pub(crate) fn spawn_until_ready(
     }
     Ok((child, stdin))
 }
+
+/// Runs `cmd` to its end with stdout and stderr in a file under `dir`; returns the
+/// exit status, what it printed, and its peak resident set size in KiB: the high-water
+/// mark `VmHWM` of its own address space, read every 2 ms until it exits (monotonic,
+/// so a spike at any time is kept; only the last 2 ms go unseen). Not `ru_maxrss`:
+/// that counts the address space a spawned child had before its `exec`, which is
+/// this (test) process's.
+pub fn run_measured(
+    cmd: &mut std::process::Command,
+    dir: &std::path::Path,
+) -> std::io::Result<(std::process::ExitStatus, String, u64)> {
+    std::fs::create_dir_all(dir)?;
+    let log = dir.join("measured.log");
+    let out = std::fs::File::create(&log)?;
+    let mut child = cmd.stdout(out.try_clone()?).stderr(out).spawn()?;
+    let mut peak = 0;
+    let status = loop {
+        if let Some(kib) = peak_rss_kib(child.id()) {
+            peak = peak.max(kib);
+        }
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
+    let printed = std::fs::read_to_string(&log).unwrap_or_default();
+    Ok((status, printed, peak))
+}
+
+/// `VmHWM` of a running process, KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}

@@ -12,11 +12,9 @@
 //!
 //! This module must not order phases, retry or persist checkpoints (the engine does).
 
-use std::collections::HashSet;
-use std::hash::{DefaultHasher, Hash, Hasher};
-
 use redis::{Cmd, RedisError, RedisResult, Value};
 
+mod large;
 mod topology;
 
 use self::topology::{ScanCursor, Topology};
@@ -279,22 +277,25 @@ fn show(key: &[u8]) -> String {
     String::from_utf8_lossy(key).into_owned()
 }
 
-/// 64-bit fingerprints of keys seen, so that a key SCAN returns twice (it may,
-/// when the table shrinks mid-scan) is counted once, without keeping keys in memory.
-#[derive(Default)]
-struct Seen(HashSet<u64>);
-
-impl Seen {
-    fn first_time(&mut self, key: &[u8]) -> bool {
-        let mut h = DefaultHasher::new();
-        key.hash(&mut h);
-        self.0.insert(h.finish())
-    }
-}
+// SCAN may return a key twice (when the table shrinks mid-scan), and nothing here
+// remembers the keys it has seen: memory stays bounded by a batch whatever the size
+// of the tenant. A duplicate only ever inflates a count — a copy or comparison done
+// twice is done once — and a count check it upsets fails towards safety: another
+// pass, never a removal.
 
 /// PTTL slack between a source key and its copy: RESTORE sets the TTL read a moment
 /// before, so a copy may expire a little later than its source.
 const TTL_SLACK_MS: i64 = 2_000;
+
+/// Whether a copy's PTTL matches its source's: both without TTL, or within
+/// [`TTL_SLACK_MS`].
+fn same_ttl(source: i64, target: i64) -> bool {
+    match (source > 0, target > 0) {
+        (false, false) => true,
+        (true, true) => (source - target).abs() <= TTL_SLACK_MS,
+        _ => false,
+    }
+}
 
 /// A key as read: its DUMP payload and PTTL.
 struct Snapshot {
@@ -323,6 +324,14 @@ struct Checked {
     /// Kept under `onConflict: Skip`.
     kept: u64,
     recopied: Vec<Recopied>,
+}
+
+impl Checked {
+    fn add(&mut self, other: Checked) {
+        self.equal += other.equal;
+        self.kept += other.kept;
+        self.recopied.extend(other.recopied);
+    }
 }
 
 /// A source key and where it goes.
@@ -568,7 +577,8 @@ impl RedisPhase {
         let values: Vec<Value> = all(conn, read, format!("PTTL/DUMP batch from {}", show(&pairs[0].source))).await?;
         let replace = self.settings.on_conflict == OnConflict::Overwrite || self.own_targets();
         let mut write: Vec<(&[u8], Cmd)> = Vec::with_capacity(pairs.len());
-        let mut written: Vec<(&Pair, Vec<u8>)> = Vec::with_capacity(pairs.len());
+        // Each payload is held once as read and once in its RESTORE: not copied again.
+        let mut written: Vec<(&Pair, &[u8])> = Vec::with_capacity(pairs.len());
         for (p, v) in pairs.iter().zip(values.chunks(2)) {
             let (Value::Int(pttl), Value::BulkString(payload)) = (&v[0], &v[1]) else {
                 continue; // gone since SCAN (expired or deleted): nothing to copy
@@ -580,7 +590,7 @@ impl RedisPhase {
                 cmd.arg("REPLACE");
             }
             write.push((p.target.as_slice(), cmd));
-            written.push((p, payload.clone()));
+            written.push((p, payload.as_slice()));
         }
         if written.is_empty() {
             return Ok((0, 0));
@@ -661,12 +671,116 @@ impl RedisPhase {
     /// Whether target `t` holds what source `s` holds: value (by DUMP payload, or by
     /// type when the payloads differ) and TTL (both none, or within [`TTL_SLACK_MS`]).
     async fn same(&self, conn: &Topology, p: &Pair, s: &Snapshot, t: &Snapshot) -> Result<bool, RedisStoreError> {
-        let ttl_ok = match (s.pttl > 0, t.pttl > 0) {
-            (false, false) => true,
-            (true, true) => (s.pttl - t.pttl).abs() <= TTL_SLACK_MS,
-            _ => false,
-        };
-        Ok(ttl_ok && Self::same_value(conn, &p.source, &s.dump, &p.target, &t.dump).await?)
+        Ok(same_ttl(s.pttl, t.pttl) && Self::same_value(conn, &p.source, &s.dump, &p.target, &t.dump).await?)
+    }
+
+    /// Copy of one key too large for a batch ([`large`]); (done, skipped) as for a batch.
+    async fn copy_large(&mut self, conn: &Topology, p: &Pair) -> Result<Checked, RedisStoreError> {
+        let replace = self.settings.on_conflict == OnConflict::Overwrite || self.own_targets();
+        let exists: Vec<bool> = all(
+            conn,
+            vec![(p.target.as_slice(), keyed("EXISTS", &p.target))],
+            "EXISTS".into(),
+        )
+        .await?;
+        let mut c = Checked::default();
+        if exists.first() == Some(&true) && !replace {
+            if self.equal_large(conn, p).await? {
+                c.equal = 1; // this migration's own earlier work
+            } else if self.settings.on_conflict == OnConflict::Skip {
+                c.kept = 1;
+            } else {
+                return Err(RedisStoreError::Conflict {
+                    source_key: show(&p.source),
+                    target: show(&p.target),
+                });
+            }
+            return Ok(c);
+        }
+        if large::copy(conn, &p.source, &p.target).await?.is_some() {
+            c.equal = 1;
+        }
+        Ok(c)
+    }
+
+    /// Whether a large key's target equals it, TTL included.
+    async fn equal_large(&self, conn: &Topology, p: &Pair) -> Result<bool, RedisStoreError> {
+        let ttls: Vec<i64> = all(
+            conn,
+            vec![
+                (p.source.as_slice(), keyed("PTTL", &p.source)),
+                (p.target.as_slice(), keyed("PTTL", &p.target)),
+            ],
+            format!("PTTL of {}", show(&p.source)),
+        )
+        .await?;
+        Ok(same_ttl(ttls[0], ttls[1]) && large::equal(conn, &p.source, &p.target).await?)
+    }
+
+    /// Verify of one large key: as [`Self::compare_pairs`], page by page.
+    async fn compare_large(&mut self, conn: &Topology, p: &Pair) -> Result<Checked, RedisStoreError> {
+        let mut c = Checked::default();
+        if self.equal_large(conn, p).await? {
+            c.equal = 1;
+            return Ok(c);
+        }
+        let exists: Vec<bool> = all(
+            conn,
+            vec![(p.target.as_slice(), keyed("EXISTS", &p.target))],
+            "EXISTS".into(),
+        )
+        .await?;
+        if exists.first() == Some(&true) && self.settings.on_conflict == OnConflict::Skip {
+            c.kept = 1;
+        } else if let Some(digest) = large::copy(conn, &p.source, &p.target).await? {
+            c.recopied.push(Recopied {
+                item: show(&p.source),
+                digest,
+            });
+        }
+        Ok(c)
+    }
+
+    /// RemoveSource of one large key: WATCH the source, compare page by page, UNLINK in
+    /// MULTI/EXEC — aborted (and compared again) when the source changed meanwhile.
+    async fn remove_large(&mut self, conn: &Topology, p: &Pair) -> Result<Checked, RedisStoreError> {
+        let err = |what: &str| RedisStoreError::command(format!("{what} {}", show(&p.source)));
+        let server = conn.server_of(&p.source);
+        for _ in 0..10 {
+            let mut tx = match self.exclusive.remove(&server) {
+                Some(tx) => tx,
+                None => conn
+                    .exclusive(&p.source)
+                    .await
+                    .map_err(err("connection for WATCH of"))?,
+            };
+            let _: Value = redis::cmd("WATCH")
+                .arg(&p.source)
+                .query_async(&mut tx)
+                .await
+                .map_err(err("WATCH"))?;
+            if !self.equal_large(conn, p).await? {
+                let _: Value = redis::cmd("UNWATCH")
+                    .query_async(&mut tx)
+                    .await
+                    .map_err(err("UNWATCH"))?;
+                self.exclusive.insert(server, tx);
+                return self.compare_large(conn, p).await;
+            }
+            let mut unlink = redis::pipe();
+            unlink.atomic().cmd("UNLINK").arg(&p.source);
+            let done: Value = unlink.query_async(&mut tx).await.map_err(err("MULTI/UNLINK/EXEC of"))?;
+            self.exclusive.insert(server, tx);
+            if !matches!(done, Value::Nil) {
+                return Ok(Checked {
+                    equal: 1,
+                    ..Checked::default()
+                });
+            }
+        }
+        Err(RedisStoreError::Busy {
+            example: show(&p.source),
+        })
     }
 
     /// Writes targets again from these source snapshots (RESTORE … REPLACE).
@@ -880,7 +994,6 @@ impl RedisPhase {
         // Counting needs no per-key round trip, so larger pages cost nothing extra.
         let count = self.settings.batch_size.saturating_mul(5);
         let mut counts = vec![0u64; self.keys.prefixes.len()];
-        let mut seen = Seen::default();
         let mut at = ScanCursor::default();
         loop {
             let (next, keys) = self.page(conn, at, &pattern, count).await?;
@@ -890,9 +1003,7 @@ impl RedisPhase {
                 } else {
                     self.keys.source_group(&k)
                 };
-                if let Some(g) = g
-                    && seen.first_time(&k)
-                {
+                if let Some(g) = g {
                     counts[g] += 1;
                 }
             }
@@ -981,7 +1092,6 @@ impl Phase for RedisPhase {
             })
             .collect();
         let mut paired = vec![0u64; groups.len()];
-        let mut seen = Seen::default();
         let mut excluded = 0u64;
         let mut changed = 0u64;
         // Memory the copy will take: MEMORY USAGE of every SAMPLE-th source key without a
@@ -992,11 +1102,7 @@ impl Phase for RedisPhase {
         loop {
             let (next, keys) = self.page(&conn, at, &pattern, self.settings.batch_size).await?;
             let before = keys.len();
-            let pairs: Vec<Pair> = self
-                .pairs(keys)
-                .into_iter()
-                .filter(|p| seen.first_time(&p.source))
-                .collect();
+            let pairs: Vec<Pair> = self.pairs(keys);
             excluded += (before - pairs.len()) as u64;
             for p in &pairs {
                 groups[p.group].source += 1;
@@ -1022,17 +1128,29 @@ impl Phase for RedisPhase {
                     sampled_bytes += usage.into_iter().flatten().sum::<u64>();
                 }
                 let both: Vec<&Pair> = pairs.iter().zip(found).filter(|(_, f)| *f).map(|(p, _)| p).collect();
-                let keys: Vec<&[u8]> = both
-                    .iter()
-                    .flat_map(|p| [p.source.as_slice(), p.target.as_slice()])
-                    .collect();
-                let dumps = Self::dumps(&conn, &keys).await?;
-                for (p, d) in both.into_iter().zip(dumps.chunks(2)) {
-                    let (Some(s), Some(t)) = (&d[0], &d[1]) else {
-                        continue;
-                    };
+                let sources: Vec<&[u8]> = both.iter().map(|p| p.source.as_slice()).collect();
+                let sizes = large::sizes(&conn, &sources).await?;
+                let (batches, streamed) = large::split(both, &sizes);
+                let mut outcomes: Vec<(&Pair, bool)> = Vec::new();
+                for batch in batches {
+                    let keys: Vec<&[u8]> = batch
+                        .iter()
+                        .flat_map(|p| [p.source.as_slice(), p.target.as_slice()])
+                        .collect();
+                    let dumps = Self::dumps(&conn, &keys).await?;
+                    for (p, d) in batch.into_iter().zip(dumps.chunks(2)) {
+                        let (Some(s), Some(t)) = (&d[0], &d[1]) else {
+                            continue;
+                        };
+                        outcomes.push((p, Self::same_value(&conn, &p.source, s, &p.target, t).await?));
+                    }
+                }
+                for p in streamed {
+                    outcomes.push((p, large::equal(&conn, &p.source, &p.target).await?));
+                }
+                for (p, same) in outcomes {
                     paired[p.group] += 1;
-                    if Self::same_value(&conn, &p.source, s, &p.target, t).await? {
+                    if same {
                         plan.identical += 1;
                     } else if self.own_targets() {
                         changed += 1;
@@ -1102,30 +1220,44 @@ impl Phase for RedisPhase {
         let at = parse_cursor(cursor)?;
         let pattern = self.keys.source_pattern.clone();
         let (next, keys) = self.page(&conn, at, &pattern, self.settings.batch_size).await?;
+        if !matches!(stage, Stage::Copy | Stage::Verify | Stage::RemoveSource) {
+            return Err(RedisStoreError::Settings(format!("stage {stage:?} has no batches")));
+        }
         let pairs = self.pairs(keys);
-        let (done, skipped, recopied) = match stage {
-            Stage::Copy => {
-                let (done, skipped) = self.copy_pairs(&conn, &pairs).await?;
-                (done, skipped, Vec::new())
-            }
-            Stage::Verify => {
-                let c = self.compare_pairs(&conn, &pairs).await?;
-                (c.equal, c.kept, c.recopied)
-            }
-            Stage::RemoveSource => {
-                let c = self.remove_pairs(&conn, &pairs).await?;
-                (c.equal, c.kept, c.recopied)
-            }
-            other => {
-                return Err(RedisStoreError::Settings(format!("stage {other:?} has no batches")));
-            }
-        };
+        // A page is a count of keys; what it holds in memory is bounded by bytes.
+        let sources: Vec<&[u8]> = pairs.iter().map(|p| p.source.as_slice()).collect();
+        let sizes = large::sizes(&conn, &sources).await?;
+        let (batches, streamed) = large::split(pairs, &sizes);
+        let mut total = Checked::default();
+        for batch in &batches {
+            let c = match stage {
+                Stage::Copy => {
+                    let (equal, kept) = self.copy_pairs(&conn, batch).await?;
+                    Checked {
+                        equal,
+                        kept,
+                        recopied: Vec::new(),
+                    }
+                }
+                Stage::Verify => self.compare_pairs(&conn, batch).await?,
+                _ => self.remove_pairs(&conn, batch).await?,
+            };
+            total.add(c);
+        }
+        for p in &streamed {
+            let c = match stage {
+                Stage::Copy => self.copy_large(&conn, p).await?,
+                Stage::Verify => self.compare_large(&conn, p).await?,
+                _ => self.remove_large(&conn, p).await?,
+            };
+            total.add(c);
+        }
         Ok(StepOutcome {
             next: next.map(|n| n.to_string()),
-            done,
-            skipped,
+            done: total.equal,
+            skipped: total.kept,
             group: None,
-            recopied,
+            recopied: total.recopied,
         })
     }
 
@@ -1212,7 +1344,6 @@ impl RedisPhase {
         let pattern = self.keys.target_pattern.clone();
         let mut counts = vec![0u64; self.keys.prefixes.len()];
         let mut orphans = vec![0u64; self.keys.prefixes.len()];
-        let mut seen = Seen::default();
         let mut at = ScanCursor::default();
         let (mut removed, mut example) = (0u64, String::new());
         loop {
@@ -1224,7 +1355,7 @@ impl RedisPhase {
                     let p = &self.keys.prefixes[g];
                     let mut source = p.source.as_bytes().to_vec();
                     source.extend_from_slice(&k[p.target.len()..]);
-                    seen.first_time(&k).then_some((g, k, source))
+                    Some((g, k, source))
                 })
                 .collect();
             let commands = owned
