@@ -143,8 +143,14 @@ pub async fn run_elected(client: Client, options: Options) -> Result<(), Control
         }
     }
     tracing::info!(%identity, "leading");
+    let duration = Duration::from_secs(options.lease_seconds.max(1));
+    // Renewals that fail (the API server unreachable) do not end the lease manager's
+    // leadership by themselves: this replica proves its own, and stops before the
+    // Lease could pass to another.
+    let margin = duration / 6;
+    let shutdown = Arc::new(AtomicBool::new(false));
     tokio::select! {
-        () = run(client, options) => {}
+        () = run_with(client.clone(), options, shutdown.clone()) => {}
         () = async {
             while leading.changed().await.is_ok() {
                 if !*leading.borrow_and_update() {
@@ -155,14 +161,71 @@ pub async fn run_elected(client: Client, options: Options) -> Result<(), Control
             tracing::error!(%identity, "lost the lease; exiting so that another replica takes over");
             std::process::exit(1);
         }
+        why = lease_deadline(client, &lease_ns, &identity, duration, margin) => {
+            tracing::error!(
+                %identity,
+                "{why}; stopping every migration at its batch boundary and exiting before the Lease can pass to \
+                 another replica"
+            );
+            shutdown.store(true, Ordering::SeqCst);
+            tokio::time::sleep(margin / 2).await;
+            std::process::exit(1);
+        }
     }
     drop(leading);
     let _ = task.await;
     Ok(())
 }
 
+/// Returns once this replica can no longer prove it holds the Lease `MANAGER`: the
+/// Lease names someone else, or its last confirmed expiry (`renewTime` +
+/// `leaseDurationSeconds`, read from the Lease itself every quarter of the duration)
+/// is less than `margin` away. Until then a replica cut off from the API server keeps
+/// the Lease on paper; from then on another may take it.
+async fn lease_deadline(client: Client, ns: &str, identity: &str, duration: Duration, margin: Duration) -> String {
+    let api: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client, ns);
+    // Just elected: the Lease was taken or renewed a moment ago.
+    let mut valid_until = Instant::now() + duration;
+    let every = (duration / 4).max(Duration::from_millis(250));
+    loop {
+        let asked = Instant::now();
+        let Some(left) = valid_until.checked_duration_since(asked + margin) else {
+            return format!(
+                "could not confirm the Lease for {} s (the API server is unreachable or too slow)",
+                duration.as_secs()
+            );
+        };
+        if let Ok(Ok(lease)) = tokio::time::timeout(every.min(left), api.get(MANAGER)).await {
+            let spec = lease.spec.unwrap_or_default();
+            if spec.holder_identity.as_deref() != Some(identity) {
+                return format!(
+                    "the Lease is held by {:?} now",
+                    spec.holder_identity.unwrap_or_default()
+                );
+            }
+            if let (Some(renewed), Some(secs)) = (spec.renew_time, spec.lease_duration_seconds) {
+                let expires = renewed.0 + jiff::SignedDuration::from_secs(i64::from(secs));
+                let remaining = expires.duration_since(jiff::Timestamp::now());
+                if let Ok(remaining) = Duration::try_from(remaining) {
+                    valid_until = asked + remaining.min(duration);
+                }
+            }
+        }
+        // Closer to the deadline, look more often: the renewal shows up in its last stretch.
+        let deadline = valid_until.checked_sub(margin).unwrap_or(asked);
+        let half = deadline.saturating_duration_since(Instant::now()) / 2;
+        let next = Instant::now() + every.min(half).max(Duration::from_millis(50));
+        tokio::time::sleep_until(next.min(deadline).into()).await;
+    }
+}
+
 /// Runs the controller until SIGINT/SIGTERM.
 pub async fn run(client: Client, options: Options) {
+    run_with(client, options, Arc::new(AtomicBool::new(false))).await;
+}
+
+/// [`run`], stopping every migration at its next batch boundary once `shutdown` is set.
+async fn run_with(client: Client, options: Options, shutdown: Arc<AtomicBool>) {
     let Options {
         namespaces,
         endpoints,
@@ -203,7 +266,7 @@ pub async fn run(client: Client, options: Options) {
         metrics,
         allow_inline_endpoints,
         secrets_namespace,
-        shutdown: Arc::new(AtomicBool::new(false)),
+        shutdown,
         slots: Arc::new(tokio::sync::Semaphore::new(max_running)),
         max_running,
         reserved: Arc::default(),

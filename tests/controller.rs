@@ -606,7 +606,7 @@ async fn two_replicas_elect_one_leader_and_the_other_takes_over() {
                     "--lease-namespace",
                     NS,
                     "--lease-seconds",
-                    "3",
+                    "6",
                 ])
                 .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
                 .env("KUBECONFIG", &kubeconfig)
@@ -829,4 +829,100 @@ async fn a_migration_created_through_the_api_moves_every_store() {
             "{secret} leaked"
         );
     }
+}
+
+/// A leader cut off from the API server (its connection held by a proxy, as in a
+/// network partition) cannot renew its Lease, but the lease manager still says it
+/// leads. It must stop its migrations and exit before the Lease can pass on: at no
+/// time does the replica taking over run while the old one still does. The migration
+/// then ends exact under the new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_the_api_server_exits_before_its_lease_can_pass_on() {
+    let kube = tokio::task::block_in_place(|| kube_with_crd(NS));
+    let (redis, _) = loaded_redis(0.05);
+    let before = snapshot(&redis);
+    let slow = slow_redis(&redis);
+    let (dir, kubeconfig) = controller_dir(&kube, "controller-partition", NS, None);
+    let api_port: u16 = kube
+        .url()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("API port");
+    let partition =
+        tenant_migrator_testkit::DelayProxy::start(([127, 0, 0, 1], api_port).into(), Duration::ZERO).expect("proxy");
+    let cut_off = dir.join("kubeconfig-via-proxy");
+    let text = std::fs::read_to_string(&kubeconfig).expect("kubeconfig");
+    std::fs::write(
+        &cut_off,
+        text.replace(&kube.url(), &format!("https://127.0.0.1:{}", partition.port())),
+    )
+    .expect("kubeconfig");
+    let replica = |name: &str, kubeconfig: &std::path::Path| {
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log");
+        let port = tenant_migrator_testkit::free_port().expect("port");
+        ControllerProcess(
+            Command::new(bin())
+                .args(["controller", "--namespace", NS, "--secrets-namespace", OPERATOR_NS])
+                .args(["--lease-namespace", NS, "--lease-seconds", "6"])
+                .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+                .env("KUBECONFIG", kubeconfig)
+                .env("POD_NAME", name)
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .spawn()
+                .expect("controller"),
+        )
+    };
+    let holder = || {
+        kube.kubectl(&[
+            "get",
+            "lease",
+            "tenant-migrator",
+            "-n",
+            NS,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+    };
+    let mut old = replica("old", &cut_off);
+    tokio::task::block_in_place(|| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while holder() != "old" {
+            assert!(Instant::now() < deadline, "the first replica never led");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let _new = replica("new", &kubeconfig);
+    let url = format!("{{url: 'redis://127.0.0.1:{}/', batchSize: 5}}", slow.port());
+    apply_ok(
+        &kube,
+        &redis_only_tm("partitioned", NS, SOURCE, TARGET, &url, "  mode: Copy\n"),
+    );
+    tokio::task::block_in_place(|| wait_for(&kube, "partitioned", redis_past_batch(3)));
+
+    partition.hold(true);
+    // Until the new replica holds the Lease, the old one must have exited.
+    tokio::task::block_in_place(|| {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let exited = old.0.try_wait().expect("wait").is_some();
+            let now = holder();
+            if now == "new" {
+                assert!(exited, "the new replica leads while the cut-off one still runs");
+                break;
+            }
+            assert!(Instant::now() < deadline, "the Lease never passed on (holder {now:?})");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let tm = tokio::task::block_in_place(|| wait_for(&kube, "partitioned", finished));
+    assert_eq!(tm["status"]["phase"], "Succeeded", "{tm:#}");
+    assert_migrated(&before, &snapshot(&redis), false);
+    let log = std::fs::read_to_string(dir.join("old.log")).unwrap_or_default();
+    assert!(log.contains("could not confirm the Lease"), "{log}");
 }

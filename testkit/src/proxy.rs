@@ -17,15 +17,20 @@ use std::time::{Duration, Instant};
 pub struct DelayProxy {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
+    held: Arc<AtomicBool>,
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
+fn pump(mut from: TcpStream, mut to: TcpStream, delay: Duration, held: Arc<AtomicBool>) {
     let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
     let writer = thread::spawn(move || {
         while let Ok((due, bytes)) = rx.recv() {
             let now = Instant::now();
             if due > now {
                 thread::sleep(due - now);
+            }
+            // A network partition: nothing passes, nothing is closed.
+            while held.load(Ordering::SeqCst) {
+                thread::sleep(Duration::from_millis(5));
             }
             if to.write_all(&bytes).is_err() {
                 break;
@@ -48,13 +53,19 @@ fn pump(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
     let _ = writer.join();
 }
 
-fn connect_pair(client: TcpStream, upstream: SocketAddr, delay: Duration) -> std::io::Result<()> {
+fn connect_pair(
+    client: TcpStream,
+    upstream: SocketAddr,
+    delay: Duration,
+    held: &Arc<AtomicBool>,
+) -> std::io::Result<()> {
     let server = TcpStream::connect(upstream)?;
     client.set_nodelay(true)?;
     server.set_nodelay(true)?;
     let (c2, s2) = (client.try_clone()?, server.try_clone()?);
-    thread::spawn(move || pump(client, server, delay));
-    thread::spawn(move || pump(s2, c2, delay));
+    let (h1, h2) = (held.clone(), held.clone());
+    thread::spawn(move || pump(client, server, delay, h1));
+    thread::spawn(move || pump(s2, c2, delay, h2));
     Ok(())
 }
 
@@ -70,22 +81,30 @@ impl DelayProxy {
         let listener = TcpListener::bind(("127.0.0.1", port))?;
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
+        let held = Arc::new(AtomicBool::new(false));
+        let (stopping, holding) = (stop.clone(), held.clone());
         thread::spawn(move || {
             for client in listener.incoming() {
                 if stopping.load(Ordering::SeqCst) {
                     break;
                 }
                 if let Ok(c) = client {
-                    let _ = connect_pair(c, upstream, one_way);
+                    let _ = connect_pair(c, upstream, one_way, &holding);
                 }
             }
         });
-        Ok(Self { addr, stop })
+        Ok(Self { addr, stop, held })
     }
 
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// A fault: while held, no byte passes in either direction on any connection
+    /// (new ones are accepted and stall too), as in a network partition; connections
+    /// stay open. Released, everything held is delivered.
+    pub fn hold(&self, held: bool) {
+        self.held.store(held, Ordering::SeqCst);
     }
 }
 
