@@ -866,6 +866,100 @@ async fn reconcile(cached: Arc<TenantMigration>, ctx: Arc<Context>) -> Result<Ac
     .map_err(|e| ControllerError::Finalizer(e.to_string()))
 }
 
+/// A deleted migration's progress, kept so that the same migration applied again
+/// recognises its own earlier work instead of refusing a target "already holding"
+/// it — after a Move's removal began, the target holds the only copy of what was
+/// removed. A ConfigMap in the operator's namespace (never where users write), named
+/// by the migration's namespace, stack, source and target.
+fn ledger_name(tm: &TenantMigration, stack: Option<&str>) -> String {
+    let ns = tm.namespace().unwrap_or_default();
+    let stack = stack.unwrap_or("inline");
+    let key = format!(
+        "{ns}\n{stack}\n{}\n{}",
+        tm.spec.source.as_str(),
+        tm.spec.target.as_str()
+    );
+    format!(
+        "tenant-migrator-ledger-{:016x}",
+        crate::stores::digest(&[key.as_bytes()])
+    )
+}
+
+/// Writes the ledger of a migration being deleted that has written something.
+async fn save_ledger(ctx: &Context, tm: &TenantMigration) -> Result<(), ControllerError> {
+    let status = tm.status.clone().unwrap_or_default();
+    let Some(ledger_ns) = ctx.secrets_namespace.as_deref() else {
+        return Ok(());
+    };
+    if !Store::ALL.iter().any(|s| engine::has_started(status.phases.get(*s))) {
+        return Ok(());
+    }
+    let stack = tm.spec.stack_ref.as_ref().map(|r| r.name.clone());
+    let name = ledger_name(tm, stack.as_deref());
+    let phases = serde_json::to_string(&status.phases).map_err(|e| ControllerError::Engine(e.to_string()))?;
+    let body = json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": MANAGER}},
+        "data": {
+            "migration": format!("{}/{}", tm.namespace().unwrap_or_default(), tm.name_any()),
+            "mode": format!("{:?}", tm.spec.mode),
+            "phases": phases,
+        },
+    });
+    let api: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(ctx.client.clone(), ledger_ns);
+    api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(body))
+        .await?;
+    tracing::info!(ledger = %format!("{ledger_ns}/{name}"), "progress kept for a migration applied again");
+    Ok(())
+}
+
+/// The phases of an earlier migration of the same tenants through the same stack that
+/// was deleted mid-run, written to this one's status (and the ledger removed); `None`
+/// when there is none, or when it ran in another mode.
+async fn adopt_ledger(
+    ctx: &Context,
+    api: &Api<TenantMigration>,
+    tm: &TenantMigration,
+    stack: Option<&str>,
+) -> Result<Option<PhaseStatuses>, ControllerError> {
+    let Some(ledger_ns) = ctx.secrets_namespace.as_deref() else {
+        return Ok(None);
+    };
+    let ledgers: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(ctx.client.clone(), ledger_ns);
+    let name = ledger_name(tm, stack);
+    let Some(ledger) = ledgers.get_opt(&name).await? else {
+        return Ok(None);
+    };
+    let data = ledger.data.unwrap_or_default();
+    let earlier = data.get("migration").cloned().unwrap_or_default();
+    let object = tm.object_ref(&());
+    if data.get("mode").map(String::as_str) != Some(format!("{:?}", tm.spec.mode).as_str()) {
+        let note = format!(
+            "TenantMigration {earlier}, deleted mid-run, did a {} of these tenants: not resumed by a {:?}",
+            data.get("mode").cloned().unwrap_or_default(),
+            tm.spec.mode
+        );
+        publish(ctx, &object, EventType::Warning, "EarlierWorkNotAdopted", note).await;
+        return Ok(None);
+    }
+    let Some(phases) = data
+        .get("phases")
+        .and_then(|p| serde_json::from_str::<PhaseStatuses>(p).ok())
+    else {
+        return Ok(None);
+    };
+    apply_status(api, &tm.name_any(), PROGRESS_MANAGER, progress_status(&phases)).await?;
+    ledgers.delete(&name, &Default::default()).await?;
+    let note = format!(
+        "resuming the work of TenantMigration {earlier}, deleted mid-run, from its checkpoints (ledger \
+         {ledger_ns}/{name})"
+    );
+    tracing::info!("{note}");
+    publish(ctx, &object, EventType::Normal, "AdoptedEarlierWork", note).await;
+    Ok(Some(phases))
+}
+
 /// The migration is being deleted. A run in progress has already stopped at a batch
 /// boundary (it watches for the deletion); the stores hold a consistent, resumable
 /// state. Say what was done, then let the object go.
@@ -880,6 +974,7 @@ async fn cleanup(tm: Arc<TenantMigration>, ctx: &Context) -> Result<Action, Cont
         .filter(|(_, p)| p.state != PhaseState::Pending || p.done > 0)
         .map(|(s, p)| format!("{s}: {:?} {}/{}", p.state, p.done, p.total))
         .collect();
+    save_ledger(ctx, &tm).await?;
     let note = format!(
         "deleted while {:?}; stopped at a batch boundary; {}",
         status.phase,
@@ -902,7 +997,7 @@ async fn apply(
     let name = tm.name_any();
     let ns = tm.namespace().unwrap_or_default();
     let generation = tm.metadata.generation;
-    let status = tm.status.clone().unwrap_or_default();
+    let mut status = tm.status.clone().unwrap_or_default();
     let finished = matches!(status.phase, MigrationPhase::Succeeded | MigrationPhase::Failed);
     // A refused migration wrote nothing: it is admitted again (its stack may have changed).
     let refused = status
@@ -1037,6 +1132,12 @@ async fn apply(
         return Ok(Action::requeue(Duration::from_secs(5)));
     };
 
+    // A migration deleted mid-run and applied again resumes the work it had done.
+    if !Store::ALL.iter().any(|s| engine::has_started(status.phases.get(*s)))
+        && let Some(phases) = adopt_ledger(&ctx, &api, &tm, run.stack.as_deref()).await?
+    {
+        status.phases = phases;
+    }
     let start_time = status
         .start_time
         .clone()

@@ -418,7 +418,8 @@ struct Run<'a> {
 
 /// Whether a phase's earlier run wrote, so the target may hold this migration's
 /// own items and, for Move, the source may be partly removed.
-fn has_started(status: &PhaseStatus) -> bool {
+/// Whether a phase has written (or may have: its first-write marker is set).
+pub fn has_started(status: &PhaseStatus) -> bool {
     status
         .checkpoint
         .as_ref()

@@ -926,3 +926,55 @@ async fn a_leader_cut_off_from_the_api_server_exits_before_its_lease_can_pass_on
     let log = std::fs::read_to_string(dir.join("old.log")).unwrap_or_default();
     assert!(log.contains("could not confirm the Lease"), "{log}");
 }
+
+/// A Move deleted during its removal pass — the target now holds the only copy of
+/// what was removed — and applied again recognises its own earlier work (the
+/// controller kept its checkpoints in a ledger in its own namespace) instead of
+/// refusing a target that "already holds" keys, and ends exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_deleted_mid_removal_and_applied_again_resumes_its_own_work() {
+    let kube = tokio::task::block_in_place(|| kube_with_crd(NS));
+    let (redis, loaded) = loaded_redis(0.05);
+    let before = snapshot(&redis);
+    let proxy = slow_redis(&redis);
+    let (dir, kubeconfig) = controller_dir(&kube, "controller-again", NS, None);
+    let _controller = start_controller(&kubeconfig, &dir.join("controller.log"));
+    let url = format!("{{url: 'redis://127.0.0.1:{}/', batchSize: 20}}", proxy.port());
+    let manifest = redis_only_tm("again", NS, SOURCE, TARGET, &url, "");
+    apply_ok(&kube, &manifest);
+    tokio::task::block_in_place(|| {
+        wait_for(&kube, "again", |tm| {
+            let cp = &tm["status"]["phases"]["redis"]["checkpoint"];
+            cp["stage"] == "RemoveSource" && cp["batch"].as_u64().is_some_and(|b| b >= 2)
+        })
+    });
+    ok(kube.kubectl(&["delete", "tm", "again", "-n", NS, "--timeout=60s"]));
+    let left = snapshot(&redis).keys().filter(|k| is_tenant_key(k, SOURCE)).count() as u64;
+    assert!(left < loaded.tenant_keys, "nothing was removed before the deletion");
+    let ledgers = || {
+        ok(kube.kubectl(&[
+            "get",
+            "configmaps",
+            "-n",
+            OPERATOR_NS,
+            "-l",
+            "app.kubernetes.io/managed-by=tenant-migrator",
+            "-o",
+            "name",
+        ]))
+    };
+    assert_eq!(ledgers().lines().count(), 1, "{}", ledgers());
+
+    apply_ok(&kube, &manifest);
+    let tm = tokio::task::block_in_place(|| wait_for(&kube, "again", finished));
+    let logs = std::fs::read_to_string(dir.join("controller.log")).unwrap_or_default();
+    assert_eq!(tm["status"]["phase"], "Succeeded", "{tm:#}\n{logs}");
+    assert_migrated(&before, &snapshot(&redis), true);
+    let events = ok(kube.kubectl(&["get", "events", "-n", NS, "-o", "json"]));
+    assert!(events.contains("AdoptedEarlierWork"), "{events}");
+    assert!(
+        ledgers().trim().is_empty(),
+        "the ledger outlived its adoption: {}",
+        ledgers()
+    );
+}

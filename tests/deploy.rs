@@ -135,6 +135,11 @@ async fn the_deployed_rbac_is_enough_for_everything_the_controller_does() {
         ("watch", "ragstacks.tenancy.dev", "", "yes"),
         ("create", "ragstacks.tenancy.dev", "", "no"),
         ("patch", "ragstacks.tenancy.dev", "", "no"),
+        // Ledgers of deleted migrations: ConfigMaps in its own namespace only.
+        ("patch", "configmaps", "tenant-migrator", "yes"),
+        ("delete", "configmaps", "tenant-migrator", "yes"),
+        ("list", "configmaps", "tenant-migrator", "no"),
+        ("get", "configmaps", NS, "no"),
     ] {
         assert_eq!(
             can_i(&kube, sa, verb, resource, ns),
