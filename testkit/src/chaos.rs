@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use crate::config_api::{renamed_config, sample_config};
 use crate::fixture::{self, KeyState};
 use crate::qdrant_fixture::{self, StoredPoint};
-use crate::{BoltServer, ConfigApi, QdrantServer, RedisServer, graph_fixture};
+use crate::{BoltServer, ConfigApi, DelayProxy, QdrantServer, RedisServer, graph_fixture};
 
 /// The stores in the engine's order.
 pub const STORES: [&str; 4] = ["config", "redis", "qdrant", "memgraph"];
@@ -52,6 +52,9 @@ pub struct Plan {
     /// Trials with one store restart each (they take Redis, Qdrant and the graph
     /// server in turn).
     pub restart_trials: usize,
+    /// Trials where every connection to one store is cut mid-phase (Redis, Qdrant and
+    /// the graph server in turn).
+    pub cut_trials: usize,
     /// Fixture scale per trial (1 = the reference tenant).
     pub scale: f64,
     /// The `tenant-migrator` binary.
@@ -79,6 +82,15 @@ impl std::fmt::Display for Point {
 enum Fault {
     Kill(Point),
     Restart(Point),
+    Cut(Point),
+}
+
+impl Fault {
+    fn at(self) -> Point {
+        match self {
+            Fault::Kill(p) | Fault::Restart(p) | Fault::Cut(p) => p,
+        }
+    }
 }
 
 /// One trial's line of the table.
@@ -100,6 +112,8 @@ pub struct Figures {
     pub kills_survived: u32,
     pub restarts_tried: u32,
     pub restarts_survived: u32,
+    pub cuts_tried: u32,
+    pub cuts_survived: u32,
     /// Faults whose point the run finished before reaching (not counted as tried).
     pub unreached: u32,
     /// Items outside the migrated tenants that differ afterwards (must be 0).
@@ -130,12 +144,14 @@ impl Figures {
             );
         }
         out += &format!(
-            "kills survived {}/{}, store restarts survived {}/{}, faults not reached {}, foreign items touched {}, \
-             peak RSS {} MiB\n",
+            "kills survived {}/{}, store restarts survived {}/{}, connection cuts survived {}/{}, faults not reached \
+             {}, foreign items touched {}, peak RSS {} MiB\n",
             self.kills_survived,
             self.kills_tried,
             self.restarts_survived,
             self.restarts_tried,
+            self.cuts_survived,
+            self.cuts_tried,
             self.unreached,
             self.foreign_touched,
             self.peak_rss_kib.div_ceil(1024)
@@ -187,6 +203,8 @@ struct Servers {
     redis: RedisServer,
     qdrant: QdrantServer,
     graph: BoltServer,
+    /// What the CLI connects to: a proxy in front of Redis, Qdrant and the graph server.
+    proxies: [DelayProxy; 3],
 }
 
 /// Everything a trial compares: the stores' whole contents.
@@ -209,11 +227,14 @@ impl Servers {
                 BoltServer::start(BOLT_PASSWORD)?,
             ))
         })?;
+        let proxy = |port: u16| DelayProxy::start(([127, 0, 0, 1], port).into(), Duration::ZERO);
+        let proxies = [proxy(redis.port())?, proxy(qdrant.port())?, proxy(graph.port())?];
         Ok(Self {
             config,
             redis,
             qdrant,
             graph,
+            proxies,
         })
     }
 
@@ -248,9 +269,12 @@ impl Servers {
             .args(["migrate", source, target, "--mode", if moved { "move" } else { "copy" }])
             .args(["--batch-size", &BATCH.to_string()])
             .args(["--api-url", &self.config.url()])
-            .args(["--redis-url", &self.redis.url()])
-            .args(["--qdrant-url", &self.qdrant.url()])
-            .args(["--memgraph-uri", &self.graph.uri()])
+            .args(["--redis-url", &format!("redis://127.0.0.1:{}/", self.proxies[0].port())])
+            .args(["--qdrant-url", &format!("http://127.0.0.1:{}", self.proxies[1].port())])
+            .args([
+                "--memgraph-uri",
+                &format!("bolt://127.0.0.1:{}", self.proxies[2].port()),
+            ])
             .arg("--state-dir")
             .arg(&plan.work)
             .env_remove("TENANT_API_TOKEN")
@@ -348,10 +372,7 @@ async fn watch(
             return Ok((Ended::Exited(status.success()), restarted_at));
         }
         if let Some(f) = pending {
-            let at = match f {
-                Fault::Kill(p) | Fault::Restart(p) => p,
-            };
-            if let Some(now) = position(state, moved).filter(|now| *now >= at) {
+            if let Some(now) = position(state, moved).filter(|now| *now >= f.at()) {
                 match f {
                     Fault::Kill(_) => {
                         child.kill()?;
@@ -360,6 +381,11 @@ async fn watch(
                     }
                     Fault::Restart(p) => {
                         servers.restart(STORES[p.store])?;
+                        restarted_at = Some(now);
+                        pending = None;
+                    }
+                    Fault::Cut(p) => {
+                        servers.proxies[p.store - 1].cut();
                         restarted_at = Some(now);
                         pending = None;
                     }
@@ -383,10 +409,11 @@ pub async fn run(plan: &Plan) -> Result<Figures, Failure> {
     let mut figures = Figures::default();
     // Every tenant of the suite, for the graph snapshots (labels are tenants).
     let mut labels: Vec<String> = Vec::new();
-    let trials = plan.kill_trials + plan.restart_trials;
+    let trials = plan.kill_trials + plan.restart_trials + plan.cut_trials;
     for trial in 0..trials {
         let started = Instant::now();
-        let restart = trial >= plan.kill_trials;
+        let restart = (plan.kill_trials..plan.kill_trials + plan.restart_trials).contains(&trial);
+        let cut = trial >= plan.kill_trials + plan.restart_trials;
         // Two Moves for each Copy: Move has every stage.
         let moved = trial % 3 != 2;
         let (source, target) = (format!("chaos{trial:02}"), format!("moved{trial:02}"));
@@ -394,6 +421,9 @@ pub async fn run(plan: &Plan) -> Result<Figures, Failure> {
             // Redis, Qdrant and the graph server in turn.
             let store = 1 + (trial - plan.kill_trials) % 3;
             vec![Fault::Restart(point(&mut rng, store, moved))]
+        } else if cut {
+            let store = 1 + (trial - plan.kill_trials - plan.restart_trials) % 3;
+            vec![Fault::Cut(point(&mut rng, store, moved))]
         } else {
             (0..plan.kills_per_trial)
                 .map(|_| {
@@ -402,9 +432,7 @@ pub async fn run(plan: &Plan) -> Result<Figures, Failure> {
                 })
                 .collect()
         };
-        faults.sort_by_key(|f| match f {
-            Fault::Kill(p) | Fault::Restart(p) => *p,
-        });
+        faults.sort_by_key(|f| f.at());
         servers.load(&source, plan.scale).await?;
         labels.extend([source.clone(), target.clone()]);
         labels.extend(fixture::lookalikes(&source));
@@ -422,7 +450,7 @@ pub async fn run(plan: &Plan) -> Result<Figures, Failure> {
         };
         let mut problems = Vec::new();
         let mut finished = false;
-        let (mut kills, mut restarts) = (0, 0);
+        let (mut kills, mut restarts, mut cuts) = (0, 0, 0);
         for fault in faults.iter().copied().map(Some).chain(std::iter::once(None)) {
             if finished {
                 if let Some(f) = fault {
@@ -441,12 +469,18 @@ pub async fn run(plan: &Plan) -> Result<Figures, Failure> {
                     kills += 1;
                     row.faults.push(format!("{} → killed at {at}", describe(f)));
                 }
-                (Some(f @ Fault::Restart(_)), Ended::Exited(ok), Some(at)) => {
-                    restarts += 1;
+                (Some(f @ (Fault::Restart(_) | Fault::Cut(_))), Ended::Exited(ok), Some(at)) => {
+                    let what = if matches!(f, Fault::Cut(_)) {
+                        cuts += 1;
+                        "cut"
+                    } else {
+                        restarts += 1;
+                        "restarted"
+                    };
                     finished = true;
-                    row.faults.push(format!("{} → restarted at {at}", describe(f)));
+                    row.faults.push(format!("{} → {what} at {at}", describe(f)));
                     if !ok {
-                        problems.push(format!("the run failed after the restart: {}", tail(&log)));
+                        problems.push(format!("the run failed after the fault: {}", tail(&log)));
                     }
                 }
                 (f, Ended::Exited(ok), _) => {
@@ -471,9 +505,11 @@ pub async fn run(plan: &Plan) -> Result<Figures, Failure> {
         row.seconds = started.elapsed().as_secs_f64();
         figures.kills_tried += kills;
         figures.restarts_tried += restarts;
+        figures.cuts_tried += cuts;
         if row.exact {
             figures.kills_survived += kills;
             figures.restarts_survived += restarts;
+            figures.cuts_survived += cuts;
         } else {
             figures.failures.push(format!(
                 "trial {trial} ({source} → {target}, {}; {}): {}",
@@ -491,6 +527,7 @@ fn describe(f: Fault) -> String {
     match f {
         Fault::Kill(p) => format!("kill at {p}"),
         Fault::Restart(p) => format!("restart {} at {p}", STORES[p.store]),
+        Fault::Cut(p) => format!("cut the connections to {} at {p}", STORES[p.store]),
     }
 }
 

@@ -7,9 +7,9 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,8 @@ pub struct DelayProxy {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     held: Arc<AtomicBool>,
+    /// Both ends of every connection so far, for [`DelayProxy::cut`].
+    open: Arc<Mutex<Vec<TcpStream>>>,
 }
 
 fn pump(mut from: TcpStream, mut to: TcpStream, delay: Duration, held: Arc<AtomicBool>) {
@@ -58,10 +60,15 @@ fn connect_pair(
     upstream: SocketAddr,
     delay: Duration,
     held: &Arc<AtomicBool>,
+    open: &Mutex<Vec<TcpStream>>,
 ) -> std::io::Result<()> {
     let server = TcpStream::connect(upstream)?;
     client.set_nodelay(true)?;
     server.set_nodelay(true)?;
+    if let Ok(mut open) = open.lock() {
+        open.push(client.try_clone()?);
+        open.push(server.try_clone()?);
+    }
     let (c2, s2) = (client.try_clone()?, server.try_clone()?);
     let (h1, h2) = (held.clone(), held.clone());
     thread::spawn(move || pump(client, server, delay, h1));
@@ -82,18 +89,19 @@ impl DelayProxy {
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let held = Arc::new(AtomicBool::new(false));
-        let (stopping, holding) = (stop.clone(), held.clone());
+        let open = Arc::new(Mutex::new(Vec::new()));
+        let (stopping, holding, tracked) = (stop.clone(), held.clone(), open.clone());
         thread::spawn(move || {
             for client in listener.incoming() {
                 if stopping.load(Ordering::SeqCst) {
                     break;
                 }
                 if let Ok(c) = client {
-                    let _ = connect_pair(c, upstream, one_way, &holding);
+                    let _ = connect_pair(c, upstream, one_way, &holding, &tracked);
                 }
             }
         });
-        Ok(Self { addr, stop, held })
+        Ok(Self { addr, stop, held, open })
     }
 
     pub fn port(&self) -> u16 {
@@ -105,6 +113,16 @@ impl DelayProxy {
     /// stay open. Released, everything held is delivered.
     pub fn hold(&self, held: bool) {
         self.held.store(held, Ordering::SeqCst);
+    }
+
+    /// A fault: every connection open now is shut down at both ends, as by a
+    /// load balancer or a network reset; new connections pass again.
+    pub fn cut(&self) {
+        if let Ok(mut open) = self.open.lock() {
+            for s in open.drain(..) {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
     }
 }
 

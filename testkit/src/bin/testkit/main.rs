@@ -70,6 +70,9 @@ enum Cmd {
         /// Trials with one store restart each (Redis, Qdrant, graph server in turn).
         #[arg(long, default_value_t = 6)]
         restart_trials: usize,
+        /// Trials where every connection to one store is cut mid-phase.
+        #[arg(long, default_value_t = 6)]
+        cut_trials: usize,
         /// Fixture scale of each trial's tenant.
         #[arg(long, default_value_t = 0.02)]
         scale: f64,
@@ -158,6 +161,7 @@ async fn main() -> ExitCode {
             kill_trials,
             kills,
             restart_trials,
+            cut_trials,
             scale,
         } => {
             let plan = chaos::Plan {
@@ -165,13 +169,14 @@ async fn main() -> ExitCode {
                 kill_trials,
                 kills_per_trial: kills,
                 restart_trials,
+                cut_trials,
                 scale,
                 migrator: migrator_binary(),
                 work: std::env::temp_dir().join(format!("tm-chaos-{}", std::process::id())),
             };
             println!(
                 "chaos: seed {seed}, {kill_trials} trials with {kills} CLI kills each, {restart_trials} with a store \
-                 restart; tenants at scale {scale}"
+                 restart, {cut_trials} with its connections cut; tenants at scale {scale}"
             );
             let result = chaos::run(&plan).await;
             let _ = std::fs::remove_dir_all(&plan.work);
