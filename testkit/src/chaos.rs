@@ -371,24 +371,24 @@ async fn watch(
         if let Some(status) = child.try_wait()? {
             return Ok((Ended::Exited(status.success()), restarted_at));
         }
-        if let Some(f) = pending {
-            if let Some(now) = position(state, moved).filter(|now| *now >= f.at()) {
-                match f {
-                    Fault::Kill(_) => {
-                        child.kill()?;
-                        child.wait()?;
-                        return Ok((Ended::Killed(now), None));
-                    }
-                    Fault::Restart(p) => {
-                        servers.restart(STORES[p.store])?;
-                        restarted_at = Some(now);
-                        pending = None;
-                    }
-                    Fault::Cut(p) => {
-                        servers.proxies[p.store - 1].cut();
-                        restarted_at = Some(now);
-                        pending = None;
-                    }
+        if let Some(f) = pending
+            && let Some(now) = position(state, moved).filter(|now| *now >= f.at())
+        {
+            match f {
+                Fault::Kill(_) => {
+                    child.kill()?;
+                    child.wait()?;
+                    return Ok((Ended::Killed(now), None));
+                }
+                Fault::Restart(p) => {
+                    servers.restart(STORES[p.store])?;
+                    restarted_at = Some(now);
+                    pending = None;
+                }
+                Fault::Cut(p) => {
+                    servers.proxies[p.store - 1].cut();
+                    restarted_at = Some(now);
+                    pending = None;
                 }
             }
         }
