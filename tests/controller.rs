@@ -978,3 +978,67 @@ async fn a_move_deleted_mid_removal_and_applied_again_resumes_its_own_work() {
         ledgers()
     );
 }
+
+/// The controller SIGKILLed at points drawn at random (seeded: `TM_CHAOS_SEED`) from
+/// every stage of a Move's Redis phase, and a new controller taking over each time:
+/// the migration ends Succeeded and exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controllers_killed_at_random_points_hand_over_and_the_move_ends_exact() {
+    const STAGES: [&str; 4] = ["Copy", "Verify", "RemoveSource", "VerifyRemoved"];
+    let mut x: u64 = std::env::var("TM_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(11u64)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        | 1;
+    let mut below = |n: u64| {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    };
+    let mut points: Vec<(usize, u64)> = (0..4).map(|_| (below(3) as usize, below(60))).collect();
+    points.sort();
+
+    let kube = tokio::task::block_in_place(|| kube_with_crd(NS));
+    let (redis, loaded) = loaded_redis(0.05);
+    let before = snapshot(&redis);
+    let proxy = slow_redis(&redis);
+    let (dir, kubeconfig) = controller_dir(&kube, "controller-chaos", NS, None);
+    let log = dir.join("controller.log");
+    let url = format!("{{url: 'redis://127.0.0.1:{}/', batchSize: 20}}", proxy.port());
+    apply_ok(&kube, &redis_only_tm("chaos", NS, SOURCE, TARGET, &url, ""));
+    let mut kills = Vec::new();
+    for (stage, batch) in &points {
+        let controller = start_controller(&kubeconfig, &log);
+        let tm = tokio::task::block_in_place(|| {
+            wait_for(&kube, "chaos", |tm| {
+                let cp = &tm["status"]["phases"]["redis"]["checkpoint"];
+                let at = STAGES.iter().position(|s| cp["stage"] == *s).unwrap_or(0);
+                let b = cp["batch"].as_u64().unwrap_or(0);
+                finished(tm) || (at, b) >= (*stage, *batch)
+            })
+        });
+        drop(controller); // SIGKILL
+        if finished(&tm) {
+            break;
+        }
+        let cp = &tm["status"]["phases"]["redis"]["checkpoint"];
+        kills.push(format!("{} #{}", cp["stage"], cp["batch"]));
+    }
+    let _last = start_controller(&kubeconfig, &log);
+    let tm = tokio::task::block_in_place(|| wait_for(&kube, "chaos", finished));
+    let logs = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        tm["status"]["phase"], "Succeeded",
+        "killed at {kills:?}: {tm:#}\n{logs}"
+    );
+    assert_eq!(tm["status"]["phases"]["redis"]["done"], loaded.tenant_keys, "{tm:#}");
+    assert_migrated(&before, &snapshot(&redis), true);
+    assert!(
+        kills.len() >= 3,
+        "only {} kills landed before the end: {kills:?}",
+        kills.len()
+    );
+    eprintln!("controller killed at {kills:?} (points {points:?})");
+}
