@@ -1,7 +1,8 @@
 //! `testkit bench`: the reference script and tenant-migrator (Copy and Move) on
 //! identical fresh data, at loopback and through a delay proxy, store by store:
 //! - Redis: the scale-1 tenant (38,491 keys), plus `redis-benchmark -P 64 -t set`
-//!   on the same server as a ceiling, and a scale-10 Copy for peak memory;
+//!   on the same server as a ceiling, and Copies at larger scales (10, and 100 on
+//!   request) for time and peak memory as the tenant grows;
 //! - Memgraph: the scale-1 graph (13,613 nodes) on the Bolt test server (Neo4j 4.4,
 //!   without authentication, as the reference connects without credentials).
 //!
@@ -25,9 +26,11 @@ pub struct BenchArgs {
     /// One-way delay of the proxy in ms (round trip = twice this).
     #[arg(long, default_value_t = 1.0)]
     delay_ms: f64,
-    /// Scale of the extra peak-memory run of tenant-migrator on Redis (0 = skip).
-    #[arg(long, default_value_t = 10.0)]
-    memory_scale: f64,
+    /// Scales of the extra runs of a tenant-migrator Copy on Redis for time and peak
+    /// memory as the tenant grows (`10,100` adds the scale-100 row: 3.85 M keys, several
+    /// minutes and about 4 GiB of Redis); empty to skip.
+    #[arg(long, value_delimiter = ',', default_value = "10")]
+    memory_scales: Vec<f64>,
     /// Stores to benchmark.
     #[arg(long, value_delimiter = ',', default_value = "redis,qdrant,memgraph")]
     stores: Vec<String>,
@@ -61,7 +64,10 @@ impl Measured {
     }
 }
 
-/// Runs `cmd`, returning (success, seconds, peak RSS in KiB, stdout).
+/// Runs `cmd`, returning (success, seconds, peak RSS in KiB, stdout). The peak is the
+/// child's own `VmHWM`, read every 2 ms while it runs (`ru_maxrss` would count this
+/// process's memory too: a spawned child reports the address space it had before
+/// its `exec`).
 fn run_measured(mut cmd: Command) -> std::io::Result<(bool, f64, i64, String)> {
     let out_path = std::env::temp_dir().join(format!("tm-bench-out-{}", std::process::id()));
     let out = std::fs::File::create(&out_path)?;
@@ -69,20 +75,19 @@ fn run_measured(mut cmd: Command) -> std::io::Result<(bool, f64, i64, String)> {
     let err = std::fs::File::create(&err_path)?;
     cmd.stdout(out).stderr(err).stdin(Stdio::null());
     let start = Instant::now();
-    let child = cmd.spawn()?;
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: zeroed rusage is a valid out-parameter for wait4.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // wait4 gives the child's own peak RSS, which Child::wait does not.
-    // SAFETY: pid is our child; status and usage point to live locals.
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let mut child = cmd.spawn()?;
+    let mut peak = 0u64;
+    let status = loop {
+        if let Some(kib) = tenant_migrator_testkit::peak_rss_kib(child.id()) {
+            peak = peak.max(kib);
+        }
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
     let seconds = start.elapsed().as_secs_f64();
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    std::mem::forget(child); // already reaped by wait4
-    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    let ok = status.success();
     let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
     if !ok {
         // Show why a run failed: a benchmark of a failed run means nothing.
@@ -95,7 +100,7 @@ fn run_measured(mut cmd: Command) -> std::io::Result<(bool, f64, i64, String)> {
     }
     let _ = std::fs::remove_file(&out_path);
     let _ = std::fs::remove_file(&err_path);
-    Ok((ok, seconds, usage.ru_maxrss, stdout))
+    Ok((ok, seconds, peak as i64, stdout))
 }
 
 /// `tenant-migrator migrate siraya tenant_b` on one store, with a fresh state directory.
@@ -280,19 +285,22 @@ async fn bench_redis(args: &BenchArgs) -> Result<bool, String> {
     )
     .await?;
     let ceiling = redis_benchmark(redis.port());
-    let mut memory = None;
-    if args.memory_scale > 0.0 {
-        let keys = reload_at(args.memory_scale)?;
-        eprintln!(
-            "running tenant-migrator Copy at scale {} ({keys} keys) for peak memory…",
-            args.memory_scale
-        );
+    // The scale-1 Copy on loopback, then each larger scale: time and memory as the tenant grows.
+    let mut growth: Vec<(f64, u64, f64, i64, bool)> = rows
+        .iter()
+        .find(|r| r.scenario == "loopback" && r.tool == "tenant-migrator Copy")
+        .map(|r| (args.scale, r.items, r.seconds, r.peak_rss_kib, r.ok))
+        .into_iter()
+        .collect();
+    for scale in args.memory_scales.iter().copied().filter(|s| *s > 0.0) {
+        let keys = reload_at(scale)?;
+        eprintln!("running tenant-migrator Copy at scale {scale} ({keys} keys) for time and peak memory…");
         let cmd = ours(
             &store_args(redis.port()).iter().map(String::as_str).collect::<Vec<_>>(),
             "copy",
         );
         if let Ok(Ok((ok, seconds, rss, _))) = tokio::task::spawn_blocking(move || run_measured(cmd)).await {
-            memory = Some((keys, seconds, rss, ok));
+            growth.push((scale, keys, seconds, rss, ok));
         }
     }
     // The same tenant on a three-primary Redis Cluster (the reference cannot run there).
@@ -345,13 +353,16 @@ async fn bench_redis(args: &BenchArgs) -> Result<bool, String> {
             println!("  {}: {:.1}% of that rate", r.tool, 100.0 * r.rate() / c);
         }
     }
-    if let Some((keys, seconds, rss, ok)) = memory {
+    for (i, (scale, keys, seconds, rss, ok)) in growth.iter().enumerate().skip(1) {
+        let (s0, _, t0, _, _) = growth[i - 1];
         println!(
-            "scale {}: tenant-migrator Copy of {keys} keys in {seconds:.2}s ({:.0} keys/s), peak RSS {} MiB{}",
-            args.memory_scale,
-            keys as f64 / seconds,
+            "scale {scale}: tenant-migrator Copy of {keys} keys in {seconds:.2}s ({:.0} keys/s; {:.1}x the time of \
+             scale {s0} for {:.0}x the keys), peak RSS {} MiB{}",
+            *keys as f64 / seconds,
+            seconds / t0,
+            scale / s0,
             rss / 1024,
-            if ok { "" } else { " (FAILED)" }
+            if *ok { "" } else { " (FAILED)" }
         );
     }
     for (mode, keys, seconds, rss, ok) in &on_cluster {
@@ -362,7 +373,7 @@ async fn bench_redis(args: &BenchArgs) -> Result<bool, String> {
             if *ok { "" } else { " (FAILED)" }
         );
     }
-    Ok(rows.iter().all(|r| r.ok) && memory.is_none_or(|m| m.3) && on_cluster.iter().all(|c| c.4))
+    Ok(rows.iter().all(|r| r.ok) && growth.iter().all(|g| g.4) && on_cluster.iter().all(|c| c.4))
 }
 
 async fn bench_memgraph(args: &BenchArgs) -> Result<bool, String> {
