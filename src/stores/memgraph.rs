@@ -458,14 +458,90 @@ impl MemgraphPhase {
             .await?;
         }
         Ok(StepOutcome {
-            next: match last {
-                Some(last) if full => Some(format!("v:{last}")),
-                _ => None,
-            },
+            next: Some(match last {
+                Some(last) if full => format!("v:{last}"),
+                _ => "w:".to_owned(), // nodes compared: relationships next
+            }),
             done: equal,
             skipped: 0,
             group: None,
             recopied: again,
+        })
+    }
+
+    /// Verify of a Copy, after the nodes: the DIRECTED relationships leaving the next
+    /// batch of source nodes, each compared with its clone between the clones of its
+    /// ends by every property; a clone that is missing or differs is written again.
+    /// Counted as compared, not as items: the phase's items are nodes.
+    async fn compare_relationships(&self, graph: &Graph, after: &str) -> Result<StepOutcome, MemgraphStoreError> {
+        let (s, t) = (&self.src, &self.tgt);
+        let window = query(&format!(
+            "MATCH (a:{s}) WHERE a.entity_id > $after WITH a ORDER BY a.entity_id LIMIT $batch \
+             RETURN count(a) AS c, max(a.entity_id) AS last"
+        ))
+        .param("after", after)
+        .param("batch", self.settings.batch_size as i64);
+        let (c, last) = self.one(graph, "relationship comparison window", window).await?;
+        let Some(last) = last.filter(|_| c > 0) else {
+            return Ok(StepOutcome::default());
+        };
+        let q = query(&format!(
+            "MATCH (a:{s})-[r:DIRECTED]->(b:{s}) WHERE a.entity_id > $after AND a.entity_id <= $last \
+             OPTIONAL MATCH (:{t} {{entity_id: a.entity_id}})-[r2:DIRECTED]->(:{t} {{entity_id: b.entity_id}}) \
+             RETURN a.entity_id AS a, b.entity_id AS b, properties(r) AS source, properties(r2) AS target"
+        ))
+        .param("after", after)
+        .param("last", last.as_str());
+        type Row = (String, String, neo4rs::BoltType, Option<neo4rs::BoltType>);
+        let rows: Vec<Row> = self
+            .rows(
+                graph,
+                "comparison of a batch of relationships",
+                q,
+                Vec::new(),
+                |out, row| {
+                    let source = row.get("source").unwrap_or(neo4rs::BoltType::Null(neo4rs::BoltNull));
+                    out.push((
+                        row.get("a").unwrap_or_default(),
+                        row.get("b").unwrap_or_default(),
+                        source,
+                        row.get("target").unwrap_or(None),
+                    ));
+                },
+            )
+            .await?;
+        let mut again = Vec::new();
+        for (a, b, source, target) in rows {
+            if target.as_ref() != Some(&source) {
+                again.push((a, b, source));
+            }
+        }
+        if !again.is_empty() {
+            let pairs: Vec<Vec<String>> = again.iter().map(|(a, b, _)| vec![a.clone(), b.clone()]).collect();
+            self.one(
+                graph,
+                "clone again of changed relationships",
+                query(&format!(
+                    "UNWIND $pairs AS p MATCH (a:{s} {{entity_id: p[0]}})-[r:DIRECTED]->(b:{s} {{entity_id: p[1]}}) \
+                     MATCH (a2:{t} {{entity_id: p[0]}}), (b2:{t} {{entity_id: p[1]}}) \
+                     MERGE (a2)-[r2:DIRECTED]->(b2) SET r2 = properties(r) RETURN count(r2) AS c"
+                ))
+                .param("pairs", pairs),
+            )
+            .await?;
+        }
+        Ok(StepOutcome {
+            next: (c as usize >= self.settings.batch_size).then(|| format!("w:{last}")),
+            done: 0,
+            skipped: 0,
+            group: None,
+            recopied: again
+                .into_iter()
+                .map(|(a, b, source)| Recopied {
+                    digest: digest(&[a.as_bytes(), b.as_bytes(), format!("{source:?}").as_bytes()]),
+                    item: format!("({a})-[DIRECTED]->({b})"),
+                })
+                .collect(),
         })
     }
 
@@ -706,10 +782,11 @@ impl MemgraphPhase {
             }
             Stage::Verify => match self.settings.mode {
                 Mode::Move => self.catch_up_moved(&graph).await,
-                Mode::Copy => {
-                    self.compare_clones(&graph, cursor.strip_prefix("v:").unwrap_or(""))
-                        .await
-                }
+                Mode::Copy => match cursor.split_once(':') {
+                    Some(("w", after)) => self.compare_relationships(&graph, after).await,
+                    Some((_, after)) => self.compare_clones(&graph, after).await,
+                    None => self.compare_clones(&graph, "").await,
+                },
             },
             Stage::RemoveSource => {
                 // The nodes left the source label batch by batch; only its index remains.
