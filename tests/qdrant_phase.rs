@@ -796,3 +796,157 @@ async fn a_run_killed_in_its_first_write_resumes_instead_of_refusing_its_own_poi
         assert_same(&snapshot(&endpoint).await, &expected(&before, true, rekey));
     }
 }
+
+/// The stage a run's state file shows for the Qdrant phase ("" before it has one).
+fn qdrant_stage(state: &Path) -> String {
+    std::fs::read_to_string(state.join(format!("{SOURCE}--{TARGET}.json")))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["phases"]["qdrant"]["checkpoint"]["stage"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// A client keeps writing the source tenant's points — updates, creates and deletes
+/// of `lightrag_vdb_relationships` at a steady rate, each logged once Qdrant
+/// acknowledged it — while a Move runs without quiesce. With that log as the oracle:
+/// every point's last value is at its target id, or the run failed and it is still
+/// at the source; a re-run after the writer stopped then moves it. A delete is at
+/// neither side (one acknowledged after verification may leave the copy: counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_writing_points_during_a_move_loses_no_acknowledged_write() {
+    for from in ["Copy", "RemoveSource"] {
+        writer_round(from).await;
+    }
+}
+
+/// One round of [`a_client_writing_points_during_a_move_loses_no_acknowledged_write`]:
+/// the writer starts once the run is in stage `from`.
+async fn writer_round(from: &str) {
+    let (server, _) = loaded().await;
+    let client = server.client();
+    let rel = qdrant_fixture::RELATIONSHIPS;
+    let existing: Vec<String> = qdrant_fixture::snapshot(&client, rel)
+        .await
+        .expect("snapshot")
+        .values()
+        .filter(|p| tenant_of(p) == Some(ws(SOURCE)))
+        .filter_map(|p| p.payload["id"].split('"').nth(1).map(str::to_owned))
+        .collect();
+    assert!(existing.len() > 100, "{} source points", existing.len());
+    let proxy = DelayProxy::start(server.address(), Duration::from_millis(1)).expect("proxy");
+    let state = state_dir(&format!("q-writer-{from}"));
+    let mut child = migrate(&proxied(&proxy), &state, &["--batch-size", "10"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    tokio::task::block_in_place(|| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while qdrant_stage(&state) != from && child.try_wait().expect("wait").is_none() {
+            assert!(std::time::Instant::now() < deadline, "the run never reached {from}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    // (payload id, content or None for a delete, stage seen right after the ack)
+    let mut log: Vec<(String, Option<String>, String)> = Vec::new();
+    let mut created = Vec::new();
+    for i in 0..400u64 {
+        let (id, value) = match i % 10 {
+            0..=5 => (
+                existing[(i as usize * 7) % existing.len()].clone(),
+                Some(format!("v{i}")),
+            ),
+            6 | 7 => {
+                let id = format!("rel-written-{i}");
+                created.push(id.clone());
+                (id, Some(format!("v{i}")))
+            }
+            8 => (existing[(i as usize * 13 + 1) % existing.len()].clone(), None),
+            _ => match created.get(i as usize % created.len().max(1)) {
+                Some(id) => (id.clone(), None),
+                None => continue,
+            },
+        };
+        match &value {
+            Some(v) => {
+                client
+                    .upsert_points(
+                        qdrant_client::qdrant::UpsertPointsBuilder::new(rel, vec![point_of(SOURCE, &id, v)]).wait(true),
+                    )
+                    .await
+                    .expect("upsert");
+            }
+            None => {
+                client
+                    .delete_points(
+                        qdrant_client::qdrant::DeletePointsBuilder::new(rel)
+                            .points(vec![qdrant_client::qdrant::PointId::from(lightrag_id(SOURCE, &id))])
+                            .wait(true),
+                    )
+                    .await
+                    .expect("delete");
+            }
+        }
+        log.push((id, value, qdrant_stage(&state)));
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let out = tokio::task::block_in_place(|| child.wait_with_output().expect("wait"));
+    let lost = |after: &BTreeMap<String, StoredPoint>, succeeded: bool| -> (Vec<String>, usize) {
+        let mut last: BTreeMap<&str, (&Option<String>, &str)> = BTreeMap::new();
+        for (id, v, seen) in &log {
+            last.insert(id, (v, seen));
+        }
+        let (mut lost, mut late_deletes) = (Vec::new(), 0);
+        for (id, (value, seen)) in last {
+            let content = |tenant: &str| {
+                after
+                    .get(&lightrag_id(tenant, id))
+                    .map(|p| p.payload["content"].clone())
+            };
+            let (src, tgt) = (content(SOURCE), content(TARGET));
+            let ok = match (value, succeeded) {
+                (Some(v), true) => tgt == Some(ws(v)) && src.is_none(),
+                (Some(v), false) => src == Some(ws(v)) || (src.is_none() && tgt == Some(ws(v))),
+                (None, _) if src.is_none() && tgt.is_none() => true,
+                (None, _) if src.is_none() && seen != "Copy" => {
+                    late_deletes += 1;
+                    true
+                }
+                (None, _) => false,
+            };
+            if !ok {
+                lost.push(format!(
+                    "{id}: wrote {value:?} ({seen}), source {src:?}, target {tgt:?}"
+                ));
+            }
+        }
+        (lost, late_deletes)
+    };
+    let succeeded = out.status.success();
+    let after = qdrant_fixture::snapshot(&client, rel).await.expect("snapshot");
+    let (missing, late) = lost(&after, succeeded);
+    assert!(
+        missing.is_empty(),
+        "{} writes lost: {missing:#?}\n{}",
+        missing.len(),
+        text(&out)
+    );
+    if !succeeded {
+        assert!(text(&out).contains("still being written"), "{}", text(&out));
+        let again = migrate(&proxied(&proxy), &state, &[]).output().expect("run");
+        assert!(again.status.success(), "{}", text(&again));
+        let after = qdrant_fixture::snapshot(&client, rel).await.expect("snapshot");
+        let (missing, _) = lost(&after, true);
+        assert!(missing.is_empty(), "re-run: {missing:#?}");
+    }
+    let stages: std::collections::BTreeSet<&str> = log.iter().map(|(_, _, s)| s.as_str()).collect();
+    eprintln!(
+        "from {from}: {} writes during {stages:?}; first run {}; {late} deletes after verification",
+        log.len(),
+        if succeeded {
+            "succeeded"
+        } else {
+            "stopped: source still written"
+        }
+    );
+}
