@@ -605,28 +605,75 @@ async fn nodes_written_after_their_copy_are_copied_again() {
     ))
     .await
     .expect("create");
-    // A twin: the entity moved already, and a client wrote it again under the old label.
+    // Twins: entities moved already, written again under the old label by a client that
+    // upserts the way LightRAG does (MERGE by entity_id, SET +=, edges merged
+    // undirected): one with a new edge to the new node, one updating an edge it has.
     let twin = format!("{src} entity 3");
-    g.run(neo4rs::query("CREATE (:`cu_move` {entity_id: $id, description: 'again'})").param("id", twin.as_str()))
-        .await
-        .expect("create");
-    let out = migrate(src, tgt, server().port(), &state, &[]).output().expect("run");
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains(&format!(
-            "1 nodes were written under the source label after a node with the same entity_id moved to the target \
-             (e.g. entity_id \"{twin}\")"
-        )),
-        "{}",
-        text(&out)
+    let (edged, neighbour) = (format!("{src} entity 5"), format!("{src} entity 6"));
+    let weight = |a: &str, b: &str| {
+        let (g, a, b) = (g.clone(), a.to_owned(), b.to_owned());
+        async move {
+            let q = "MATCH (a:`cu_moved` {entity_id: $a})-[r:DIRECTED]-(b:`cu_moved` {entity_id: $b}) \
+                     RETURN r.weight AS w";
+            let mut rows = g
+                .execute(neo4rs::query(q).param("a", a).param("b", b))
+                .await
+                .expect("query");
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().await.expect("row") {
+                out.push(row.get::<f64>("w").unwrap_or(-1.0));
+            }
+            out
+        }
+    };
+    assert_eq!(
+        weight(&edged, &neighbour).await.len(),
+        1,
+        "the fixture joins entities 5 and 6"
     );
-    g.run(neo4rs::query("MATCH (n:`cu_move` {entity_id: $id}) DELETE n").param("id", twin.as_str()))
-        .await
-        .expect("delete the twin");
+    for cypher in [
+        "MERGE (n:`cu_move` {entity_id: $id}) SET n += {description: 'again'}",
+        "MERGE (a:`cu_move` {entity_id: $id}) MERGE (b:`cu_move` {entity_id: 'written later'}) \
+         MERGE (a)-[r:DIRECTED]-(b) SET r += {weight: 7.0}",
+    ] {
+        g.run(neo4rs::query(cypher).param("id", twin.as_str()))
+            .await
+            .expect("twin");
+    }
+    g.run(
+        neo4rs::query(
+            "MERGE (a:`cu_move` {entity_id: $a}) MERGE (b:`cu_move` {entity_id: $b}) \
+             MERGE (a)-[r:DIRECTED]-(b) SET r += {weight: 9.5}",
+        )
+        .param("a", edged.as_str())
+        .param("b", neighbour.as_str()),
+    )
+    .await
+    .expect("twins with an edge");
     let out = migrate(src, tgt, server().port(), &state, &[]).output().expect("run");
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(props(tgt, "written later").await.as_deref(), Some("new"));
     assert_eq!(props(src, "written later").await, None);
+    // Merged, not doubled: one node per entity, the latest properties, the edge updated.
+    assert_eq!(props(tgt, &twin).await.as_deref(), Some("again"));
+    let (nodes, _) = graph_fixture::snapshot(&g, &[src]).await.expect("snapshot");
+    assert!(nodes.is_empty(), "source nodes left: {nodes:?}");
+    let count = |id: String| {
+        let g = g.clone();
+        async move {
+            let q = "MATCH (n:`cu_moved` {entity_id: $id}) RETURN count(n) AS c";
+            let mut rows = g.execute(neo4rs::query(q).param("id", id)).await.expect("query");
+            rows.next()
+                .await
+                .expect("row")
+                .map_or(0, |r| r.get::<i64>("c").unwrap_or(0))
+        }
+    };
+    for id in [&twin, &edged, &neighbour] {
+        assert_eq!(count(id.clone()).await, 1, "{id}");
+    }
+    assert_eq!(weight(&twin, "written later").await, vec![7.0]);
+    assert_eq!(weight(&edged, &neighbour).await, vec![9.5]);
 }
 
 /// A Move killed during its very first relabelling batch — committed by the server, the

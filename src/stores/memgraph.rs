@@ -89,12 +89,6 @@ pub enum MemgraphStoreError {
     MissingEntityId { count: u64 },
     #[error("{what} did not answer within {seconds} s")]
     Timeout { what: &'static str, seconds: u64 },
-    #[error(
-        "{count} nodes were written under the source label after a node with the same entity_id moved to the \
-         target (e.g. entity_id {example:?}); merging such twins is not supported: quiesce the tenant's writers, \
-         merge or delete them, and run again"
-    )]
-    Twins { count: u64, example: String },
     #[error("verification failed: {0}")]
     Mismatch(String),
 }
@@ -129,6 +123,9 @@ pub struct MemgraphPhase {
     graph: Option<Graph>,
     src: String,
     tgt: String,
+    /// Relationships of twins that joined an edge their moved node already had
+    /// (see [`MemgraphPhase::merge_twins`]) since the plan.
+    merged_relationships: u64,
 }
 
 /// Counts of the tenant's graph.
@@ -162,6 +159,7 @@ impl MemgraphPhase {
             tgt: label(&settings.target),
             settings,
             graph: None,
+            merged_relationships: 0,
         })
     }
 
@@ -359,23 +357,87 @@ impl MemgraphPhase {
     /// source label now were written since (a client that was not quiesced): those
     /// with no target node of the same entity_id are moved too (catch-up); a source
     /// node whose entity_id the target already holds is refused, naming it.
-    async fn catch_up_moved(&self, graph: &Graph) -> Result<StepOutcome, MemgraphStoreError> {
-        let (s, t) = (&self.src, &self.tgt);
-        let (twins, example) = self
-            .one(
+    /// Merges the nodes a client wrote under the source label after a node with the
+    /// same `entity_id` had moved (twins) into that node, as LightRAG's own upserts
+    /// would have written them: properties with `SET m += properties(n)`, each
+    /// `DIRECTED` relationship of the twin onto the moved node with an undirected
+    /// `MERGE` (LightRAG upserts edges that way, so an edge the moved node already has
+    /// is updated, not doubled), then the twin deleted. Each statement is idempotent:
+    /// a run killed between them merges again. Returns the twins merged.
+    async fn merge_twins(&mut self, graph: &Graph) -> Result<Vec<Recopied>, MemgraphStoreError> {
+        let (s, t) = (self.src.clone(), self.tgt.clone());
+        let q = query(&format!(
+            "MATCH (n:{s}) MATCH (:{t} {{entity_id: n.entity_id}}) WITH n ORDER BY n.entity_id LIMIT $batch \
+             RETURN n.entity_id AS id, properties(n) AS p"
+        ))
+        .param("batch", self.settings.batch_size as i64);
+        let twins: Vec<(String, String)> = self
+            .rows(
                 graph,
                 "check of nodes written under the source label",
-                query(&format!(
-                    "MATCH (n:{s}) MATCH (m:{t} {{entity_id: n.entity_id}}) RETURN count(n) AS c, min(n.entity_id) AS last"
-                )),
+                q,
+                Vec::new(),
+                |out, row| {
+                    let p: neo4rs::BoltType = row.get("p").unwrap_or(neo4rs::BoltType::Null(neo4rs::BoltNull));
+                    out.push((row.get("id").unwrap_or_default(), format!("{p:?}")));
+                },
             )
             .await?;
-        if twins > 0 {
-            return Err(MemgraphStoreError::Twins {
-                count: twins,
-                example: example.unwrap_or_default(),
-            });
+        if twins.is_empty() {
+            return Ok(Vec::new());
         }
+        let ids: Vec<String> = twins.iter().map(|(id, _)| id.clone()).collect();
+        let tenant_rels =
+            format!("MATCH (a)-[r:DIRECTED]->(b) WHERE (a:{s} OR a:{t}) AND (b:{s} OR b:{t}) RETURN count(r) AS c");
+        let before = self.count(graph, "count of tenant relationships", &tenant_rels).await?;
+        for (what, cypher) in [
+            (
+                "merge of the relationships leaving twins",
+                format!(
+                    "UNWIND $ids AS id MATCH (n:{s} {{entity_id: id}})-[r:DIRECTED]->(x) WHERE x <> n \
+                     MATCH (m:{t} {{entity_id: id}}) MERGE (m)-[r2:DIRECTED]-(x) SET r2 += properties(r) \
+                     RETURN count(r2) AS c"
+                ),
+            ),
+            (
+                "merge of the relationships reaching twins",
+                format!(
+                    "UNWIND $ids AS id MATCH (x)-[r:DIRECTED]->(n:{s} {{entity_id: id}}) WHERE x <> n \
+                     MATCH (m:{t} {{entity_id: id}}) MERGE (x)-[r2:DIRECTED]-(m) SET r2 += properties(r) \
+                     RETURN count(r2) AS c"
+                ),
+            ),
+            (
+                "merge of twins into the moved nodes",
+                format!(
+                    "UNWIND $ids AS id MATCH (n:{s} {{entity_id: id}}) MATCH (m:{t} {{entity_id: id}}) \
+                     SET m += properties(n) DETACH DELETE n RETURN count(m) AS c"
+                ),
+            ),
+        ] {
+            self.one(graph, what, query(&cypher).param("ids", ids.clone())).await?;
+        }
+        // Relationships that joined an edge the moved node already had: the count the
+        // plan expects shrinks by as many.
+        let after = self.count(graph, "count of tenant relationships", &tenant_rels).await?;
+        self.merged_relationships += before.saturating_sub(after);
+        tracing::warn!(
+            count = twins.len(),
+            example = %ids[0],
+            "nodes written under the source label after their entity moved were merged into it"
+        );
+        Ok(twins
+            .into_iter()
+            .map(|(id, p)| Recopied {
+                digest: digest(&[id.as_bytes(), p.as_bytes()]),
+                item: id,
+            })
+            .collect())
+    }
+
+    async fn catch_up_moved(&mut self, graph: &Graph) -> Result<StepOutcome, MemgraphStoreError> {
+        let merged = self.merge_twins(graph).await?;
+        let (s, t) = (&self.src, &self.tgt);
         let moved = self
             .list(
                 graph,
@@ -388,13 +450,13 @@ impl MemgraphPhase {
                 "ids",
             )
             .await?;
-        let more = moved.len() >= self.settings.batch_size;
-        let recopied = moved
+        let more = moved.len() >= self.settings.batch_size || !merged.is_empty();
+        let recopied = merged
             .into_iter()
-            .map(|id| Recopied {
+            .chain(moved.into_iter().map(|id| Recopied {
                 digest: digest(&[id.as_bytes()]),
                 item: id,
-            })
+            }))
             .collect();
         let done = if more {
             0
@@ -652,6 +714,7 @@ impl Phase for MemgraphPhase {
 
 impl MemgraphPhase {
     async fn preflight(&mut self, resuming: bool) -> Result<PhasePlan, MemgraphStoreError> {
+        self.merged_relationships = 0;
         let graph = self.graph().await?;
         let (s, t) = (self.src.clone(), self.tgt.clone());
         let c = self.counts(&graph).await?;
@@ -808,7 +871,7 @@ impl MemgraphPhase {
         let nodes = &plan.groups[0];
         let rels = &plan.groups[1];
         let expected_nodes = nodes.source + nodes.extra;
-        let expected_rels = rels.source + rels.extra;
+        let expected_rels = (rels.source + rels.extra).saturating_sub(self.merged_relationships);
         let mut problems = Vec::new();
         let moved = self.settings.mode == Mode::Move;
         let expected_source = if moved { 0 } else { nodes.source };
