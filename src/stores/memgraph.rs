@@ -96,6 +96,10 @@ pub enum MemgraphStoreError {
 fn neo4j_transient(e: &neo4rs::Error) -> bool {
     match e {
         neo4rs::Error::IOError { .. } | neo4rs::Error::ConnectionError => true,
+        // neo4rs 0.8 reports a connection that broke while a query's records were
+        // pulled (the server restarted) as an unexpected PULL response wrapping the I/O
+        // error, flattened to text: the only place the cause is left.
+        neo4rs::Error::UnexpectedMessage(m) => m.contains("IOError") || m.contains("ConnectionError"),
         neo4rs::Error::Neo4j(n) => matches!(n.kind(), neo4rs::Neo4jErrorKind::Transient),
         _ => false,
     }

@@ -100,9 +100,12 @@ impl StoreFailure for QdrantStoreError {
     fn is_transient(&self) -> bool {
         match self {
             Self::Call { source, .. } => match source {
+                // Cancelled: a server going down (a pod restart) cancels the calls in
+                // flight; every call of the phase is idempotent, so it is asked again.
                 QdrantError::ResponseError { status } => matches!(
                     status.code(),
                     tonic::Code::Unavailable
+                        | tonic::Code::Cancelled
                         | tonic::Code::DeadlineExceeded
                         | tonic::Code::Aborted
                         | tonic::Code::ResourceExhausted
