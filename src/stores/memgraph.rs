@@ -541,14 +541,7 @@ impl MemgraphPhase {
     /// Counted as compared, not as items: the phase's items are nodes.
     async fn compare_relationships(&self, graph: &Graph, after: &str) -> Result<StepOutcome, MemgraphStoreError> {
         let (s, t) = (&self.src, &self.tgt);
-        let window = query(&format!(
-            "MATCH (a:{s}) WHERE a.entity_id > $after WITH a ORDER BY a.entity_id LIMIT $batch \
-             RETURN count(a) AS c, max(a.entity_id) AS last"
-        ))
-        .param("after", after)
-        .param("batch", self.settings.batch_size as i64);
-        let (c, last) = self.one(graph, "relationship comparison window", window).await?;
-        let Some(last) = last.filter(|_| c > 0) else {
+        let Some((c, last)) = self.node_window(graph, "relationship comparison window", after).await? else {
             return Ok(StepOutcome::default());
         };
         let q = query(&format!(
@@ -636,17 +629,30 @@ impl MemgraphPhase {
         })
     }
 
-    /// Copy: clone the DIRECTED relationships leaving the next batch of source nodes.
-    async fn clone_relationships(&self, graph: &Graph, after: &str) -> Result<StepOutcome, MemgraphStoreError> {
-        let (s, t) = (&self.src, &self.tgt);
+    /// The next batch of source nodes after `after` (by entity_id): how many, and the
+    /// last one's entity_id; `None` when there are none. The relationships leaving them
+    /// are the unit of a relationship batch, copied or compared.
+    async fn node_window(
+        &self,
+        graph: &Graph,
+        what: &'static str,
+        after: &str,
+    ) -> Result<Option<(u64, String)>, MemgraphStoreError> {
+        let s = &self.src;
         let window = query(&format!(
             "MATCH (a:{s}) WHERE a.entity_id > $after WITH a ORDER BY a.entity_id LIMIT $batch \
              RETURN count(a) AS c, max(a.entity_id) AS last"
         ))
         .param("after", after)
         .param("batch", self.settings.batch_size as i64);
-        let (c, last) = self.one(graph, "relationship batch window", window).await?;
-        let Some(last) = last.filter(|_| c > 0) else {
+        let (c, last) = self.one(graph, what, window).await?;
+        Ok(last.filter(|_| c > 0).map(|last| (c, last)))
+    }
+
+    /// Copy: clone the DIRECTED relationships leaving the next batch of source nodes.
+    async fn clone_relationships(&self, graph: &Graph, after: &str) -> Result<StepOutcome, MemgraphStoreError> {
+        let (s, t) = (&self.src, &self.tgt);
+        let Some((c, last)) = self.node_window(graph, "relationship batch window", after).await? else {
             return Ok(StepOutcome::default());
         };
         let merge = query(&format!(
