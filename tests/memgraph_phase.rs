@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::{bin, state_dir, text};
-use tenant_migrator_testkit::graph_fixture::{self, load_standard, load_tenant};
+use tenant_migrator_testkit::graph_fixture::{self, expected, load_standard, load_tenant};
 use tenant_migrator_testkit::{BoltServer, DelayProxy, fixture};
 
 const PASSWORD: &str = "graph-s3cret";
@@ -78,40 +78,6 @@ async fn snapshot(source: &str, target: &str) -> (Vec<String>, Vec<String>) {
     let l = labels(source, target);
     let refs: Vec<&str> = l.iter().map(String::as_str).collect();
     graph_fixture::snapshot(&g, &refs).await.expect("snapshot")
-}
-
-/// What the graph must look like after migrating `source` to `target`.
-fn expected(
-    before: &(Vec<String>, Vec<String>),
-    source: &str,
-    target: &str,
-    moved: bool,
-) -> (Vec<String>, Vec<String>) {
-    let relabel = |line: &str| line.replace(&format!("({source} "), &format!("({target} "));
-    let relabel_rel = |line: &str| line.replace(&format!("({source}:"), &format!("({target}:"));
-    let mut nodes = Vec::new();
-    for n in &before.0 {
-        let ours = n.starts_with(&format!("({source} "));
-        if ours {
-            nodes.push(relabel(n));
-        }
-        if !ours || !moved {
-            nodes.push(n.clone());
-        }
-    }
-    let mut rels = Vec::new();
-    for r in &before.1 {
-        let ours = r.starts_with(&format!("({source}:")) && r.contains(&format!("]->({source}:"));
-        if ours {
-            rels.push(relabel_rel(r));
-        }
-        if !ours || !moved {
-            rels.push(r.clone());
-        }
-    }
-    nodes.sort();
-    rels.sort();
-    (nodes, rels)
 }
 
 fn migrate(source: &str, target: &str, port: u16, state: &Path, extra: &[&str]) -> Command {

@@ -649,30 +649,7 @@ fn judge(before: &Contents, after: &Contents, (source, target): (&str, &str), mo
     }
 
     // Graph: the source's nodes and relationships relabelled, every property kept.
-    let relabel = |line: &str| line.replace(&format!("({source} "), &format!("({target} "));
-    let relabel_rel = |line: &str| line.replace(&format!("({source}:"), &format!("({target}:"));
-    let mut nodes = Vec::new();
-    for n in &before.graph.0 {
-        let ours = n.starts_with(&format!("({source} "));
-        if ours {
-            nodes.push(relabel(n));
-        }
-        if !ours || !moved {
-            nodes.push(n.clone());
-        }
-    }
-    let mut rels = Vec::new();
-    for r in &before.graph.1 {
-        let ours = r.starts_with(&format!("({source}:")) && r.contains(&format!("]->({source}:"));
-        if ours {
-            rels.push(relabel_rel(r));
-        }
-        if !ours || !moved {
-            rels.push(r.clone());
-        }
-    }
-    nodes.sort();
-    rels.sort();
+    let (nodes, rels) = graph_fixture::expected(&before.graph, source, target, moved);
     for (what, want, got) in [
         ("node", &nodes, &after.graph.0),
         ("relationship", &rels, &after.graph.1),

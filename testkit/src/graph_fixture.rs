@@ -134,6 +134,42 @@ pub async fn snapshot(g: &Graph, labels: &[&str]) -> neo4rs::Result<(Vec<String>
     Ok((nodes, rels))
 }
 
+/// What a [`snapshot`] must hold after migrating `source` to `target`: the source's
+/// nodes and its internal relationships relabelled (kept as well after a Copy),
+/// everything else as it was; sorted.
+pub fn expected(
+    before: &(Vec<String>, Vec<String>),
+    source: &str,
+    target: &str,
+    moved: bool,
+) -> (Vec<String>, Vec<String>) {
+    let relabel = |line: &str| line.replace(&format!("({source} "), &format!("({target} "));
+    let relabel_rel = |line: &str| line.replace(&format!("({source}:"), &format!("({target}:"));
+    let mut nodes = Vec::new();
+    for n in &before.0 {
+        let ours = n.starts_with(&format!("({source} "));
+        if ours {
+            nodes.push(relabel(n));
+        }
+        if !ours || !moved {
+            nodes.push(n.clone());
+        }
+    }
+    let mut rels = Vec::new();
+    for r in &before.1 {
+        let ours = r.starts_with(&format!("({source}:")) && r.contains(&format!("]->({source}:"));
+        if ours {
+            rels.push(relabel_rel(r));
+        }
+        if !ours || !moved {
+            rels.push(r.clone());
+        }
+    }
+    nodes.sort();
+    rels.sort();
+    (nodes, rels)
+}
+
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v
