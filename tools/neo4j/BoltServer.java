@@ -41,7 +41,10 @@ public final class BoltServer {
                 .setConfig(BoltConnector.encryption_level,
                         tls ? BoltConnector.EncryptionLevel.REQUIRED : BoltConnector.EncryptionLevel.DISABLED)
                 .setConfig(GraphDatabaseSettings.auth_enabled, auth)
-                .setConfig(GraphDatabaseSettings.default_database, "memgraph");
+                .setConfig(GraphDatabaseSettings.default_database, "memgraph")
+                // Neo4j preallocates each transaction log file (250 MiB per database): a test
+                // server lives in a temporary folder and needs a few MiB, not half a GiB.
+                .setConfig(GraphDatabaseSettings.preallocate_logical_logs, false);
         if (tls) {
             SslPolicyConfig bolt = SslPolicyConfig.forScope(SslPolicyScope.BOLT);
             builder.setConfig(bolt.enabled, true)
