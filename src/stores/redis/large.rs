@@ -48,27 +48,45 @@ pub async fn sizes(conn: &Topology, keys: &[&[u8]]) -> Result<Vec<u64>, RedisSto
     Ok(sizes.into_iter().map(Option::unwrap_or_default).collect())
 }
 
-/// Splits items (with their sizes) into sub-batches of at most [`BATCH_BYTES`] and the
-/// items above [`LARGE_BYTES`], keeping their order.
-pub fn split<T>(items: Vec<T>, sizes: &[u64]) -> (Vec<Vec<T>>, Vec<T>) {
-    let (mut batches, mut large) = (vec![Vec::new()], Vec::new());
+/// A page of keys split by their sizes.
+pub struct Split<T> {
+    /// Sub-batches of at most the budget's bytes (and of any count).
+    pub batches: Vec<Vec<T>>,
+    /// Keys above the budget and up to [`LARGE_BYTES`]: a batch each, one at a time.
+    pub solo: Vec<T>,
+    /// Keys above [`LARGE_BYTES`]: streamed.
+    pub streamed: Vec<T>,
+}
+
+/// Splits items (with their sizes) into sub-batches of at most `budget` bytes, the items
+/// above it, and those above [`LARGE_BYTES`], keeping their order.
+pub fn split<T>(items: Vec<T>, sizes: &[u64], budget: u64) -> Split<T> {
+    let mut out = Split {
+        batches: vec![Vec::new()],
+        solo: Vec::new(),
+        streamed: Vec::new(),
+    };
     let mut bytes = 0u64;
     for (item, size) in items.into_iter().zip(sizes.iter().copied().chain(std::iter::repeat(0))) {
         if size > LARGE_BYTES {
-            large.push(item);
+            out.streamed.push(item);
             continue;
         }
-        if bytes + size > BATCH_BYTES && batches.last().is_some_and(|b| !b.is_empty()) {
-            batches.push(Vec::new());
+        if size > budget {
+            out.solo.push(item);
+            continue;
+        }
+        if bytes + size > budget && out.batches.last().is_some_and(|b| !b.is_empty()) {
+            out.batches.push(Vec::new());
             bytes = 0;
         }
         bytes += size;
-        if let Some(b) = batches.last_mut() {
+        if let Some(b) = out.batches.last_mut() {
             b.push(item);
         }
     }
-    batches.retain(|b| !b.is_empty());
-    (batches, large)
+    out.batches.retain(|b| !b.is_empty());
+    out
 }
 
 /// `name key args…`.
@@ -252,10 +270,13 @@ mod tests {
     fn batches_are_bounded_by_bytes_and_large_keys_go_alone() {
         let mib = 1u64 << 20;
         let sizes = [mib, 10 * mib, 10 * mib, 20 * mib, 200 * mib, mib];
-        let (batches, large) = split((0..6).collect(), &sizes);
-        assert_eq!(batches, vec![vec![0, 1], vec![2], vec![3], vec![5]]);
-        assert_eq!(large, vec![4]);
-        let (batches, large) = split(vec![1, 2, 3], &[]);
-        assert_eq!((batches, large), (vec![vec![1, 2, 3]], vec![]));
+        let s = split((0..6).collect(), &sizes, BATCH_BYTES);
+        assert_eq!(s.batches, vec![vec![0, 1], vec![2, 5]]);
+        assert_eq!((s.solo, s.streamed), (vec![3], vec![4]));
+        let s = split((0..6).collect(), &sizes, 4 * mib);
+        assert_eq!(s.batches, vec![vec![0, 5]]);
+        assert_eq!((s.solo, s.streamed), (vec![1, 2, 3], vec![4]));
+        let s = split(vec![1, 2, 3], &[], BATCH_BYTES);
+        assert_eq!((s.batches, s.solo, s.streamed), (vec![vec![1, 2, 3]], vec![], vec![]));
     }
 }

@@ -12,6 +12,7 @@
 //!
 //! This module must not order phases, retry or persist checkpoints (the engine does).
 
+use futures::StreamExt;
 use redis::{Cmd, RedisError, RedisResult, Value};
 
 mod large;
@@ -153,6 +154,11 @@ pub struct KeySpace {
     prefixes: Vec<KeyPrefix>,
     source_pattern: String,
     target_pattern: String,
+    /// The literal start of every source key (`source_pattern` without its `*`).
+    source_start: String,
+    /// Finds the keys of both tenants in one SCAN: the iteration, not the matching, is
+    /// what a SCAN costs the server (about a microsecond per key in the database).
+    both_pattern: String,
 }
 
 fn is_id_char(c: char) -> bool {
@@ -229,18 +235,24 @@ impl KeySpace {
         // Longest first, so a key is attributed to the most specific prefix.
         prefixes.sort_by(|a, b| b.source.len().cmp(&a.source.len()).then(a.source.cmp(&b.source)));
         prefixes.dedup_by(|a, b| a.source == b.source);
-        let source_pattern = format!(
-            "{}*",
-            glob_escape(&common_prefix(prefixes.iter().map(|p| p.source.as_str())))
-        );
+        let source_start = common_prefix(prefixes.iter().map(|p| p.source.as_str()));
+        let source_pattern = format!("{}*", glob_escape(&source_start));
         let target_pattern = format!(
             "{}*",
             glob_escape(&common_prefix(prefixes.iter().map(|p| p.target.as_str())))
+        );
+        let both_pattern = format!(
+            "{}*",
+            glob_escape(&common_prefix(
+                prefixes.iter().flat_map(|p| [p.source.as_str(), p.target.as_str()])
+            ))
         );
         Ok(Self {
             prefixes,
             source_pattern,
             target_pattern,
+            source_start,
+            both_pattern,
         })
     }
 
@@ -298,18 +310,19 @@ fn same_ttl(source: i64, target: i64) -> bool {
 }
 
 /// A key as read: its DUMP payload and PTTL.
-struct Snapshot {
+struct Snapshot<'v> {
     pttl: i64,
-    dump: Vec<u8>,
+    dump: &'v [u8],
 }
 
-impl Snapshot {
-    /// From the replies to PTTL and DUMP; `None` when the key does not exist.
-    fn of(pttl: &Value, dump: &Value) -> Option<Self> {
+impl<'v> Snapshot<'v> {
+    /// From the replies to PTTL and DUMP (borrowed: a payload is never copied to be
+    /// compared); `None` when the key does not exist.
+    fn of(pttl: &Value, dump: &'v Value) -> Option<Self> {
         match (pttl, dump) {
             (Value::Int(pttl), Value::BulkString(dump)) => Some(Self {
                 pttl: *pttl,
-                dump: dump.clone(),
+                dump: dump.as_slice(),
             }),
             _ => None,
         }
@@ -351,13 +364,52 @@ pub struct RedisPhase {
     conn: Option<Topology>,
     /// The next SCAN page, requested while the current one is processed.
     prefetch: Option<Prefetch>,
-    /// Connections of their own per server for WATCH … EXEC (see `Topology::exclusive`),
-    /// kept between batches; one that failed is dropped.
-    exclusive: std::collections::HashMap<usize, redis::aio::MultiplexedConnection>,
+    /// Connections of their own per server for WATCH … EXEC, kept between batches.
+    exclusive: Exclusive,
     /// The plan saw this migration's earlier work: under `onConflict: Fail` a target key
     /// that differs from its source is then this migration's copy of a source key
     /// changed since, not someone else's (the first run's preflight found none).
     resuming: bool,
+}
+
+/// Transactions of different slots of a Redis Cluster in flight at once during
+/// RemoveSource, each on a connection of its own (a slot's keys are one transaction).
+const TRANSACTIONS_IN_FLIGHT: usize = 8;
+
+/// Chunks of a page worked on at once (see [`RedisPhase::step`]).
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// Connections of their own per server for WATCH … MULTI/EXEC (see
+/// `Topology::exclusive`): taken for one transaction and given back only after a round
+/// that ended cleanly (no WATCH left behind); one that failed is dropped.
+#[derive(Default)]
+struct Exclusive(std::sync::Mutex<std::collections::HashMap<usize, Vec<redis::aio::MultiplexedConnection>>>);
+
+impl Exclusive {
+    /// A connection to the server of `key`, and that server's index.
+    async fn take(&self, conn: &Topology, key: &[u8]) -> RedisResult<(usize, redis::aio::MultiplexedConnection)> {
+        let server = conn.server_of(key);
+        let idle = self.pool().get_mut(&server).and_then(Vec::pop);
+        match idle {
+            Some(tx) => Ok((server, tx)),
+            None => Ok((server, conn.exclusive(key).await?)),
+        }
+    }
+
+    fn give_back(&self, server: usize, tx: redis::aio::MultiplexedConnection) {
+        self.pool().entry(server).or_default().push(tx);
+    }
+
+    fn clear(&self) {
+        self.pool().clear();
+    }
+
+    fn pool(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<usize, Vec<redis::aio::MultiplexedConnection>>> {
+        // Held for a push or a pop only; a panic elsewhere cannot leave the map half-changed.
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// A SCAN page and where the next one starts (`None`: every server scanned).
@@ -569,7 +621,7 @@ impl RedisPhase {
     }
 
     /// Copies `pairs`; returns (done, skipped).
-    async fn copy_pairs(&mut self, conn: &Topology, pairs: &[Pair]) -> Result<(u64, u64), RedisStoreError> {
+    async fn copy_pairs(&self, conn: &Topology, pairs: &[&Pair]) -> Result<(u64, u64), RedisStoreError> {
         if pairs.is_empty() {
             return Ok((0, 0));
         }
@@ -641,7 +693,7 @@ impl RedisPhase {
     /// TTL. Equal ones count as done; a target that is missing or differs is written
     /// again from the source as it is now (catch-up) — except under `onConflict: Skip`,
     /// where a differing target keeps its own value (and the source is kept too).
-    async fn compare_pairs(&mut self, conn: &Topology, pairs: &[Pair]) -> Result<Checked, RedisStoreError> {
+    async fn compare_pairs(&self, conn: &Topology, pairs: &[&Pair]) -> Result<Checked, RedisStoreError> {
         let mut checked = Checked::default();
         if pairs.is_empty() {
             return Ok(checked);
@@ -654,7 +706,7 @@ impl RedisPhase {
         )
         .await?;
         let mut again = Vec::new();
-        for (p, v) in pairs.iter().zip(values.chunks(4)) {
+        for (&p, v) in pairs.iter().zip(values.chunks(4)) {
             let (Some(s), t) = (Snapshot::of(&v[0], &v[1]), Snapshot::of(&v[2], &v[3])) else {
                 continue; // gone from the source since SCAN: nothing to compare
             };
@@ -670,12 +722,18 @@ impl RedisPhase {
 
     /// Whether target `t` holds what source `s` holds: value (by DUMP payload, or by
     /// type when the payloads differ) and TTL (both none, or within [`TTL_SLACK_MS`]).
-    async fn same(&self, conn: &Topology, p: &Pair, s: &Snapshot, t: &Snapshot) -> Result<bool, RedisStoreError> {
-        Ok(same_ttl(s.pttl, t.pttl) && Self::same_value(conn, &p.source, &s.dump, &p.target, &t.dump).await?)
+    async fn same(
+        &self,
+        conn: &Topology,
+        p: &Pair,
+        s: &Snapshot<'_>,
+        t: &Snapshot<'_>,
+    ) -> Result<bool, RedisStoreError> {
+        Ok(same_ttl(s.pttl, t.pttl) && Self::same_value(conn, &p.source, s.dump, &p.target, t.dump).await?)
     }
 
     /// Copy of one key too large for a batch ([`large`]); (done, skipped) as for a batch.
-    async fn copy_large(&mut self, conn: &Topology, p: &Pair) -> Result<Checked, RedisStoreError> {
+    async fn copy_large(&self, conn: &Topology, p: &Pair) -> Result<Checked, RedisStoreError> {
         let replace = self.settings.on_conflict == OnConflict::Overwrite || self.own_targets();
         let exists: Vec<bool> = all(
             conn,
@@ -718,7 +776,7 @@ impl RedisPhase {
     }
 
     /// Verify of one large key: as [`Self::compare_pairs`], page by page.
-    async fn compare_large(&mut self, conn: &Topology, p: &Pair) -> Result<Checked, RedisStoreError> {
+    async fn compare_large(&self, conn: &Topology, p: &Pair) -> Result<Checked, RedisStoreError> {
         let mut c = Checked::default();
         if self.equal_large(conn, p).await? {
             c.equal = 1;
@@ -743,17 +801,14 @@ impl RedisPhase {
 
     /// RemoveSource of one large key: WATCH the source, compare page by page, UNLINK in
     /// MULTI/EXEC — aborted (and compared again) when the source changed meanwhile.
-    async fn remove_large(&mut self, conn: &Topology, p: &Pair) -> Result<Checked, RedisStoreError> {
+    async fn remove_large(&self, conn: &Topology, p: &Pair) -> Result<Checked, RedisStoreError> {
         let err = |what: &str| RedisStoreError::command(format!("{what} {}", show(&p.source)));
-        let server = conn.server_of(&p.source);
         for _ in 0..10 {
-            let mut tx = match self.exclusive.remove(&server) {
-                Some(tx) => tx,
-                None => conn
-                    .exclusive(&p.source)
-                    .await
-                    .map_err(err("connection for WATCH of"))?,
-            };
+            let (server, mut tx) = self
+                .exclusive
+                .take(conn, &p.source)
+                .await
+                .map_err(err("connection for WATCH of"))?;
             let _: Value = redis::cmd("WATCH")
                 .arg(&p.source)
                 .query_async(&mut tx)
@@ -764,13 +819,13 @@ impl RedisPhase {
                     .query_async(&mut tx)
                     .await
                     .map_err(err("UNWATCH"))?;
-                self.exclusive.insert(server, tx);
+                self.exclusive.give_back(server, tx);
                 return self.compare_large(conn, p).await;
             }
             let mut unlink = redis::pipe();
             unlink.atomic().cmd("UNLINK").arg(&p.source);
             let done: Value = unlink.query_async(&mut tx).await.map_err(err("MULTI/UNLINK/EXEC of"))?;
-            self.exclusive.insert(server, tx);
+            self.exclusive.give_back(server, tx);
             if !matches!(done, Value::Nil) {
                 return Ok(Checked {
                     equal: 1,
@@ -787,7 +842,7 @@ impl RedisPhase {
     async fn write_again(
         &self,
         conn: &Topology,
-        items: Vec<(&Pair, Snapshot)>,
+        items: Vec<(&Pair, Snapshot<'_>)>,
     ) -> Result<Vec<Recopied>, RedisStoreError> {
         if items.is_empty() {
             return Ok(Vec::new());
@@ -796,7 +851,7 @@ impl RedisPhase {
             .iter()
             .map(|(p, s)| {
                 let mut cmd = keyed("RESTORE", &p.target);
-                cmd.arg(s.pttl.max(0)).arg(s.dump.as_slice()).arg("REPLACE");
+                cmd.arg(s.pttl.max(0)).arg(s.dump).arg("REPLACE");
                 (p.target.as_slice(), cmd)
             })
             .collect();
@@ -805,7 +860,7 @@ impl RedisPhase {
             .into_iter()
             .map(|(p, s)| Recopied {
                 item: show(&p.source),
-                digest: digest(&[&s.dump]),
+                digest: digest(&[s.dump]),
             })
             .collect())
     }
@@ -818,61 +873,70 @@ impl RedisPhase {
     /// comparison and removal is never lost. Differing targets are written again from
     /// the source (removed in a later pass); under Skip they are kept, with the source.
     /// Only WATCH, MULTI, EXEC, UNWATCH, PTTL, DUMP, RESTORE and UNLINK: no Lua, and
-    /// nothing DragonflyDB lacks.
-    async fn remove_pairs(&mut self, conn: &Topology, pairs: &[Pair]) -> Result<Checked, RedisStoreError> {
-        let mut checked = Checked::default();
+    /// nothing DragonflyDB lacks. A cluster's slots are independent transactions:
+    /// [`TRANSACTIONS_IN_FLIGHT`] of them run at once.
+    async fn remove_pairs(&self, conn: &Topology, pairs: &[&Pair]) -> Result<Checked, RedisStoreError> {
         let sources: Vec<&[u8]> = pairs.iter().map(|p| p.source.as_slice()).collect();
-        for group in conn.transaction_groups(&sources) {
-            let mut tries = 0;
-            loop {
-                let members: Vec<&Pair> = group.iter().map(|i| &pairs[*i]).collect();
-                let Some(first) = members.first() else { break };
-                let server = conn.server_of(&first.source);
-                let tx = match self.exclusive.remove(&server) {
-                    Some(tx) => tx,
-                    None => conn
-                        .exclusive(&first.source)
-                        .await
-                        .map_err(RedisStoreError::command(format!(
-                            "connection for WATCH of {}",
-                            show(&first.source)
-                        )))?,
-                };
-                // Given back only when the round ended cleanly (no WATCH left behind).
-                let (tx, done) = self.remove_group(conn, tx, &members, &mut checked).await?;
-                self.exclusive.insert(server, tx);
-                match done {
-                    true => break,
-                    false if tries < 10 => tries += 1,
-                    // A source key keeps changing under us: the batch is retried later.
-                    false => {
-                        return Err(RedisStoreError::Busy {
-                            example: show(&members[0].source),
-                        });
-                    }
-                }
-            }
+        let work: Vec<_> = conn
+            .transaction_groups(&sources)
+            .into_iter()
+            .map(|group| self.remove_group(conn, group.iter().map(|i| pairs[*i]).collect()))
+            .collect();
+        let mut rounds = futures::stream::iter(work).buffer_unordered(TRANSACTIONS_IN_FLIGHT);
+        let mut checked = Checked::default();
+        while let Some(c) = rounds.next().await {
+            checked.add(c?);
         }
         Ok(checked)
     }
 
-    /// One WATCH … EXEC round of [`Self::remove_pairs`]; false when EXEC was aborted
+    /// One transaction group of [`Self::remove_pairs`], compared again while EXEC is
+    /// aborted by a write to a watched key.
+    async fn remove_group(&self, conn: &Topology, members: Vec<&Pair>) -> Result<Checked, RedisStoreError> {
+        let Some(first) = members.first() else {
+            return Ok(Checked::default());
+        };
+        for _ in 0..=10 {
+            let (server, tx) = self
+                .exclusive
+                .take(conn, &first.source)
+                .await
+                .map_err(RedisStoreError::command(format!(
+                    "connection for WATCH of {}",
+                    show(&first.source)
+                )))?;
+            let (tx, done) = self.remove_round(conn, tx, &members).await?;
+            self.exclusive.give_back(server, tx);
+            if let Some(checked) = done {
+                return Ok(checked);
+            }
+        }
+        // A source key keeps changing under us: the batch is retried later.
+        Err(RedisStoreError::Busy {
+            example: show(&first.source),
+        })
+    }
+
+    /// One WATCH … EXEC round of [`Self::remove_group`]; `None` when EXEC was aborted
     /// (nothing was removed: compare again).
-    async fn remove_group(
-        &mut self,
+    async fn remove_round(
+        &self,
         conn: &Topology,
         mut tx: redis::aio::MultiplexedConnection,
         pairs: &[&Pair],
-        checked: &mut Checked,
-    ) -> Result<(redis::aio::MultiplexedConnection, bool), RedisStoreError> {
+    ) -> Result<(redis::aio::MultiplexedConnection, Option<Checked>), RedisStoreError> {
+        let mut checked = Checked::default();
         let Some(first) = pairs.first() else {
-            return Ok((tx, true));
+            return Ok((tx, Some(checked)));
         };
         let err = |what: &str| RedisStoreError::command(format!("{what} from {}", show(&first.source)));
         let mut read = redis::pipe();
+        // One WATCH of every key: a command per key cost Redis more than its DUMP.
+        let watch = read.cmd("WATCH");
         for p in pairs {
-            read.cmd("WATCH").arg(&p.source).ignore();
+            watch.arg(&p.source);
         }
+        watch.ignore();
         for p in pairs {
             read.cmd("PTTL").arg(&p.source).cmd("DUMP").arg(&p.source);
         }
@@ -886,14 +950,13 @@ impl RedisPhase {
         .await?;
         let mut equal = Vec::new();
         let mut again = Vec::new();
-        let mut kept = 0;
         for ((p, s), t) in pairs.iter().zip(sources.chunks(2)).zip(targets.chunks(2)) {
             let Some(s) = Snapshot::of(&s[0], &s[1]) else {
                 continue; // already removed (a resumed or repeated batch)
             };
             match Snapshot::of(&t[0], &t[1]) {
                 Some(t) if self.same(conn, p, &s, &t).await? => equal.push(*p),
-                Some(_) if self.settings.on_conflict == OnConflict::Skip => kept += 1,
+                Some(_) if self.settings.on_conflict == OnConflict::Skip => checked.kept += 1,
                 _ => again.push((*p, s)),
             }
         }
@@ -910,13 +973,57 @@ impl RedisPhase {
             }
             let done: Value = unlink.query_async(&mut tx).await.map_err(err("MULTI/UNLINK/EXEC"))?;
             if matches!(done, Value::Nil) {
-                return Ok((tx, false)); // a watched source key changed: nothing was removed
+                return Ok((tx, None)); // a watched source key changed: nothing was removed
             }
         }
         checked.equal += equal.len() as u64;
-        checked.kept += kept;
         checked.recopied.extend(self.write_again(conn, again).await?);
-        Ok((tx, true))
+        Ok((tx, Some(checked)))
+    }
+
+    /// One chunk of a page: sized (`MEMORY USAGE`), then its sub-batches of at most
+    /// `BATCH_BYTES / CHUNKS_IN_FLIGHT` one after the other, so that the chunks in flight
+    /// together hold no more than one batch did. Keys above that are handed back.
+    async fn step_chunk<'p>(
+        &self,
+        conn: &Topology,
+        stage: Stage,
+        chunk: &'p [Pair],
+    ) -> Result<(Checked, large::Split<&'p Pair>), RedisStoreError> {
+        let sources: Vec<&[u8]> = chunk.iter().map(|p| p.source.as_slice()).collect();
+        let sizes = large::sizes(conn, &sources).await?;
+        let mut split = large::split(
+            chunk.iter().collect(),
+            &sizes,
+            large::BATCH_BYTES / CHUNKS_IN_FLIGHT as u64,
+        );
+        let mut total = Checked::default();
+        for batch in std::mem::take(&mut split.batches) {
+            let batch: Vec<&Pair> = batch;
+            total.add(self.step_batch_of(conn, stage, &batch).await?);
+        }
+        Ok((total, split))
+    }
+
+    async fn step_batch(&self, conn: &Topology, stage: Stage, pairs: &[Pair]) -> Result<Checked, RedisStoreError> {
+        let refs: Vec<&Pair> = pairs.iter().collect();
+        self.step_batch_of(conn, stage, &refs).await
+    }
+
+    /// Copy, Verify or RemoveSource of one sub-batch.
+    async fn step_batch_of(&self, conn: &Topology, stage: Stage, batch: &[&Pair]) -> Result<Checked, RedisStoreError> {
+        Ok(match stage {
+            Stage::Copy => {
+                let (equal, kept) = self.copy_pairs(conn, batch).await?;
+                Checked {
+                    equal,
+                    kept,
+                    recopied: Vec::new(),
+                }
+            }
+            Stage::Verify => self.compare_pairs(conn, batch).await?,
+            _ => self.remove_pairs(conn, batch).await?,
+        })
     }
 
     /// Refuses a copy of about `needed` bytes (`keys` keys) that would not fit under
@@ -984,32 +1091,27 @@ impl RedisPhase {
         Ok(())
     }
 
-    /// Counts tenant keys per prefix on one side, each key once.
-    async fn count_side(&mut self, conn: &Topology, target_side: bool) -> Result<Vec<u64>, RedisStoreError> {
-        let pattern = if target_side {
-            self.keys.target_pattern.clone()
-        } else {
-            self.keys.source_pattern.clone()
-        };
+    /// Counts the keys of both tenants per prefix, (source, target), in one pass.
+    async fn count_sides(&mut self, conn: &Topology) -> Result<(Vec<u64>, Vec<u64>), RedisStoreError> {
+        let pattern = self.keys.both_pattern.clone();
         // Counting needs no per-key round trip, so larger pages cost nothing extra.
         let count = self.settings.batch_size.saturating_mul(5);
-        let mut counts = vec![0u64; self.keys.prefixes.len()];
+        let mut source = vec![0u64; self.keys.prefixes.len()];
+        let mut target = source.clone();
         let mut at = ScanCursor::default();
         loop {
             let (next, keys) = self.page(conn, at, &pattern, count).await?;
             for k in keys {
-                let g = if target_side {
-                    self.keys.target_group(&k)
-                } else {
-                    self.keys.source_group(&k)
-                };
-                if let Some(g) = g {
-                    counts[g] += 1;
+                if let Some(g) = self.keys.source_group(&k) {
+                    source[g] += 1;
+                }
+                if let Some(g) = self.keys.target_group(&k) {
+                    target[g] += 1;
                 }
             }
             match next {
                 Some(n) => at = n,
-                None => return Ok(counts),
+                None => return Ok((source, target)),
             }
         }
     }
@@ -1097,12 +1199,23 @@ impl Phase for RedisPhase {
         // Memory the copy will take: MEMORY USAGE of every SAMPLE-th source key without a
         // target yet, scaled up.
         let (mut to_copy, mut sampled, mut sampled_bytes) = (0u64, 0u64, 0u64);
-        let pattern = self.keys.source_pattern.clone();
+        // One pass finds the source keys and counts the target's (see `both_pattern`).
+        let pattern = self.keys.both_pattern.clone();
+        let mut targets = vec![0u64; groups.len()];
         let mut at = ScanCursor::default();
         loop {
             let (next, keys) = self.page(&conn, at, &pattern, self.settings.batch_size).await?;
-            let before = keys.len();
-            let pairs: Vec<Pair> = self.pairs(keys);
+            let mut sources = Vec::with_capacity(keys.len());
+            for k in keys {
+                if let Some(g) = self.keys.target_group(&k) {
+                    targets[g] += 1;
+                }
+                if k.starts_with(self.keys.source_start.as_bytes()) {
+                    sources.push(k);
+                }
+            }
+            let before = sources.len();
+            let pairs: Vec<Pair> = self.pairs(sources);
             excluded += (before - pairs.len()) as u64;
             for p in &pairs {
                 groups[p.group].source += 1;
@@ -1130,9 +1243,10 @@ impl Phase for RedisPhase {
                 let both: Vec<&Pair> = pairs.iter().zip(found).filter(|(_, f)| *f).map(|(p, _)| p).collect();
                 let sources: Vec<&[u8]> = both.iter().map(|p| p.source.as_slice()).collect();
                 let sizes = large::sizes(&conn, &sources).await?;
-                let (batches, streamed) = large::split(both, &sizes);
+                let split = large::split(both, &sizes, large::BATCH_BYTES);
+                let streamed = split.streamed;
                 let mut outcomes: Vec<(&Pair, bool)> = Vec::new();
-                for batch in batches {
+                for batch in split.batches.into_iter().chain(split.solo.into_iter().map(|p| vec![p])) {
                     let keys: Vec<&[u8]> = batch
                         .iter()
                         .flat_map(|p| [p.source.as_slice(), p.target.as_slice()])
@@ -1171,7 +1285,6 @@ impl Phase for RedisPhase {
             .checked_div(sampled)
             .map_or(0, |per_key| per_key.saturating_mul(to_copy));
         self.check_capacity(&conn, needed, to_copy, &mut plan).await?;
-        let targets = self.count_side(&conn, true).await?;
         for ((g, t), paired) in groups.iter_mut().zip(targets).zip(paired) {
             g.target = t;
             g.extra = t.saturating_sub(paired);
@@ -1224,27 +1337,31 @@ impl Phase for RedisPhase {
             return Err(RedisStoreError::Settings(format!("stage {stage:?} has no batches")));
         }
         let pairs = self.pairs(keys);
-        // A page is a count of keys; what it holds in memory is bounded by bytes.
-        let sources: Vec<&[u8]> = pairs.iter().map(|p| p.source.as_slice()).collect();
-        let sizes = large::sizes(&conn, &sources).await?;
-        let (batches, streamed) = large::split(pairs, &sizes);
+        // The page in chunks whose round trips overlap: while Redis answers one, the
+        // reply to another is read here (one at a time, client and server took turns).
+        let per_chunk = pairs.len().div_ceil(CHUNKS_IN_FLIGHT).max(1);
+        let this = &*self;
+        // Collected first: futures are lazy, and a closure in the stream would need a
+        // lifetime for every chunk that the compiler cannot prove `Send` for.
+        let work: Vec<_> = pairs
+            .chunks(per_chunk)
+            .map(|chunk| this.step_chunk(&conn, stage, chunk))
+            .collect();
+        let mut chunks = futures::stream::iter(work).buffer_unordered(CHUNKS_IN_FLIGHT);
         let mut total = Checked::default();
-        for batch in &batches {
-            let c = match stage {
-                Stage::Copy => {
-                    let (equal, kept) = self.copy_pairs(&conn, batch).await?;
-                    Checked {
-                        equal,
-                        kept,
-                        recopied: Vec::new(),
-                    }
-                }
-                Stage::Verify => self.compare_pairs(&conn, batch).await?,
-                _ => self.remove_pairs(&conn, batch).await?,
-            };
-            total.add(c);
+        let (mut solo, mut streamed) = (Vec::new(), Vec::new());
+        while let Some(done) = chunks.next().await {
+            let (checked, split) = done?;
+            total.add(checked);
+            solo.extend(split.solo);
+            streamed.extend(split.streamed);
         }
-        for p in &streamed {
+        drop(chunks);
+        // Keys too large to share the memory budget: one at a time.
+        for p in solo {
+            total.add(self.step_batch(&conn, stage, std::slice::from_ref(p)).await?);
+        }
+        for p in streamed {
             let c = match stage {
                 Stage::Copy => self.copy_large(&conn, p).await?,
                 Stage::Verify => self.compare_large(&conn, p).await?,
@@ -1265,7 +1382,7 @@ impl Phase for RedisPhase {
         let conn = self.connect().await?;
         // The content pass compared every source key with its target; these are counts
         // of the stores as they are now (clients may have written since the plan).
-        let source = self.count_side(&conn, false).await?;
+        let (source, counted) = self.count_sides(&conn).await?;
         let source_left: u64 = source.iter().sum();
         if removed {
             // Only keys kept under Skip may remain; others appeared since the last pass.
@@ -1275,17 +1392,15 @@ impl Phase for RedisPhase {
                     example: format!("{} (written after its removal pass)", self.keys.source_pattern),
                 });
             }
-            let target = self.count_side(&conn, true).await?;
             return Ok(Verified {
                 source_left,
-                target: target.iter().sum(),
+                target: counted.iter().sum(),
             });
         }
         // Every source key has its equal target (the content pass saw to it), so more
         // target keys than source keys (and, unless under Fail, than the plan's extras,
         // the target's own keys) means copies of source keys deleted since: only then
         // is every target key looked at.
-        let counted = self.count_side(&conn, true).await?;
         let fail = self.settings.on_conflict == OnConflict::Fail;
         let surplus = counted
             .iter()
