@@ -2,7 +2,8 @@
 # Installs what the demo, the tests and the benchmark need on a fresh Debian machine:
 # redis-server and redis-benchmark (Debian packages), a Python virtualenv with the
 # reference script's packages, the Bolt test server (Neo4j 4.4 via Maven), and — for the
-# tests only — LightRAG (the round-trip tests' judge), kube-apiserver + etcd, helm and
+# tests only — LightRAG (the round-trip tests' judge), containerd + runc (Debian), and
+# kube-apiserver, etcd, kubelet, kube-controller-manager, kube-scheduler, helm and
 # kubeconform built from their Go modules. Idempotent: a second run only checks.
 # Everything built here lives outside the repository, in $TM_CACHE.
 #
@@ -42,7 +43,17 @@ if ! "$TM_CACHE/venv/bin/python" -c 'import lightrag' 2>/dev/null \
   cp tools/lightrag/requirements.txt "$TM_CACHE/venv/lightrag-requirements.txt"
 fi
 
-# A real kube-apiserver and etcd, and helm + kubeconform for the chart tests, built from Go modules.
+# The one-node test cluster's container runtime (tests only): containerd (with ctr) and
+# runc from Debian. Without systemd nothing starts them; the tests start their own.
+if ! command -v containerd >/dev/null || ! command -v runc >/dev/null || ! command -v gcc >/dev/null; then
+  echo "setup: installing containerd, runc and gcc (the test node's runtime and pause image)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq containerd runc gcc libc6-dev >/dev/null
+fi
+
+# A real kube-apiserver and etcd, the test node's kubelet, kube-controller-manager and
+# kube-scheduler, and helm + kubeconform for the chart tests, built from Go modules.
 bash tools/envtest/build.sh
 bash tools/gotools/build.sh
 

@@ -27,7 +27,20 @@ pub struct KubeApiServer {
 }
 
 impl KubeApiServer {
+    /// A server for tests without a node: pods are never run, so the ServiceAccount
+    /// admission plugin (which waits for each namespace's `default` account, made by a
+    /// controller-manager) is off.
     pub fn start() -> Result<Self, ServerError> {
+        Self::launch(false)
+    }
+
+    /// A server for the one-node cluster ([`crate::KubeNode`]): ServiceAccount admission
+    /// on, so pods get their account's token as they would anywhere.
+    pub fn start_for_node() -> Result<Self, ServerError> {
+        Self::launch(true)
+    }
+
+    fn launch(service_accounts: bool) -> Result<Self, ServerError> {
         let bin = bin_dir();
         let (etcd_port, peer_port, port) = (crate::free_port()?, crate::free_port()?, crate::free_port()?);
         let dir = std::env::temp_dir().join(format!("tm-kube-{}-{port}", std::process::id()));
@@ -97,7 +110,11 @@ impl KubeApiServer {
                 .arg(&sa_key)
                 .arg("--service-account-signing-key-file")
                 .arg(&sa_key)
-                .args(["--disable-admission-plugins", "ServiceAccount"]),
+                .args(if service_accounts {
+                    vec![]
+                } else {
+                    vec!["--disable-admission-plugins", "ServiceAccount"]
+                }),
         )?;
         let server = Self {
             etcd,
@@ -122,6 +139,16 @@ impl KubeApiServer {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The folder of this server's files: `sa.key` (service-account signing key) and
+    /// `certs/apiserver.crt` (its self-signed certificate, the cluster's CA for pods).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     /// `https://127.0.0.1:PORT`
