@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v1::Scale;
-use kube::api::{Patch, PatchParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
 
@@ -129,6 +130,24 @@ impl Quiescer {
         result.map_err(|e| self.error(kind, name, e))
     }
 
+    /// Pods of a workload (by its scale's selector) that have not ended: running,
+    /// starting, or terminating.
+    async fn live_pods(&self, kind: WorkloadKind, name: &str, selector: &str) -> Result<i32, QuiesceError> {
+        let pods = Api::<Pod>::namespaced(self.client.clone(), &self.namespace)
+            .list(&ListParams::default().labels(selector))
+            .await
+            .map_err(|e| self.error(kind, name, e))?;
+        let live = pods
+            .items
+            .iter()
+            .filter(|p| {
+                let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+                !matches!(phase, Some("Succeeded" | "Failed"))
+            })
+            .count();
+        Ok(i32::try_from(live).unwrap_or(i32::MAX))
+    }
+
     async fn set_replicas(&self, kind: WorkloadKind, name: &str, replicas: i32) -> Result<(), QuiesceError> {
         let params = PatchParams {
             field_manager: Some(MANAGER.to_owned()),
@@ -189,7 +208,15 @@ impl Quiescer {
         let started = Instant::now();
         for r in &records {
             loop {
-                let pods = self.scale(r.kind, &r.name).await?.status.map_or(0, |s| s.replicas);
+                let status = self.scale(r.kind, &r.name).await?.status.unwrap_or_default();
+                let mut pods = status.replicas;
+                if pods == 0
+                    && let Some(selector) = status.selector.filter(|s| !s.is_empty())
+                {
+                    // The scale's count leaves out pods being deleted, which still serve
+                    // (and write) through their grace period: wait for them to be gone.
+                    pods = self.live_pods(r.kind, &r.name, &selector).await?;
+                }
                 if pods == 0 {
                     break;
                 }
