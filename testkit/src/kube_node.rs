@@ -42,13 +42,23 @@ fn other(msg: impl Into<String>) -> ServerError {
 /// A running node and the control-plane controllers that make pods of Deployments.
 pub struct KubeNode {
     containerd: Child,
-    kubelet: Child,
-    controller_manager: Child,
-    scheduler: Child,
+    /// The kubelet, controller-manager and scheduler, once started.
+    components: Vec<Child>,
     dir: PathBuf,
     socket: PathBuf,
     cgroup_root: String,
+    /// Kernel settings the kubelet rewrites at start (`setupKernelTunables`), as they
+    /// were: written back when the node is dropped.
+    sysctls: Vec<(PathBuf, String)>,
 }
+
+/// What the kubelet sets unless `protectKernelDefaults` (which refuses to start instead).
+const KUBELET_SYSCTLS: [&str; 4] = [
+    "vm/overcommit_memory",
+    "vm/panic_on_oom",
+    "kernel/panic",
+    "kernel/panic_on_oops",
+];
 
 /// v1 hierarchies the kubelet's cgroup root must exist in (and those runc uses).
 const HIERARCHIES: [&str; 9] = [
@@ -92,12 +102,17 @@ impl KubeNode {
         // The node is built up from here: dropped on any error below, it cleans up.
         let mut node = Self {
             containerd,
-            kubelet: sleeper()?,
-            controller_manager: sleeper()?,
-            scheduler: sleeper()?,
+            components: Vec::new(),
             dir: dir.clone(),
             socket: socket.clone(),
             cgroup_root: cgroup_root.clone(),
+            sysctls: KUBELET_SYSCTLS
+                .iter()
+                .filter_map(|k| {
+                    let path = Path::new("/proc/sys").join(k);
+                    Some((path.clone(), std::fs::read_to_string(path).ok()?))
+                })
+                .collect(),
         };
         node.wait_for("containerd", 60, || node.ctr(&["version"]).is_ok())?;
         node.import(&node.pause_image()?)?;
@@ -110,7 +125,7 @@ impl KubeNode {
             kubelet_config(&socket, &cgroup_root, kubelet_port, healthz_port, &dir),
         )?;
         let bin = bin_dir();
-        node.kubelet = spawn(
+        let kubelet = spawn(
             &bin.join("kubelet"),
             Command::new(bin.join("kubelet"))
                 .arg(format!("--config={}", dir.join("kubelet.yaml").display()))
@@ -120,8 +135,9 @@ impl KubeNode {
                 .args(["--hostname-override=127.0.0.1", "--v=1"]),
             "kubelet",
         )?;
+        node.components.push(kubelet);
         let certs = api.dir().join("certs/apiserver.crt");
-        node.controller_manager = spawn(
+        let controller_manager = spawn(
             &bin.join("kube-controller-manager"),
             Command::new(bin.join("kube-controller-manager"))
                 .arg(format!("--kubeconfig={}", kubeconfig.display()))
@@ -133,13 +149,15 @@ impl KubeNode {
                 .args(["--leader-elect=false", "--secure-port=0", "--v=1"]),
             "kube-controller-manager",
         )?;
-        node.scheduler = spawn(
+        node.components.push(controller_manager);
+        let scheduler = spawn(
             &bin.join("kube-scheduler"),
             Command::new(bin.join("kube-scheduler"))
                 .arg(format!("--kubeconfig={}", kubeconfig.display()))
                 .args(["--leader-elect=false", "--secure-port=0", "--v=1"]),
             "kube-scheduler",
         )?;
+        node.components.push(scheduler);
         node.wait_for("node 127.0.0.1 Ready and untainted", 180, || {
             let ready = api.kubectl(&[
                 "get",
@@ -233,11 +251,6 @@ impl KubeNode {
         }
         Ok(())
     }
-}
-
-/// A placeholder child until the real process is started (killed like the others).
-fn sleeper() -> Result<Child, ServerError> {
-    Ok(Command::new("sleep").arg("infinity").spawn()?)
 }
 
 /// This process's v1 memory cgroup (the sandbox puts each session in one).
@@ -378,7 +391,7 @@ serverTLSBootstrap: false
 
 impl Drop for KubeNode {
     fn drop(&mut self) {
-        for c in [&mut self.scheduler, &mut self.controller_manager, &mut self.kubelet] {
+        for c in self.components.iter_mut().rev() {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -422,6 +435,9 @@ impl Drop for KubeNode {
             );
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        for (path, value) in &self.sysctls {
+            let _ = std::fs::write(path, value);
+        }
     }
 }
 
