@@ -21,19 +21,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::kube_server::KubeApiServer;
+use crate::kube_server::{KubeApiServer, bin_dir};
 use crate::oci::{ImageConfig, ImageFile};
 use crate::redis_server::ServerError;
 
 /// The sandbox image every pod starts with.
 pub const PAUSE_IMAGE: &str = "localhost/tm-pause:1";
-
-fn bin_dir() -> PathBuf {
-    crate::bolt_server::tooling_dir()
-        .parent()
-        .map(|d| d.join("envtest/bin"))
-        .unwrap_or_default()
-}
 
 fn other(msg: impl Into<String>) -> ServerError {
     ServerError::Io(std::io::Error::other(msg.into()))

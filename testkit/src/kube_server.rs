@@ -11,7 +11,8 @@ use crate::redis_server::ServerError;
 /// The bearer token of the admin user (group system:masters).
 pub const ADMIN_TOKEN: &str = "tenant-migrator-test-admin";
 
-fn bin_dir() -> PathBuf {
+/// Where `tools/envtest/build.sh` puts the Kubernetes binaries.
+pub(crate) fn bin_dir() -> PathBuf {
     crate::bolt_server::tooling_dir()
         .parent()
         .map(|d| d.join("envtest/bin"))
