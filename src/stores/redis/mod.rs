@@ -999,19 +999,13 @@ impl RedisPhase {
         );
         let mut total = Checked::default();
         for batch in std::mem::take(&mut split.batches) {
-            let batch: Vec<&Pair> = batch;
-            total.add(self.step_batch_of(conn, stage, &batch).await?);
+            total.add(self.step_batch(conn, stage, &batch).await?);
         }
         Ok((total, split))
     }
 
-    async fn step_batch(&self, conn: &Topology, stage: Stage, pairs: &[Pair]) -> Result<Checked, RedisStoreError> {
-        let refs: Vec<&Pair> = pairs.iter().collect();
-        self.step_batch_of(conn, stage, &refs).await
-    }
-
     /// Copy, Verify or RemoveSource of one sub-batch.
-    async fn step_batch_of(&self, conn: &Topology, stage: Stage, batch: &[&Pair]) -> Result<Checked, RedisStoreError> {
+    async fn step_batch(&self, conn: &Topology, stage: Stage, batch: &[&Pair]) -> Result<Checked, RedisStoreError> {
         Ok(match stage {
             Stage::Copy => {
                 let (equal, kept) = self.copy_pairs(conn, batch).await?;
@@ -1359,7 +1353,7 @@ impl Phase for RedisPhase {
         drop(chunks);
         // Keys too large to share the memory budget: one at a time.
         for p in solo {
-            total.add(self.step_batch(&conn, stage, std::slice::from_ref(p)).await?);
+            total.add(self.step_batch(&conn, stage, &[p]).await?);
         }
         for p in streamed {
             let c = match stage {
