@@ -687,6 +687,99 @@ async fn a_point_written_between_copy_and_removal_is_copied_again() {
     );
 }
 
+/// A client rewrites every source point still there while the run's first delete of
+/// RemoveSource waits in the server — after the run compared those points with their
+/// copies and found them equal. Deleting them by id would lose the rewrite (Qdrant has
+/// no transactions); the run deletes only points it marked before comparing, which an
+/// upsert clears, so the rewritten points stay, are copied again, and the Move ends
+/// with every rewrite at its target id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_point_rewritten_between_its_comparison_and_its_delete_is_not_deleted() {
+    let (server, test_server, _) = loaded_test_server().await;
+    let client = server.client();
+    // The run removes collections in name order: the paused delete is in one of these.
+    let collections = [
+        qdrant_fixture::CHUNKS,
+        qdrant_fixture::ENTITIES,
+        qdrant_fixture::RELATIONSHIPS,
+    ];
+    test_server.pause_next("Points.Delete").expect("pause");
+    let state = state_dir("q-rewrite-before-delete");
+    let mut run = migrate(&server.url, &state, &["--batch-size", "10"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !test_server.paused() {
+        if run.try_wait().ok().flatten().is_some() {
+            let out = run.wait_with_output().expect("run");
+            panic!("the run ended before its first delete: {}", text(&out));
+        }
+        assert!(std::time::Instant::now() < deadline, "the run never deleted a point");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        qdrant_stage(&state),
+        "RemoveSource",
+        "the first delete is RemoveSource's"
+    );
+    let mut rewritten = Vec::new();
+    for c in collections {
+        let left = qdrant_fixture::snapshot(&client, c).await.expect("snapshot");
+        let ids: Vec<String> = left
+            .values()
+            .filter(|p| tenant_of(p) == Some(ws(SOURCE)))
+            .map(|p| p.payload["id"].split('"').nth(1).unwrap_or_default().to_owned())
+            .collect();
+        let fresh: Vec<_> = ids
+            .iter()
+            .map(|id| point_of(SOURCE, id, &format!("rewritten {id}")))
+            .collect();
+        if !fresh.is_empty() {
+            client
+                .upsert_points(qdrant_client::qdrant::UpsertPointsBuilder::new(c, fresh).wait(true))
+                .await
+                .expect("upsert");
+        }
+        rewritten.extend(ids.into_iter().map(|id| (c, id)));
+    }
+    assert!(!rewritten.is_empty(), "no source point left to rewrite");
+    test_server.resume().expect("resume");
+    let out = tokio::task::block_in_place(|| run.wait_with_output()).expect("run");
+    assert!(out.status.success(), "{}", text(&out));
+    let mut after = BTreeMap::new();
+    for c in collections {
+        after.insert(c, qdrant_fixture::snapshot(&client, c).await.expect("snapshot"));
+    }
+    let lost: Vec<&(&str, String)> = rewritten
+        .iter()
+        .filter(|(c, id)| {
+            after[c]
+                .get(&lightrag_id(TARGET, id))
+                .map(|p| p.payload["content"].clone())
+                != Some(ws(&format!("rewritten {id}")))
+        })
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} rewrites lost, e.g. {:?}: {}",
+        lost.len(),
+        rewritten.len(),
+        lost.first(),
+        text(&out)
+    );
+    let points = || after.values().flat_map(|points| points.values());
+    assert!(
+        !points().any(|p| tenant_of(p) == Some(ws(SOURCE))),
+        "source points left"
+    );
+    assert!(
+        points().all(|p| !p.payload.contains_key(tenant_migrator::stores::qdrant::REMOVAL_MARK)),
+        "a copy carries the removal mark"
+    );
+}
+
 /// A tenant moved earlier with kept ids owns points at ids that LightRAG computes for
 /// this migration's target: they are someone else's, and re-keying stops before
 /// writing over them, naming one.

@@ -161,6 +161,13 @@ fn now_nanos() -> String {
     format!("{:?}", std::time::SystemTime::now())
 }
 
+/// Payload key set on a source point, with the target tenant as its value, just before
+/// RemoveSource compares it with its copy ([`QdrantPhase::check_page`]): only points
+/// still carrying it are deleted. A Move stopped in RemoveSource leaves it on the source
+/// points not yet removed (LightRAG ignores payload keys it does not know); copies never
+/// carry it.
+pub const REMOVAL_MARK: &str = "tenant_migrator_removing_to";
+
 fn tenant_filter(field: &str, tenant: &TenantId) -> Filter {
     Filter::must([Condition::matches(field, tenant.as_str().to_owned())])
 }
@@ -528,6 +535,8 @@ impl QdrantPhase {
         })?;
         let target = self.settings.target.as_str();
         let mut payload: HashMap<String, Value> = p.payload;
+        // The mark of a removal in progress is the migration's, never the copy's.
+        payload.remove(REMOVAL_MARK);
         payload.insert(self.settings.tenant_field.clone(), Value::from(target.to_owned()));
         Ok(PointStruct {
             id: Some(PointId::from(lightrag_point_id(target, &id))),
@@ -619,6 +628,13 @@ impl QdrantPhase {
     /// id (never by filter: only points compared equal in this very page go). Missing
     /// or different: the copy is written again from the source as it is now, and the
     /// source point stays for the next pass.
+    ///
+    /// Qdrant has no transactions: a client's upsert landing between the comparison and
+    /// the delete would be deleted unseen. So RemoveSource first marks the page's source
+    /// points ([`REMOVAL_MARK`], set by filter: a point deleted meanwhile is simply not
+    /// matched), then reads and compares them, and deletes only points still marked —
+    /// an upsert replaces a point's whole payload, mark included, so a point written
+    /// after its mark stays for the next pass, which copies it again.
     async fn check_page(
         &mut self,
         client: &Qdrant,
@@ -626,7 +642,21 @@ impl QdrantPhase {
         offset: Option<PointId>,
         remove: bool,
     ) -> Result<(u64, Vec<Recopied>, Option<PointId>), QdrantStoreError> {
-        let (points, next) = self.page(client, collection, offset, true).await?;
+        let (mut points, next) = self.page(client, collection, offset, !remove).await?;
+        if remove {
+            let ids: Vec<PointId> = points.into_iter().filter_map(|p| p.id).collect();
+            self.mark_for_removal(client, collection, &ids).await?;
+            let source = self.settings.source.as_str();
+            points = self
+                .points_at(client, collection, ids, true)
+                .await?
+                .into_values()
+                .filter(|p| {
+                    matches!(p.payload.get(&self.settings.tenant_field).and_then(|v| v.kind.as_ref()),
+                        Some(Kind::StringValue(t)) if t == source)
+                })
+                .collect();
+        }
         let mut sources = Vec::with_capacity(points.len());
         for p in points {
             let source_id = p.id.clone();
@@ -656,18 +686,58 @@ impl QdrantPhase {
                 .await
                 .map_err(Self::call(format!("upsert again of {n} points into {collection}")))?;
         }
-        let n = equal.len() as u64;
+        let mut n = equal.len() as u64;
         if remove && n > 0 {
+            let marked = Filter::must([
+                Condition::has_id(equal.clone()),
+                Condition::matches(REMOVAL_MARK, self.settings.target.as_str().to_owned()),
+            ]);
             client
-                .delete_points(
-                    DeletePointsBuilder::new(collection)
-                        .points(PointsIdsList { ids: equal })
-                        .wait(true),
-                )
+                .delete_points(DeletePointsBuilder::new(collection).points(marked).wait(true))
                 .await
                 .map_err(Self::call(format!("delete of {n} source points in {collection}")))?;
+            // Rewritten since their mark: not deleted, compared again in the next pass.
+            let kept = client
+                .count(
+                    CountPointsBuilder::new(collection)
+                        .filter(Filter::must([Condition::has_id(equal)]))
+                        .exact(true),
+                )
+                .await
+                .map_err(Self::call(format!("count of source points kept in {collection}")))?
+                .result
+                .map_or(0, |r| r.count);
+            n -= kept.min(n);
         }
         Ok((n, recopied, next))
+    }
+
+    /// Sets [`REMOVAL_MARK`] on those of `ids` that still exist.
+    async fn mark_for_removal(
+        &self,
+        client: &Qdrant,
+        collection: &str,
+        ids: &[PointId],
+    ) -> Result<(), QdrantStoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mark = HashMap::from([(
+            REMOVAL_MARK.to_owned(),
+            Value::from(self.settings.target.as_str().to_owned()),
+        )]);
+        client
+            .set_payload(
+                SetPayloadPointsBuilder::new(collection, mark)
+                    .points_selector(Filter::must([Condition::has_id(ids.to_vec())]))
+                    .wait(true),
+            )
+            .await
+            .map_err(Self::call(format!(
+                "marking of {} source points for removal in {collection}",
+                ids.len()
+            )))?;
+        Ok(())
     }
 
     /// Deletes target points of `collection` whose source point is gone (deleted by a

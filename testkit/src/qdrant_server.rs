@@ -121,6 +121,8 @@ impl QdrantServer {
             .args(["--wire", wire.arg()])
             .arg("--hang-file")
             .arg(dir.join("hang"))
+            .arg("--pause-file")
+            .arg(dir.join("pause"))
             .stderr(Stdio::null());
         if let Some(k) = api_key {
             cmd.args(["--api-key", k]);
@@ -152,6 +154,24 @@ impl QdrantServer {
     /// its reply withheld).
     pub fn hung(&self) -> bool {
         !self.dir.join("hang").exists()
+    }
+
+    /// Fault injection: the next call of `method` (`"Points.Delete"`) waits before it
+    /// touches any collection until [`Self::resume`]; [`Self::paused`] tells when it
+    /// is waiting. A client's write can then land between what a migration read and
+    /// its own write.
+    pub fn pause_next(&self, method: &str) -> std::io::Result<()> {
+        std::fs::write(self.dir.join("pause"), method)
+    }
+
+    /// Whether the call chosen by [`Self::pause_next`] is waiting.
+    pub fn paused(&self) -> bool {
+        self.dir.join("pause.paused").exists()
+    }
+
+    /// Lets the paused call go on.
+    pub fn resume(&self) -> std::io::Result<()> {
+        std::fs::remove_file(self.dir.join("pause.paused"))
     }
 
     /// `http://127.0.0.1:PORT` (gRPC).

@@ -167,7 +167,7 @@ def condition_in(c):
     if kind == "is_null":
         return e.IsNullCondition(c.is_null.key)
     if kind == "has_id":
-        return e.HasIdCondition([point_id_in(p) for p in c.has_id.has_id])
+        return e.HasIdCondition({point_id_in(p) for p in c.has_id.has_id})
     if kind == "filter":
         return filter_in(c.filter)
     raise unimplemented(f"condition {kind}")
@@ -313,6 +313,29 @@ def hang_after_write():
     threading.Event().wait()
 
 
+# A file naming a call by its servicer method ("Points.Delete"): the next such call waits, before it touches any
+# collection, until the test lets it go — a client's write can then land between what
+# the migration read and its write. The file is renamed to FILE.paused when the call
+# starts waiting, and the call goes on once FILE.paused is removed. Fault injection
+# for tests.
+PAUSE_FILE = None
+
+
+def pause_before(name):
+    if PAUSE_FILE is None:
+        return
+    with HANG_LOCK:
+        try:
+            with open(PAUSE_FILE) as f:
+                if f.read().strip() != name:
+                    return
+            os.rename(PAUSE_FILE, PAUSE_FILE + ".paused")
+        except OSError:
+            return
+    while os.path.exists(PAUSE_FILE + ".paused"):
+        time.sleep(0.01)
+
+
 def guarded(fn):
     """Checks the API key, turns Abort into a gRPC status, times the call."""
 
@@ -321,6 +344,7 @@ def guarded(fn):
             meta = dict(context.invocation_metadata())
             if meta.get("api-key") != self.api_key:
                 context.abort(grpc.StatusCode.PERMISSION_DENIED, "Invalid api-key")
+        pause_before(fn.__qualname__)
         start = time.monotonic()
         try:
             reply = fn(self, request, context, start)
@@ -566,10 +590,12 @@ def main():
     ap.add_argument("--tls-cert")
     ap.add_argument("--tls-key")
     ap.add_argument("--hang-file", help="fault injection: see HANG_FILE")
+    ap.add_argument("--pause-file", help="fault injection: see PAUSE_FILE")
     a = ap.parse_args()
-    global LEGACY_WIRE, HANG_FILE
+    global LEGACY_WIRE, HANG_FILE, PAUSE_FILE
     LEGACY_WIRE = a.wire == "legacy"
     HANG_FILE = a.hang_file
+    PAUSE_FILE = a.pause_file
     store = Store(a.data)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=8),
