@@ -117,64 +117,158 @@ pub struct Options {
 
 /// Takes the Lease `tenant-migrator`, then runs the controller while holding it; a
 /// replica that loses it exits, so that two replicas never run a migration at once.
+///
+/// The Lease is taken, renewed and checked — and the health endpoints served — on a
+/// thread and runtime of their own ([`Leadership`]): migrations do CPU work on the
+/// main runtime (with a one-CPU limit tokio runs a single worker), and a renewal or a
+/// check that waits behind it would let the Lease lapse while this replica still writes.
 pub async fn run_elected(client: Client, options: Options) -> Result<(), ControllerError> {
-    let Some(lease_ns) = options.lease_namespace.clone() else {
+    let Some(namespace) = options.lease_namespace.clone() else {
         run(client, options).await;
         return Ok(());
     };
-    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("tenant-migrator-{}", std::process::id()));
-    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), MANAGER)
-        .with_namespace(lease_ns.as_str())
-        .with_identity(identity.as_str())
-        .with_duration(options.lease_seconds)
-        .with_grace(2.min(options.lease_seconds.saturating_sub(1)).max(1))
-        // One field manager per replica: the Lease is taken by server-side apply, and only
-        // distinct managers make a second taker's apply conflict. A shared one let two
-        // replicas both believe they lead until the next renewal.
-        .with_field_manager(format!("{MANAGER}-{identity}"))
-        .build()
-        .await
-        .map_err(|e| ControllerError::Lease(e.to_string()))?;
-    let (mut leading, task) = manager.watch().await;
-    tracing::info!(%identity, lease = %format!("{lease_ns}/{MANAGER}"), "waiting for leadership");
-    while !*leading.borrow_and_update() {
-        if leading.changed().await.is_err() {
-            return Err(ControllerError::Lease("the lease manager stopped".into()));
-        }
-    }
-    tracing::info!(%identity, "leading");
-    let duration = Duration::from_secs(options.lease_seconds.max(1));
-    // Renewals that fail (the API server unreachable) do not end the lease manager's
-    // leadership by themselves: this replica proves its own, and stops before the
-    // Lease could pass to another.
-    let margin = duration / 6;
-    let shutdown = Arc::new(AtomicBool::new(false));
-    tokio::select! {
-        () = run_with(client.clone(), options, shutdown.clone()) => {}
-        () = async {
-            while leading.changed().await.is_ok() {
-                if !*leading.borrow_and_update() {
-                    return;
+    let leadership = Leadership {
+        namespace,
+        identity: std::env::var("POD_NAME").unwrap_or_else(|_| format!("tenant-migrator-{}", std::process::id())),
+        seconds: options.lease_seconds,
+        endpoints: options.endpoints,
+        metrics: Arc::new(Metrics::default()),
+        shutdown: Arc::new(AtomicBool::new(false)),
+    };
+    let (metrics, shutdown) = (leadership.metrics.clone(), leadership.shutdown.clone());
+    let (elected, on_elected) = tokio::sync::oneshot::channel();
+    let (release, on_release) = tokio::sync::oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("leadership".into())
+        .spawn(
+            move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime.block_on(leadership.lead(elected, on_release)),
+                Err(e) => {
+                    let _ = elected.send(Err(ControllerError::Lease(format!("cannot start its runtime: {e}"))));
                 }
-            }
-        } => {
-            tracing::error!(%identity, "lost the lease; exiting so that another replica takes over");
-            std::process::exit(1);
-        }
-        why = lease_deadline(client, &lease_ns, &identity, duration, margin) => {
-            tracing::error!(
-                %identity,
-                "{why}; stopping every migration at its batch boundary and exiting before the Lease can pass to \
-                 another replica"
-            );
-            shutdown.store(true, Ordering::SeqCst);
-            tokio::time::sleep(margin / 2).await;
-            std::process::exit(1);
-        }
+            },
+        )
+        .map_err(|e| ControllerError::Lease(format!("cannot start its thread: {e}")))?;
+    match on_elected.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err(ControllerError::Lease("the lease manager stopped".into())),
     }
-    drop(leading);
-    let _ = task.await;
+    run_with(client, options, shutdown, metrics, None).await;
+    // Stopped (SIGTERM): give the Lease up, so that the next replica need not wait it out.
+    let _ = release.send(());
+    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     Ok(())
+}
+
+/// Leader election of one replica, run on its own thread ([`run_elected`]).
+struct Leadership {
+    namespace: String,
+    identity: String,
+    seconds: u64,
+    endpoints: Option<std::net::SocketAddr>,
+    metrics: Arc<Metrics>,
+    /// Set to stop every migration at its batch boundary.
+    shutdown: Arc<AtomicBool>,
+}
+
+impl Leadership {
+    /// Serves the endpoints, waits for the Lease, says so on `elected`, then holds it
+    /// until `release` (or exits the process once it can no longer prove it holds it).
+    async fn lead(
+        self,
+        elected: tokio::sync::oneshot::Sender<Result<(), ControllerError>>,
+        release: tokio::sync::oneshot::Receiver<()>,
+    ) {
+        let Self {
+            namespace,
+            identity,
+            seconds,
+            endpoints,
+            metrics,
+            shutdown,
+        } = self;
+        // Served while standing by too: a standby that answered nothing would fail its
+        // liveness probe and be restarted over and over, and a rollout would wait
+        // forever for the new pod to turn Ready while the old one holds the Lease.
+        let ready = serve_endpoints(endpoints, metrics.clone());
+        // Renewed every third of the duration, and given up (`lease_deadline`) with a sixth
+        // left: renewals may fail for half the duration before this replica stops. (It
+        // used to renew only 2 s before expiry, inside the 2.5 s the check keeps of the
+        // default 15 s: every leader gave up its Lease 12.5 s after each renewal.)
+        let seconds = seconds.max(2);
+        let grace = seconds - (seconds / 3).max(1);
+        let started = async {
+            let client = Client::try_default()
+                .await
+                .map_err(|e| ControllerError::Lease(e.to_string()))?;
+            let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), MANAGER)
+                .with_namespace(namespace.as_str())
+                .with_identity(identity.as_str())
+                .with_duration(seconds)
+                .with_grace(grace)
+                // One field manager per replica: the Lease is taken by server-side apply, and
+                // only distinct managers make a second taker's apply conflict. A shared one let
+                // two replicas both believe they lead until the next renewal.
+                .with_field_manager(format!("{MANAGER}-{identity}"))
+                .build()
+                .await
+                .map_err(|e| ControllerError::Lease(e.to_string()))?;
+            Ok::<_, ControllerError>((client, manager.watch().await))
+        };
+        let (client, (mut leading, task)) = match started.await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = elected.send(Err(e));
+                return;
+            }
+        };
+        // Ready to take over: the Lease is reachable.
+        ready.store(true, Ordering::SeqCst);
+        tracing::info!(%identity, lease = %format!("{namespace}/{MANAGER}"), "waiting for leadership");
+        while !*leading.borrow_and_update() {
+            if leading.changed().await.is_err() {
+                let _ = elected.send(Err(ControllerError::Lease("the lease manager stopped".into())));
+                return;
+            }
+        }
+        tracing::info!(%identity, "leading");
+        metrics.leader.set(1);
+        if elected.send(Ok(())).is_err() {
+            return;
+        }
+        let duration = Duration::from_secs(seconds);
+        // Renewals that fail (the API server unreachable) do not end the lease manager's
+        // leadership by themselves: this replica proves its own, and stops before the
+        // Lease could pass to another.
+        let margin = duration / 6;
+        tokio::select! {
+            _ = release => {}
+            () = async {
+                while leading.changed().await.is_ok() {
+                    if !*leading.borrow_and_update() {
+                        return;
+                    }
+                }
+            } => {
+                tracing::error!(%identity, "lost the lease; exiting so that another replica takes over");
+                std::process::exit(1);
+            }
+            why = lease_deadline(client, &namespace, &identity, duration, margin) => {
+                tracing::error!(
+                    %identity,
+                    "{why}; stopping every migration at its batch boundary and exiting before the Lease can pass \
+                     to another replica"
+                );
+                shutdown.store(true, Ordering::SeqCst);
+                tokio::time::sleep(margin / 2).await;
+                std::process::exit(1);
+            }
+        }
+        metrics.leader.set(0);
+        drop(leading);
+        let _ = task.await;
+    }
 }
 
 /// Returns once this replica can no longer prove it holds the Lease `MANAGER`: the
@@ -221,21 +315,14 @@ async fn lease_deadline(client: Client, ns: &str, identity: &str, duration: Dura
 
 /// Runs the controller until SIGINT/SIGTERM.
 pub async fn run(client: Client, options: Options) {
-    run_with(client, options, Arc::new(AtomicBool::new(false))).await;
+    let metrics = Arc::new(Metrics::default());
+    let ready = serve_endpoints(options.endpoints, metrics.clone());
+    run_with(client, options, Arc::new(AtomicBool::new(false)), metrics, Some(ready)).await;
 }
 
-/// [`run`], stopping every migration at its next batch boundary once `shutdown` is set.
-async fn run_with(client: Client, options: Options, shutdown: Arc<AtomicBool>) {
-    let Options {
-        namespaces,
-        endpoints,
-        allow_inline_endpoints,
-        secrets_namespace,
-        max_running,
-        ..
-    } = options;
-    let max_running = max_running.max(1);
-    let metrics = Arc::new(Metrics::default());
+/// Serves `metrics` and the health endpoints at `endpoints` (on the current runtime)
+/// from now on; `/readyz` answers 200 once the returned flag is set.
+fn serve_endpoints(endpoints: Option<std::net::SocketAddr>, metrics: Arc<Metrics>) -> Arc<AtomicBool> {
     let ready = Arc::new(AtomicBool::new(false));
     if let Some(addr) = endpoints {
         let (m, r) = (metrics.clone(), ready.clone());
@@ -245,6 +332,26 @@ async fn run_with(client: Client, options: Options, shutdown: Arc<AtomicBool>) {
             }
         });
     }
+    ready
+}
+
+/// [`run`], stopping every migration at its next batch boundary once `shutdown` is set;
+/// sets `ready` once the watches are built.
+async fn run_with(
+    client: Client,
+    options: Options,
+    shutdown: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+    ready: Option<Arc<AtomicBool>>,
+) {
+    let Options {
+        namespaces,
+        allow_inline_endpoints,
+        secrets_namespace,
+        max_running,
+        ..
+    } = options;
+    let max_running = max_running.max(1);
     // One watch per namespace (or one over all): a controller watching a list of
     // namespaces needs rights in those namespaces only.
     let apis: Vec<Api<TenantMigration>> = if namespaces.is_empty() {
@@ -305,7 +412,9 @@ async fn run_with(client: Client, options: Options, shutdown: Arc<AtomicBool>) {
             .run(reconcile, error_policy, ctx.clone())
             .boxed()
     });
-    ready.store(true, Ordering::SeqCst);
+    if let Some(ready) = ready {
+        ready.store(true, Ordering::SeqCst);
+    }
     futures::stream::select_all(controllers)
         .for_each(|result| async move {
             if let Err(e) = result {

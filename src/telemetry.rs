@@ -12,6 +12,7 @@ use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
@@ -55,6 +56,8 @@ pub struct Metrics {
     pub failures: Family<StoreLabel, Counter>,
     /// Seconds from a phase's start to its success.
     pub phase_seconds: Family<StoreLabel, Histogram>,
+    /// 1 while this replica holds the Lease and runs migrations, 0 while it stands by.
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -66,6 +69,7 @@ impl Default for Metrics {
         let failures = Family::<StoreLabel, Counter>::default();
         let phase_seconds =
             Family::<StoreLabel, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.1, 2.0, 14)));
+        let leader = Gauge::default();
         registry.register("items", "Items migrated", items.clone());
         registry.register("batches", "Batches completed", batches.clone());
         registry.register("retries", "Batches retried after a transient error", retries.clone());
@@ -75,6 +79,11 @@ impl Default for Metrics {
             "Duration of successful phases",
             phase_seconds.clone(),
         );
+        registry.register(
+            "leader",
+            "1 while this replica holds the Lease and runs migrations",
+            leader.clone(),
+        );
         Self {
             registry,
             items,
@@ -82,6 +91,7 @@ impl Default for Metrics {
             retries,
             failures,
             phase_seconds,
+            leader,
         }
     }
 }

@@ -594,9 +594,13 @@ async fn two_replicas_elect_one_leader_and_the_other_takes_over() {
     let kube = tokio::task::block_in_place(|| kube_with_crd(NS));
     let (redis, loaded) = loaded_redis(0.02);
     let (dir, kubeconfig) = controller_dir(&kube, "controller-election", NS, None);
+    let ports: std::collections::HashMap<&str, u16> = ["c1", "c2"]
+        .into_iter()
+        .map(|n| (n, tenant_migrator_testkit::free_port().expect("port")))
+        .collect();
     let replica = |name: &str| {
         let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log");
-        let port = tenant_migrator_testkit::free_port().expect("port");
+        let port = ports[name];
         ControllerProcess(
             Command::new(bin())
                 .args([
@@ -640,6 +644,26 @@ async fn two_replicas_elect_one_leader_and_the_other_takes_over() {
             std::thread::sleep(Duration::from_millis(200));
         }
     });
+    // Both replicas answer their probes, the standby too (else its liveness probe would
+    // restart it forever, and a rollout would wait for a new pod that never turns Ready);
+    // only the leader says it leads.
+    let other = if holder == "c1" { "c2" } else { "c1" };
+    tokio::task::block_in_place(|| {
+        for (name, leading) in [(holder.as_str(), 1), (other, 0)] {
+            let port = ports[name];
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while http_get(port, "/readyz").map(|r| r.0) != Some(200) {
+                assert!(Instant::now() < deadline, "{name} never turned ready");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            assert_eq!(http_get(port, "/healthz").map(|r| r.0), Some(200), "{name} /healthz");
+            let metrics = http_get(port, "/metrics").map(|r| r.1).unwrap_or_default();
+            assert!(
+                metrics.contains(&format!("tenant_migrator_leader {leading}")),
+                "{name}: {metrics}"
+            );
+        }
+    });
     let redis_spec = format!("{{url: '{}'}}", redis.url());
     let manifest = |name: &str, source: &str, target: &str| redis_only_tm(name, NS, source, target, &redis_spec, "");
     apply_ok(&kube, &manifest("one", SOURCE, TARGET));
@@ -651,7 +675,6 @@ async fn two_replicas_elect_one_leader_and_the_other_takes_over() {
             .matches("migration finished")
             .count()
     };
-    let other = if holder == "c1" { "c2" } else { "c1" };
     assert_eq!(
         (ran(&holder), ran(other)),
         (1, 0),

@@ -584,59 +584,8 @@ fn a_scan_cursor_is_not_trusted_after_the_server_restarts() {
 fn large_values_and_a_200_mb_hash_move_exactly_within_the_pods_memory_limit() {
     const LIMIT_KIB: u64 = 256 * 1024;
     let (redis, _) = loaded_redis(0.01);
+    load_large_values(&redis);
     let mut c = redis.conn().expect("connect");
-    let filler = |seed: usize, len: usize| -> Vec<u8> {
-        let unit = format!("{seed:012}-");
-        unit.as_bytes().iter().copied().cycle().take(len).collect()
-    };
-    for i in 0..5 {
-        redis::cmd("SET")
-            .arg(format!("{SOURCE}_full_docs:large-{i}"))
-            .arg(filler(i, 20 << 20))
-            .query::<()>(&mut c)
-            .expect("SET");
-    }
-    let huge = format!("{SOURCE}_llm_response_cache:huge");
-    for chunk in 0..200 {
-        let mut p = redis::pipe();
-        for f in 0..1_000 {
-            let n = chunk * 1_000 + f;
-            p.cmd("HSET")
-                .arg(&huge)
-                .arg(format!("field-{n}"))
-                .arg(filler(n, 1_000))
-                .ignore();
-        }
-        p.query::<()>(&mut c).expect("HSET");
-    }
-    for chunk in 0..40 {
-        let mut p = redis::pipe();
-        for e in 0..1_000 {
-            let n = chunk * 1_000 + e;
-            p.cmd("RPUSH")
-                .arg(format!("{SOURCE}_text_chunks:list"))
-                .arg(filler(n, 1_000))
-                .ignore();
-            p.cmd("SADD")
-                .arg(format!("{SOURCE}_entity_chunks:set"))
-                .arg(filler(n, 1_000))
-                .ignore();
-            p.cmd("ZADD")
-                .arg(format!("{SOURCE}_relation_chunks:zset"))
-                .arg(n as f64 / 7.0)
-                .arg(filler(n, 1_000))
-                .ignore();
-        }
-        p.query::<()>(&mut c).expect("list, set, zset");
-    }
-    let streamed_string = format!("{SOURCE}_full_docs:streamed");
-    redis::cmd("SET")
-        .arg(&streamed_string)
-        .arg(filler(99, 40 << 20))
-        .arg("EX")
-        .arg(7_200)
-        .query::<()>(&mut c)
-        .expect("SET");
     let before = snapshot(&redis);
     let state = state_dir("large-values");
     let args = ["--batch-size", "50"];

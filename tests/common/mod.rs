@@ -337,7 +337,18 @@ pub fn wait_for_tm(
     name: &str,
     done: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = Instant::now() + std::time::Duration::from_secs(90);
+    wait_for_tm_within(kube, ns, name, 90, done)
+}
+
+/// [`wait_for_tm`] for at most `secs`.
+pub fn wait_for_tm_within(
+    kube: &tenant_migrator_testkit::KubeApiServer,
+    ns: &str,
+    name: &str,
+    secs: u64,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + std::time::Duration::from_secs(secs);
     loop {
         let tm = get_tm(kube, ns, name);
         if done(&tm) {
@@ -439,4 +450,80 @@ pub fn redis_past_batch(n: u64) -> impl Fn(&serde_json::Value) -> bool {
             .as_u64()
             .is_some_and(|b| b >= n)
     }
+}
+
+/// Bytes of `len` that differ with `seed`: values that compress poorly and compare exactly.
+pub fn filler(seed: usize, len: usize) -> Vec<u8> {
+    let unit = format!("{seed:012}-");
+    unit.as_bytes().iter().copied().cycle().take(len).collect()
+}
+
+/// Large values and keys in `SOURCE`'s tenant: five 20 MB documents, a 200 MB hash
+/// (200,000 fields of 1 kB), a 40 MB list, set and sorted set, and a 40 MB string with
+/// a TTL.
+pub fn load_large_values(redis: &RedisServer) {
+    let mut c = redis.conn().expect("connect");
+    for i in 0..5 {
+        redis::cmd("SET")
+            .arg(format!("{SOURCE}_full_docs:large-{i}"))
+            .arg(filler(i, 20 << 20))
+            .query::<()>(&mut c)
+            .expect("SET");
+    }
+    let huge = format!("{SOURCE}_llm_response_cache:huge");
+    for chunk in 0..200 {
+        let mut p = redis::pipe();
+        for f in 0..1_000 {
+            let n = chunk * 1_000 + f;
+            p.cmd("HSET")
+                .arg(&huge)
+                .arg(format!("field-{n}"))
+                .arg(filler(n, 1_000))
+                .ignore();
+        }
+        p.query::<()>(&mut c).expect("HSET");
+    }
+    for chunk in 0..40 {
+        let mut p = redis::pipe();
+        for e in 0..1_000 {
+            let n = chunk * 1_000 + e;
+            p.cmd("RPUSH")
+                .arg(format!("{SOURCE}_text_chunks:list"))
+                .arg(filler(n, 1_000))
+                .ignore();
+            p.cmd("SADD")
+                .arg(format!("{SOURCE}_entity_chunks:set"))
+                .arg(filler(n, 1_000))
+                .ignore();
+            p.cmd("ZADD")
+                .arg(format!("{SOURCE}_relation_chunks:zset"))
+                .arg(n as f64 / 7.0)
+                .arg(filler(n, 1_000))
+                .ignore();
+        }
+        p.query::<()>(&mut c).expect("list, set, zset");
+    }
+    redis::cmd("SET")
+        .arg(format!("{SOURCE}_full_docs:streamed"))
+        .arg(filler(99, 40 << 20))
+        .arg("EX")
+        .arg(7_200)
+        .query::<()>(&mut c)
+        .expect("SET");
+}
+
+/// A plain HTTP/1.0 `GET` of `path` on a loopback port: the status code and the body,
+/// or `None` while nothing answers there.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
 }
