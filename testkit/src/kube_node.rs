@@ -230,6 +230,30 @@ impl KubeNode {
         format!("{}\n{}", tail(&format!("{name}.log")), tail(&format!("{name}.err.log")))
     }
 
+    /// What a container of a pod has written so far (every restart's log, in order), as
+    /// the kubelet keeps it: `podLogsDir/<namespace>_<pod>_<uid>/<container>/<n>.log`,
+    /// one CRI line per write (`<time> stdout|stderr F <text>`).
+    pub fn pod_log(&self, namespace: &str, pod: &str, container: &str) -> String {
+        let prefix = format!("{namespace}_{pod}_");
+        let mut text = String::new();
+        let Ok(pods) = std::fs::read_dir(self.dir.join("pod-logs")) else {
+            return text;
+        };
+        for entry in pods.flatten() {
+            if !entry.file_name().to_string_lossy().starts_with(&prefix) {
+                continue;
+            }
+            let mut files: Vec<PathBuf> = std::fs::read_dir(entry.path().join(container))
+                .map(|d| d.flatten().map(|f| f.path()).collect())
+                .unwrap_or_default();
+            files.sort();
+            for f in files {
+                text.push_str(&std::fs::read_to_string(f).unwrap_or_default());
+            }
+        }
+        text
+    }
+
     fn wait_for(&self, what: &str, secs: u64, mut ready: impl FnMut() -> bool) -> Result<(), ServerError> {
         let deadline = Instant::now() + Duration::from_secs(secs);
         while !ready() {
