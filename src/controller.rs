@@ -137,7 +137,7 @@ pub async fn run_elected(client: Client, options: Options) -> Result<(), Control
     };
     let (metrics, shutdown) = (leadership.metrics.clone(), leadership.shutdown.clone());
     let (elected, on_elected) = tokio::sync::oneshot::channel();
-    let (release, on_release) = tokio::sync::oneshot::channel();
+    let (mut release, on_release) = tokio::sync::oneshot::channel();
     let thread = std::thread::Builder::new()
         .name("leadership".into())
         .spawn(
@@ -154,7 +154,15 @@ pub async fn run_elected(client: Client, options: Options) -> Result<(), Control
         Ok(Err(e)) => return Err(e),
         Err(_) => return Err(ControllerError::Lease("the lease manager stopped".into())),
     }
-    run_with(client, options, shutdown, metrics, None).await;
+    tokio::select! {
+        () = run_with(client, options, shutdown, metrics, None) => {}
+        // The leadership thread ended while leading (a panic): nothing renews or checks
+        // the Lease any more, and another replica will take it.
+        () = release.closed() => {
+            tracing::error!("the Lease is no longer held or checked; exiting so that another replica takes over");
+            std::process::exit(1);
+        }
+    }
     // Stopped (SIGTERM): give the Lease up, so that the next replica need not wait it out.
     let _ = release.send(());
     let _ = tokio::task::spawn_blocking(move || thread.join()).await;
@@ -196,8 +204,9 @@ impl Leadership {
         // left: renewals may fail for half the duration before this replica stops. (It
         // used to renew only 2 s before expiry, inside the 2.5 s the check keeps of the
         // default 15 s: every leader gave up its Lease 12.5 s after each renewal.)
-        let seconds = seconds.max(2);
-        let grace = seconds - (seconds / 3).max(1);
+        // Below 5 s a single slow renewal would restart the leader.
+        let seconds = seconds.max(5);
+        let grace = seconds - seconds / 3;
         let started = async {
             let client = Client::try_default()
                 .await

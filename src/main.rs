@@ -41,7 +41,8 @@ enum Command {
         /// [default: $POD_NAMESPACE; without either, no election].
         #[arg(long, env = "POD_NAMESPACE")]
         lease_namespace: Option<String>,
-        /// Seconds a leader holds the Lease without renewing it.
+        /// Seconds a leader holds the Lease without renewing it (at least 5; renewed every
+        /// third of it).
         #[arg(long, default_value_t = 15)]
         lease_seconds: u64,
         /// The operator's own namespace, the only one where the Secrets of RagStacks

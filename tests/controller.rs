@@ -657,11 +657,16 @@ async fn two_replicas_elect_one_leader_and_the_other_takes_over() {
                 std::thread::sleep(Duration::from_millis(100));
             }
             assert_eq!(http_get(port, "/healthz").map(|r| r.0), Some(200), "{name} /healthz");
-            let metrics = http_get(port, "/metrics").map(|r| r.1).unwrap_or_default();
-            assert!(
-                metrics.contains(&format!("tenant_migrator_leader {leading}")),
-                "{name}: {metrics}"
-            );
+            // The gauge follows the Lease once the replica has seen it.
+            let want = format!("tenant_migrator_leader {leading}");
+            loop {
+                let metrics = http_get(port, "/metrics").map(|r| r.1).unwrap_or_default();
+                if metrics.contains(&want) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{name}: {metrics}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
     });
     let redis_spec = format!("{{url: '{}'}}", redis.url());

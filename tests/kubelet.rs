@@ -189,6 +189,39 @@ impl Cluster {
         }
     }
 
+    /// Waits until `pod` has held the Lease for `secs` without taking it again (its
+    /// `renewTime` that long after its `acquireTime`): a leader that gives the Lease up
+    /// and takes it back — a restart keeps the pod's name — starts over.
+    fn wait_leading_for(&self, pod: &str, secs: i64) {
+        let deadline = Instant::now() + Duration::from_secs(3 * secs.unsigned_abs() + 30);
+        loop {
+            let lease: serde_json::Value = serde_json::from_str(&ok(self.api.kubectl(&[
+                "get",
+                "lease",
+                "tenant-migrator",
+                "-n",
+                OPERATOR_NS,
+                "-o",
+                "json",
+            ])))
+            .expect("Lease JSON");
+            let spec = &lease["spec"];
+            let time = |field: &str| spec[field].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok());
+            if spec["holderIdentity"] == pod
+                && let (Some(acquired), Some(renewed)) = (time("acquireTime"), time("renewTime"))
+                && renewed.duration_since(acquired).as_secs() >= secs
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{pod} did not hold the Lease for {secs} s in a row: {lease:#}\n{}",
+                self.node.pod_log(OPERATOR_NS, pod, "controller")
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
     /// How often the container of operator pod `pod` has restarted.
     fn restarts(&self, pod: &str) -> String {
         ok(self.api.kubectl(&[
@@ -335,6 +368,8 @@ fn the_chart_on_a_real_node_runs_a_ready_non_root_operator_that_migrates_exactly
     ]));
     assert_eq!(replicas.trim(), "2", "rag-api got its replicas back");
     // Leading for longer than the Lease's duration (15 s) without a restart.
+    c.wait_leading_for(&pod, 20);
+    assert_eq!(c.operator_processes(), [pid], "the operator process was replaced");
     assert_eq!(
         c.restarts(&pod),
         "0",
@@ -531,12 +566,6 @@ fn a_rollout_mid_migration_resumes_in_the_new_pod_and_a_deletion_stops_at_a_batc
         "jsonpath={.items[*].reportingInstance}",
     ]));
     assert_eq!(events.trim(), old_pod, "the old pod said it stopped the run");
-    assert_eq!(
-        c.restarts(&new_pod),
-        "0",
-        "the new operator pod restarted:\n{}",
-        c.node.pod_log(OPERATOR_NS, &new_pod, "controller")
-    );
     // Deleted mid-run: the finalizer holds the object until the run has stopped at a
     // batch boundary.
     let (redis, _) = loaded_redis(0.02);
@@ -548,8 +577,16 @@ fn a_rollout_mid_migration_resumes_in_the_new_pod_and_a_deletion_stops_at_a_batc
         &redis_only_tm("deleted", "rag", SOURCE, TARGET, &through_proxy, ""),
     );
     wait_for_tm(&c.api, "rag", "deleted", redis_past_batch(3));
+    // Redis traffic held from before the deletion until the API server has marked the
+    // object deleted: the run is mid-copy when its finalizer acts, whatever the speed.
+    proxy.hold(true);
+    ok(c.api.kubectl(&["delete", "tm", "deleted", "-n", "rag", "--wait=false"]));
+    wait_for_tm(&c.api, "rag", "deleted", |tm| {
+        tm["metadata"]["deletionTimestamp"].is_string()
+    });
+    proxy.hold(false);
     ok(c.api
-        .kubectl(&["delete", "tm", "deleted", "-n", "rag", "--timeout=90s"]));
+        .kubectl(&["wait", "--for=delete", "tm/deleted", "-n", "rag", "--timeout=90s"]));
     let events = ok(c.api.kubectl(&[
         "get",
         "events",
@@ -585,6 +622,13 @@ fn a_rollout_mid_migration_resumes_in_the_new_pod_and_a_deletion_stops_at_a_batc
     assert!(
         copied > 0 && copied < total,
         "expected a partial copy, got {copied} of {total}"
+    );
+    c.wait_leading_for(&new_pod, 20);
+    assert_eq!(
+        c.restarts(&new_pod),
+        "0",
+        "the new operator pod restarted:\n{}",
+        c.node.pod_log(OPERATOR_NS, &new_pod, "controller")
     );
 }
 
@@ -651,6 +695,7 @@ fn deploy_applied_with_kubectl_runs_a_large_values_move_within_its_enforced_memo
     apply_ok(&c.api, &redis_only_tm("large", "rag", SOURCE, TARGET, &url, ""));
     let started = Instant::now();
     let tm = wait_for_tm_within(&c.api, "rag", "large", 600, finished);
+    c.wait_leading_for(&pod, 20);
     eprintln!("large-values Move in the pod: {:.1} s", started.elapsed().as_secs_f64());
     assert_eq!(tm["status"]["phase"], "Succeeded", "{tm:#}");
     let peak = number("memory.max_usage_in_bytes");

@@ -20,8 +20,8 @@ use std::time::Duration;
 use qdrant_client::qdrant::{
     Condition, CountPointsBuilder, DeletePointsBuilder, Filter, GetPointsBuilder, NamedVectors, PointId, PointStruct,
     PointsIdsList, RetrievedPoint, ScrollPointsBuilder, SetPayloadPointsBuilder, UpsertPointsBuilder, Value, Vector,
-    VectorOutput, Vectors, VectorsConfig, VectorsOutput, point_id::PointIdOptions, value::Kind, vector, vector_output,
-    vectors, vectors_config, vectors_output,
+    VectorOutput, Vectors, VectorsConfig, VectorsOutput, WriteOrdering, WriteOrderingType, point_id::PointIdOptions,
+    value::Kind, vector, vector_output, vectors, vectors_config, vectors_output,
 };
 use qdrant_client::{Qdrant, QdrantError};
 use sha2::{Digest, Sha256};
@@ -693,7 +693,14 @@ impl QdrantPhase {
                 Condition::matches(REMOVAL_MARK, self.settings.target.as_str().to_owned()),
             ]);
             client
-                .delete_points(DeletePointsBuilder::new(collection).points(marked).wait(true))
+                .delete_points(
+                    DeletePointsBuilder::new(collection)
+                        .points(marked)
+                        .ordering(WriteOrdering {
+                            r#type: WriteOrderingType::Strong as i32,
+                        })
+                        .wait(true),
+                )
                 .await
                 .map_err(Self::call(format!("delete of {n} source points in {collection}")))?;
             // Rewritten since their mark: not deleted, compared again in the next pass.
@@ -730,6 +737,11 @@ impl QdrantPhase {
             .set_payload(
                 SetPayloadPointsBuilder::new(collection, mark)
                     .points_selector(Filter::must([Condition::has_id(ids.to_vec())]))
+                    // On a replicated collection the mark, a client's upsert and the delete
+                    // must be applied in one order on every replica.
+                    .ordering(WriteOrdering {
+                        r#type: WriteOrderingType::Strong as i32,
+                    })
                     .wait(true),
             )
             .await
