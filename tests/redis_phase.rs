@@ -576,6 +576,35 @@ fn a_scan_cursor_is_not_trusted_after_the_server_restarts() {
     assert_eq!(moved, loaded.tenant_keys);
 }
 
+/// A key streamed page by page (above 32 MiB) with a TTL, over a slow link: its copy gets
+/// the source's TTL as it is once the last page is written, not as it was before the
+/// first — that copy outlived the source by the copy's duration, and Verify, seeing the
+/// TTLs differ in two passes, failed the run ("changed behind the run's back"; found by
+/// the operator pod on a loaded node).
+#[test]
+fn a_streamed_key_keeps_its_sources_expiry_however_long_the_copy_takes() {
+    let (redis, _) = loaded_redis(0.01);
+    let mut c = redis.conn().expect("connect");
+    redis::cmd("SET")
+        .arg(format!("{SOURCE}_full_docs:streamed"))
+        .arg(filler(7, 40 << 20))
+        .arg("EX")
+        .arg(7_200)
+        .query::<()>(&mut c)
+        .expect("SET");
+    let before = snapshot(&redis);
+    // 25 ms each way: the 40 pages of the string take seconds more than the TTL slack.
+    let slow = tenant_migrator_testkit::DelayProxy::start(
+        ([127, 0, 0, 1], redis.port()).into(),
+        std::time::Duration::from_millis(25),
+    )
+    .expect("proxy");
+    let state = state_dir("streamed-ttl");
+    let out = run(migrate_cmd(slow.port(), &state, &[]));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_migrated(&before, &snapshot(&redis), true);
+}
+
 /// Large values and keys: five 20 MB documents (each alone in a DUMP/RESTORE batch),
 /// a 200 MB hash and 40 MB of each other type (streamed page by page). Killed after
 /// its first batch and resumed over a partial copy of the hash, the Move ends exact,

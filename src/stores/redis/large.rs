@@ -170,7 +170,6 @@ pub async fn copy(conn: &Topology, source: &[u8], target: &[u8]) -> Result<Optio
     if kind == "none" {
         return Ok(None);
     }
-    let pttl: i64 = one(conn, source, keyed("PTTL", source), "PTTL").await?;
     let _: i64 = one(conn, target, keyed("UNLINK", target), "UNLINK").await?;
     let mut digest = std::hash::DefaultHasher::new();
     let mut at = 0u64;
@@ -199,6 +198,15 @@ pub async fn copy(conn: &Topology, source: &[u8], target: &[u8]) -> Result<Optio
             Some(n) => at = n,
             None => break,
         }
+    }
+    // The source's TTL as it is now, not as it was before the pages: streaming takes
+    // seconds, and the target would otherwise outlive the source by that long (Verify
+    // then saw the TTLs differ, copied again, and failed the run).
+    let pttl: i64 = one(conn, source, keyed("PTTL", source), "PTTL").await?;
+    if pttl == -2 {
+        // Expired (or deleted) while it was copied: no copy either.
+        let _: i64 = one(conn, target, keyed("UNLINK", target), "UNLINK").await?;
+        return Ok(None);
     }
     if pttl > 0 {
         let mut c = keyed("PEXPIRE", target);
