@@ -15,7 +15,11 @@ fn cluster_snapshot(cluster: &RedisCluster) -> Snapshot {
     for node in cluster.nodes() {
         keys.extend(snapshot(node).keys);
     }
-    Snapshot { keys, at }
+    Snapshot {
+        keys,
+        at,
+        end: std::time::Instant::now(),
+    }
 }
 
 /// A cluster holding the standard fixture at `scale`, and its tenant key count.
