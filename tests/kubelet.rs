@@ -163,15 +163,7 @@ impl Cluster {
                 .filter(|p| Some(p.as_str()) != except)
                 .collect();
             if let [pod] = pods.as_slice() {
-                let ready = ok(self.api.kubectl(&[
-                    "get",
-                    "pod",
-                    pod,
-                    "-n",
-                    OPERATOR_NS,
-                    "-o",
-                    "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-                ]));
+                let ready = self.pod_field(pod, "{.status.conditions[?(@.type==\"Ready\")].status}");
                 if ready.trim() == "True" {
                     return pod.clone();
                 }
@@ -224,15 +216,15 @@ impl Cluster {
 
     /// How often the container of operator pod `pod` has restarted.
     fn restarts(&self, pod: &str) -> String {
-        ok(self.api.kubectl(&[
-            "get",
-            "pod",
-            pod,
-            "-n",
-            OPERATOR_NS,
-            "-o",
-            "jsonpath={.status.containerStatuses[0].restartCount}",
-        ]))
+        self.pod_field(pod, "{.status.containerStatuses[0].restartCount}")
+    }
+
+    /// A field of operator pod `pod`, by JSONPath.
+    fn pod_field(&self, pod: &str, path: &str) -> String {
+        let jsonpath = format!("jsonpath={path}");
+        ok(self
+            .api
+            .kubectl(&["get", "pod", pod, "-n", OPERATOR_NS, "-o", &jsonpath]))
     }
 
     /// The operator's host process, by its command line.
