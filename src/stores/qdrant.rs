@@ -168,6 +168,14 @@ fn now_nanos() -> String {
 /// carry it.
 pub const REMOVAL_MARK: &str = "tenant_migrator_removing_to";
 
+/// Writes every replica applies in one order with the others (the removal mark and the
+/// delete it guards).
+fn strong_ordering() -> WriteOrdering {
+    WriteOrdering {
+        r#type: WriteOrderingType::Strong as i32,
+    }
+}
+
 fn tenant_filter(field: &str, tenant: &TenantId) -> Filter {
     Filter::must([Condition::matches(field, tenant.as_str().to_owned())])
 }
@@ -570,18 +578,19 @@ impl QdrantPhase {
     /// Target ids of `points` that a point of another tenant already holds (a tenant
     /// moved earlier with kept ids can own them): those must never be overwritten.
     fn foreign_owned(&self, points: &[PointStruct], existing: &HashMap<String, RetrievedPoint>) -> Vec<String> {
-        let target = self.settings.target.as_str();
         points
             .iter()
             .filter_map(|p| {
                 let at = existing.get(&show_id(&p.id))?;
-                let owner = at
-                    .payload
-                    .get(&self.settings.tenant_field)
-                    .and_then(|v| v.kind.as_ref());
-                (!matches!(owner, Some(Kind::StringValue(t)) if t == target)).then(|| show_id(&p.id))
+                (!self.belongs_to(&at.payload, &self.settings.target)).then(|| show_id(&p.id))
             })
             .collect()
+    }
+
+    /// Whether a point's payload names `tenant` in the tenant field.
+    fn belongs_to(&self, payload: &HashMap<String, Value>, tenant: &TenantId) -> bool {
+        let owner = payload.get(&self.settings.tenant_field).and_then(|v| v.kind.as_ref());
+        matches!(owner, Some(Kind::StringValue(t)) if t == tenant.as_str())
     }
 
     fn refuse_foreign(&self, collection: &str, foreign: Vec<String>) -> Result<(), QdrantStoreError> {
@@ -646,15 +655,11 @@ impl QdrantPhase {
         if remove {
             let ids: Vec<PointId> = points.into_iter().filter_map(|p| p.id).collect();
             self.mark_for_removal(client, collection, &ids).await?;
-            let source = self.settings.source.as_str();
             points = self
                 .points_at(client, collection, ids, true)
                 .await?
                 .into_values()
-                .filter(|p| {
-                    matches!(p.payload.get(&self.settings.tenant_field).and_then(|v| v.kind.as_ref()),
-                        Some(Kind::StringValue(t)) if t == source)
-                })
+                .filter(|p| self.belongs_to(&p.payload, &self.settings.source))
                 .collect();
         }
         let mut sources = Vec::with_capacity(points.len());
@@ -696,9 +701,7 @@ impl QdrantPhase {
                 .delete_points(
                     DeletePointsBuilder::new(collection)
                         .points(marked)
-                        .ordering(WriteOrdering {
-                            r#type: WriteOrderingType::Strong as i32,
-                        })
+                        .ordering(strong_ordering())
                         .wait(true),
                 )
                 .await
@@ -739,9 +742,7 @@ impl QdrantPhase {
                     .points_selector(Filter::must([Condition::has_id(ids.to_vec())]))
                     // On a replicated collection the mark, a client's upsert and the delete
                     // must be applied in one order on every replica.
-                    .ordering(WriteOrdering {
-                        r#type: WriteOrderingType::Strong as i32,
-                    })
+                    .ordering(strong_ordering())
                     .wait(true),
             )
             .await
