@@ -187,16 +187,7 @@ impl Cluster {
     fn wait_leading_for(&self, pod: &str, secs: i64) {
         let deadline = Instant::now() + Duration::from_secs(3 * secs.unsigned_abs() + 30);
         loop {
-            let lease: serde_json::Value = serde_json::from_str(&ok(self.api.kubectl(&[
-                "get",
-                "lease",
-                "tenant-migrator",
-                "-n",
-                OPERATOR_NS,
-                "-o",
-                "json",
-            ])))
-            .expect("Lease JSON");
+            let lease = self.lease();
             let spec = &lease["spec"];
             let time = |field: &str| spec[field].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok());
             if spec["holderIdentity"] == pod
@@ -212,6 +203,14 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(250));
         }
+    }
+
+    /// The operator's Lease as the API server has it.
+    fn lease(&self) -> serde_json::Value {
+        let json = ok(self
+            .api
+            .kubectl(&["get", "lease", "tenant-migrator", "-n", OPERATOR_NS, "-o", "json"]));
+        serde_json::from_str(&json).expect("Lease JSON")
     }
 
     /// How often the container of operator pod `pod` has restarted.
@@ -537,16 +536,11 @@ fn a_rollout_mid_migration_resumes_in_the_new_pod_and_a_deletion_stops_at_a_batc
         "the new pod ran the phase again instead of resuming it: {tm:#}"
     );
     assert_migrated(&before, &snapshot(&redis), true);
-    let holder = ok(c.api.kubectl(&[
-        "get",
-        "lease",
-        "tenant-migrator",
-        "-n",
-        OPERATOR_NS,
-        "-o",
-        "jsonpath={.spec.holderIdentity}",
-    ]));
-    assert_eq!(holder, new_pod, "the new pod holds the Lease");
+    assert_eq!(
+        c.lease()["spec"]["holderIdentity"],
+        new_pod.as_str(),
+        "the new pod holds the Lease"
+    );
     let events = ok(c.api.kubectl(&[
         "get",
         "events",

@@ -628,15 +628,7 @@ fn large_values_and_a_200_mb_hash_move_exactly_within_the_pods_memory_limit() {
     );
     let target_huge = format!("{TARGET}_llm_response_cache:huge");
     let _: () = redis::cmd("UNLINK").arg(&target_huge).query(&mut c).expect("UNLINK");
-    let mut p = redis::pipe();
-    for n in 0..1_500 {
-        p.cmd("HSET")
-            .arg(&target_huge)
-            .arg(format!("field-{n}"))
-            .arg(filler(n, 1_000))
-            .ignore();
-    }
-    p.query::<()>(&mut c).expect("partial copy");
+    fill_hash(&mut c, &target_huge, 1_500);
 
     let dir = state_dir("large-values-run");
     let (status, printed, peak_kib) =

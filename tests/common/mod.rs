@@ -466,6 +466,22 @@ pub fn filler(seed: usize, len: usize) -> Vec<u8> {
     unit.as_bytes().iter().copied().cycle().take(len).collect()
 }
 
+/// Fields `field-0` … `field-{fields - 1}` of hash `key`, each 1 kB of [`filler`],
+/// pipelined a thousand at a time.
+pub fn fill_hash(c: &mut redis::Connection, key: &str, fields: usize) {
+    for chunk in (0..fields).step_by(1_000) {
+        let mut p = redis::pipe();
+        for n in chunk..(chunk + 1_000).min(fields) {
+            p.cmd("HSET")
+                .arg(key)
+                .arg(format!("field-{n}"))
+                .arg(filler(n, 1_000))
+                .ignore();
+        }
+        p.query::<()>(c).expect("HSET");
+    }
+}
+
 /// Large values and keys in `SOURCE`'s tenant: five 20 MB documents, a 200 MB hash
 /// (200,000 fields of 1 kB), a 40 MB list, set and sorted set, and a 40 MB string with
 /// a TTL.
@@ -478,19 +494,7 @@ pub fn load_large_values(redis: &RedisServer) {
             .query::<()>(&mut c)
             .expect("SET");
     }
-    let huge = format!("{SOURCE}_llm_response_cache:huge");
-    for chunk in 0..200 {
-        let mut p = redis::pipe();
-        for f in 0..1_000 {
-            let n = chunk * 1_000 + f;
-            p.cmd("HSET")
-                .arg(&huge)
-                .arg(format!("field-{n}"))
-                .arg(filler(n, 1_000))
-                .ignore();
-        }
-        p.query::<()>(&mut c).expect("HSET");
-    }
+    fill_hash(&mut c, &format!("{SOURCE}_llm_response_cache:huge"), 200_000);
     for chunk in 0..40 {
         let mut p = redis::pipe();
         for e in 0..1_000 {
