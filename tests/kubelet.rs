@@ -205,6 +205,22 @@ impl Cluster {
         }
     }
 
+    /// Field `field` of every Event in `namespace` with reason `reason`.
+    fn events(&self, namespace: &str, reason: &str, field: &str) -> String {
+        let selector = format!("reason={reason}");
+        let jsonpath = format!("jsonpath={{.items[*].{field}}}");
+        ok(self.api.kubectl(&[
+            "get",
+            "events",
+            "-n",
+            namespace,
+            "--field-selector",
+            &selector,
+            "-o",
+            &jsonpath,
+        ]))
+    }
+
     /// The operator's Lease as the API server has it.
     fn lease(&self) -> serde_json::Value {
         let json = ok(self
@@ -541,16 +557,7 @@ fn a_rollout_mid_migration_resumes_in_the_new_pod_and_a_deletion_stops_at_a_batc
         new_pod.as_str(),
         "the new pod holds the Lease"
     );
-    let events = ok(c.api.kubectl(&[
-        "get",
-        "events",
-        "-n",
-        "rag",
-        "--field-selector",
-        "reason=MigrationInterrupted",
-        "-o",
-        "jsonpath={.items[*].reportingInstance}",
-    ]));
+    let events = c.events("rag", "MigrationInterrupted", "reportingInstance");
     assert_eq!(events.trim(), old_pod, "the old pod said it stopped the run");
     // Deleted mid-run: the finalizer holds the object until the run has stopped at a
     // batch boundary.
@@ -573,16 +580,7 @@ fn a_rollout_mid_migration_resumes_in_the_new_pod_and_a_deletion_stops_at_a_batc
     proxy.hold(false);
     ok(c.api
         .kubectl(&["wait", "--for=delete", "tm/deleted", "-n", "rag", "--timeout=90s"]));
-    let events = ok(c.api.kubectl(&[
-        "get",
-        "events",
-        "-n",
-        "rag",
-        "--field-selector",
-        "reason=MigrationDeleted",
-        "-o",
-        "jsonpath={.items[*].message}",
-    ]));
+    let events = c.events("rag", "MigrationDeleted", "message");
     assert!(events.contains("stopped at a batch boundary"), "{events}");
     // Stopped mid-copy: the source is whole (removal starts only after every copy is
     // verified), what was copied is exact, and nothing else changed.
