@@ -904,7 +904,8 @@ fn qdrant_stage(state: &Path) -> String {
 /// acknowledged it — while a Move runs without quiesce. With that log as the oracle:
 /// every point's last value is at its target id, or the run failed and it is still
 /// at the source; a re-run after the writer stopped then moves it. A delete is at
-/// neither side (one acknowledged after verification may leave the copy: counted).
+/// neither side (one acknowledged after verification may leave the copy: counted;
+/// a run that stopped before its passes settled may leave it too, its re-run not).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_writing_points_during_a_move_loses_no_acknowledged_write() {
     for from in ["Copy", "RemoveSource"] {
@@ -1001,6 +1002,10 @@ async fn writer_round(from: &str) {
                 (Some(v), true) => tgt == Some(ws(v)) && src.is_none(),
                 (Some(v), false) => src == Some(ws(v)) || (src.is_none() && tgt == Some(ws(v))),
                 (None, _) if src.is_none() && tgt.is_none() => true,
+                // A run that stopped unsettled removed no copy of a deleted source
+                // point (that happens once a pass settles): the re-run, judged below
+                // as a success, must remove it.
+                (None, false) if src.is_none() => true,
                 (None, _) if src.is_none() && seen != "Copy" => {
                     late_deletes += 1;
                     true
