@@ -281,6 +281,7 @@ fn build(spec: &TenantMigrationSpec, creds: &Credentials, opts: &RunOptions) -> 
             target: spec.target.clone(),
             method: spec.config.method,
             on_conflict: spec.config.on_conflict,
+            mode: spec.mode,
             tenant_fields: spec.config.tenant_fields.clone(),
         };
         Some(ConfigPhase::new(settings).map_err(|e| invalid(Store::Config)(&e))?)

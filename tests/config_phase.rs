@@ -294,3 +294,47 @@ async fn the_target_config_names_the_target_tenant() {
     assert_eq!(api.get("tenant_b"), Some(body), "only the listed field changes");
     assert_eq!(api.get("siraya"), None);
 }
+
+/// A client rewrites the source config after the removal pass compared it and before
+/// its DELETE arrives (landed by the API itself, just before it handles that DELETE:
+/// deterministic). The DELETE names the compared body's ETag in `If-Match`, the API
+/// refuses it with 412, and the run copies the new body and removes the source only
+/// once that is compared equal: the client's write ends at the target. An API without
+/// ETags cannot refuse: the plan says so, and the write in that window is lost — the
+/// limit the README states.
+#[tokio::test]
+async fn a_config_rewritten_between_its_comparison_and_its_delete_is_copied_again() {
+    let mut rewritten = sample_config("siraya");
+    rewritten["llm"]["model"] = json!("written during the move");
+    let mut expected = rewritten.clone();
+    expected["workspace"] = json!("tenant_b");
+
+    let tagged = api().await;
+    tagged.write_before_next_delete("siraya", rewritten.clone());
+    let out = migrate(&tagged.url(), Some(TOKEN), &[]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        tagged.get("tenant_b"),
+        Some(expected),
+        "the client's write is not at the target"
+    );
+    assert_eq!(tagged.get("siraya"), None);
+    let deletes: Vec<_> = tagged.received().into_iter().filter(|r| r.method == "DELETE").collect();
+    assert_eq!(deletes.len(), 2, "{deletes:?}");
+    assert!(deletes.iter().all(|d| d.if_match.is_some()), "{deletes:?}");
+    assert_ne!(deletes[0].if_match, deletes[1].if_match, "{deletes:?}");
+    assert!(!text(&out).contains("no strong ETag"), "{}", text(&out));
+
+    let plain = api().await;
+    plain.without_etags();
+    plain.write_before_next_delete("siraya", rewritten);
+    let out = migrate(&plain.url(), Some(TOKEN), &[]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("config: the config API sends no strong ETag"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(plain.get("tenant_b"), Some(renamed_config("siraya", "tenant_b")));
+    assert_eq!(plain.get("siraya"), None);
+}

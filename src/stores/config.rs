@@ -5,7 +5,10 @@
 //! target instead (POST by default, or PUT). A target whose body equals that
 //! rewritten body counts as already migrated; a different one follows `onConflict`
 //! (Overwrite replaces it with PUT). Move deletes the source config once the
-//! target is verified. The bearer token is sent, never logged.
+//! target is verified, with `If-Match` naming the ETag of the body it compared when
+//! the API gives one: a config rewritten between comparison and delete is refused
+//! with 412 (RFC 9110 §13.1.1) and copied again instead. The bearer token is sent,
+//! never logged.
 
 use std::time::Duration;
 
@@ -14,7 +17,7 @@ use serde_json::Value;
 
 use super::{GroupCount, Phase, PhasePlan, Recopied, StepOutcome, StoreFailure, Verified, digest};
 use crate::Secret;
-use crate::api::{CreateMethod, OnConflict, Stage, TenantId};
+use crate::api::{CreateMethod, Mode, OnConflict, Stage, TenantId};
 
 /// Everything the config phase needs, resolved by the engine.
 #[derive(Clone, Debug)]
@@ -25,6 +28,7 @@ pub struct ConfigSettings {
     pub target: TenantId,
     pub method: CreateMethod,
     pub on_conflict: OnConflict,
+    pub mode: Mode,
     /// JSON pointers of the fields holding the tenant id; empty: [`DEFAULT_TENANT_KEYS`].
     pub tenant_fields: Vec<String>,
 }
@@ -131,6 +135,22 @@ impl StoreFailure for ConfigStoreError {
     }
 }
 
+/// An answer of the config API.
+struct Answer {
+    status: StatusCode,
+    /// The strong entity tag of the body, if the API sent one. A weak tag (`W/"…"`)
+    /// is dropped: `If-Match` compares strongly, so it would never match (RFC 9110
+    /// §13.1.1) and the removal would be refused forever.
+    etag: Option<String>,
+    text: String,
+}
+
+/// A config as read: its body and its strong ETag.
+struct Tagged {
+    body: Value,
+    etag: Option<String>,
+}
+
 /// The config phase of one migration.
 pub struct ConfigPhase {
     settings: ConfigSettings,
@@ -174,13 +194,17 @@ impl ConfigPhase {
         method: Method,
         url: &str,
         body: Option<&Value>,
-    ) -> Result<(StatusCode, String), ConfigStoreError> {
+        if_match: Option<&str>,
+    ) -> Result<Answer, ConfigStoreError> {
         let mut req = self.http.request(method.clone(), url);
         if let Some(t) = &self.settings.token {
             req = req.bearer_auth(t.expose());
         }
         if let Some(b) = body {
             req = req.json(b);
+        }
+        if let Some(tag) = if_match {
+            req = req.header(reqwest::header::IF_MATCH, tag);
         }
         let err = |source| ConfigStoreError::Request {
             method: method.clone(),
@@ -189,6 +213,12 @@ impl ConfigPhase {
         };
         let resp = req.send().await.map_err(err)?;
         let status = resp.status();
+        let etag = resp
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .filter(|t| t.starts_with('"') && t.ends_with('"') && t.len() >= 2)
+            .map(str::to_owned);
         let text = resp.text().await.map_err(err)?;
         if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
             return Err(ConfigStoreError::Unauthorized {
@@ -197,32 +227,59 @@ impl ConfigPhase {
                 status,
             });
         }
-        Ok((status, text))
+        Ok(Answer { status, etag, text })
     }
 
     /// GET a tenant's config: `None` on 404.
     async fn get(&self, url: &str) -> Result<Option<Value>, ConfigStoreError> {
-        let (status, text) = self.send(Method::GET, url, None).await?;
-        match status {
+        Ok(self.get_tagged(url).await?.map(|t| t.body))
+    }
+
+    /// GET a tenant's config with its strong ETag: `None` on 404.
+    async fn get_tagged(&self, url: &str) -> Result<Option<Tagged>, ConfigStoreError> {
+        let a = self.send(Method::GET, url, None, None).await?;
+        match a.status {
             StatusCode::NOT_FOUND => Ok(None),
-            s if s.is_success() => serde_json::from_str(&text)
-                .map(Some)
+            s if s.is_success() => serde_json::from_str(&a.text)
+                .map(|body| Some(Tagged { body, etag: a.etag }))
                 .map_err(|e| ConfigStoreError::BadBody {
                     url: url.to_owned(),
                     detail: e.to_string(),
                 }),
-            s => Err(unexpected(Method::GET, url, s, &text)),
+            s => Err(unexpected(Method::GET, url, s, &a.text)),
         }
     }
 
     /// Writes `body` to the target with `method`; Ok(false) when the API says it exists.
     async fn write_target(&self, method: Method, body: &Value) -> Result<bool, ConfigStoreError> {
-        let (status, text) = self.send(method.clone(), &self.target_url, Some(body)).await?;
-        match status {
+        let a = self.send(method.clone(), &self.target_url, Some(body), None).await?;
+        match a.status {
             s if s.is_success() => Ok(true),
             StatusCode::CONFLICT => Ok(false),
-            s => Err(unexpected(method, &self.target_url, s, &text)),
+            s => Err(unexpected(method, &self.target_url, s, &a.text)),
         }
+    }
+
+    /// Deletes the source config if it is still the one read with `etag` (any, without
+    /// one): Ok(false) when the API refused because it changed since (412).
+    async fn remove_source(&self, etag: Option<&str>) -> Result<bool, ConfigStoreError> {
+        let a = self.send(Method::DELETE, &self.source_url, None, etag).await?;
+        match a.status {
+            s if s.is_success() || s == StatusCode::NOT_FOUND => Ok(true),
+            StatusCode::PRECONDITION_FAILED if etag.is_some() => Ok(false),
+            s => Err(unexpected(Method::DELETE, &self.source_url, s, &a.text)),
+        }
+    }
+
+    /// Copies the source config to the target again (it changed since it was copied),
+    /// noting it for the engine's next pass.
+    async fn copy_again(&self, body: &Value, recopied: &mut Vec<Recopied>) -> Result<(), ConfigStoreError> {
+        self.write_target(Method::PUT, body).await?;
+        recopied.push(Recopied {
+            item: self.target_url.clone(),
+            digest: digest(&[body.to_string().as_bytes()]),
+        });
+        Ok(())
     }
 }
 
@@ -277,7 +334,9 @@ impl Phase for ConfigPhase {
 
     async fn plan(&mut self, resuming: bool) -> Result<PhasePlan, ConfigStoreError> {
         self.resuming = resuming;
-        let source = self.get(&self.source_url).await?;
+        let tagged = self.get_tagged(&self.source_url).await?;
+        let untagged = tagged.as_ref().is_some_and(|t| t.etag.is_none());
+        let source = tagged.map(|t| t.body);
         let target = self.get(&self.target_url).await?;
         let mut plan = PhasePlan::default();
         match (&source, &target) {
@@ -315,6 +374,13 @@ impl Phase for ConfigPhase {
                 }
             }
         }
+        if untagged && self.settings.mode == Mode::Move {
+            plan.notes.push(
+                "the config API sends no strong ETag: a write to the source config between its last comparison and \
+                 its removal cannot be refused (quiesce its writers)"
+                    .into(),
+            );
+        }
         if let Some(s) = &source {
             let (_, changed) = self.expected(s)?;
             plan.notes.push(if changed.is_empty() {
@@ -334,9 +400,9 @@ impl Phase for ConfigPhase {
     }
 
     async fn step(&mut self, stage: Stage, _cursor: &str, _plan: &PhasePlan) -> Result<StepOutcome, ConfigStoreError> {
-        let source = match self.get(&self.source_url).await? {
-            Some(s) => Some(self.expected(&s)?.0),
-            None => None,
+        let (source, etag) = match self.get_tagged(&self.source_url).await? {
+            Some(t) => (Some(self.expected(&t.body)?.0), t.etag),
+            None => (None, None),
         };
         let target = self.get(&self.target_url).await?;
         // `source` is from here on the body the target must have.
@@ -364,25 +430,37 @@ impl Phase for ConfigPhase {
                 }
             }
             (Stage::Copy, Some(s), Some(t)) => self.resolve(&s, Some(&t)).await?,
-            (Stage::Verify | Stage::RemoveSource, Some(s), Some(t)) if s == t => {
-                if stage == Stage::RemoveSource {
-                    let (status, text) = self.send(Method::DELETE, &self.source_url, None).await?;
-                    if !(status.is_success() || status == StatusCode::NOT_FOUND) {
-                        return Err(unexpected(Method::DELETE, &self.source_url, status, &text));
+            (Stage::Verify, Some(s), Some(t)) if s == t => (1, 0),
+            (Stage::RemoveSource, Some(s), Some(t)) if s == t => {
+                if self.remove_source(etag.as_deref()).await? {
+                    (1, 0)
+                } else {
+                    // Rewritten since it was read: copy what it holds now; the next
+                    // pass compares (and removes) it.
+                    if let Some(now) = self.get_tagged(&self.source_url).await? {
+                        if now.etag == etag {
+                            // Not a change: an API whose DELETE disagrees with its GET.
+                            return Err(ConfigStoreError::Status {
+                                method: Method::DELETE,
+                                url: self.source_url.clone(),
+                                status: StatusCode::PRECONDITION_FAILED,
+                                body: format!(
+                                    "refused If-Match: {} although GET still answers that ETag",
+                                    etag.unwrap_or_default()
+                                ),
+                            });
+                        }
+                        self.copy_again(&self.expected(&now.body)?.0, &mut recopied).await?;
                     }
+                    (0, 0)
                 }
-                (1, 0)
             }
             // Skip kept the target's own config: the source's is never destroyed.
             (Stage::Verify | Stage::RemoveSource, Some(_), Some(_)) if skip => (0, 1),
             // The source changed since it was copied (or the target vanished): copy it
             // again; it is compared (and removed) in the next pass.
             (Stage::Verify | Stage::RemoveSource, Some(s), _) => {
-                self.write_target(Method::PUT, &s).await?;
-                recopied.push(Recopied {
-                    item: self.target_url.clone(),
-                    digest: digest(&[s.to_string().as_bytes()]),
-                });
+                self.copy_again(&s, &mut recopied).await?;
                 (0, 0)
             }
             (other, ..) => {

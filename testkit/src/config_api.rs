@@ -5,10 +5,17 @@
 //! Routes: GET/POST/PUT/DELETE `/tenants/{id}/config`. POST creates (409 if
 //! present), PUT creates or replaces. `fail_next` makes the next N requests answer
 //! 503, for retry tests.
+//!
+//! Conditional requests as RFC 9110 has them: GET answers a strong `ETag` (the
+//! config's version), and a write carrying `If-Match` is refused with 412 unless the
+//! config exists with that tag (§13.1.1). `without_etags` makes it an API that has no
+//! ETags and ignores `If-Match`, as many do; `write_before_next_delete` lands a
+//! client's write just before the next DELETE is handled, to make that race
+//! deterministic.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Json;
@@ -20,9 +27,18 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::Value;
 
+/// A config and its version, the ETag's value.
+type Versioned = (Value, u64);
+
 #[derive(Default)]
 struct Inner {
-    configs: Mutex<BTreeMap<String, Value>>,
+    configs: Mutex<BTreeMap<String, Versioned>>,
+    /// The last version handed out: every write gets the next one.
+    version: AtomicU64,
+    /// An API without ETags: none sent, `If-Match` ignored.
+    no_etags: AtomicBool,
+    /// A write (tenant, body) to apply just before the next DELETE is handled.
+    before_delete: Mutex<Option<(String, Value)>>,
     token: Option<String>,
     /// Requests to let through before `fail_next` applies.
     pass_first: AtomicU32,
@@ -41,16 +57,22 @@ pub struct Received {
     pub path: String,
     /// The Authorization header, if any: what a client sent as its credential.
     pub authorization: Option<String>,
+    /// The If-Match header, if any: the condition a write was sent with.
+    pub if_match: Option<String>,
+}
+
+fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
 }
 
 async fn record(State(s): State<Arc<Inner>>, req: Request, next: Next) -> Response {
     s.received.lock().unwrap_or_else(|e| e.into_inner()).push(Received {
         method: req.method().to_string(),
         path: req.uri().path().to_owned(),
-        authorization: req
-            .headers()
-            .get("authorization")
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        authorization: header(req.headers(), "authorization"),
+        if_match: header(req.headers(), "if-match"),
     });
     let canned = s.answer.lock().unwrap_or_else(|e| e.into_inner()).clone();
     match canned {
@@ -95,13 +117,54 @@ fn guard(inner: &Inner, headers: &HeaderMap) -> Option<Response> {
     None
 }
 
+impl Inner {
+    fn configs(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Versioned>> {
+        self.configs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn next_version(&self) -> u64 {
+        self.version.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Refuses a write whose `If-Match` names no tag of `current` (RFC 9110 §13.1.1:
+    /// strong comparison; `*` matches any existing config; a weak tag never matches).
+    fn precondition(&self, headers: &HeaderMap, current: Option<&Versioned>) -> Option<Response> {
+        if self.no_etags.load(Ordering::SeqCst) {
+            return None;
+        }
+        let wanted = headers.get("if-match")?.to_str().unwrap_or_default();
+        let matches = current.is_some_and(|(_, version)| {
+            wanted
+                .split(',')
+                .map(str::trim)
+                .any(|t| t == "*" || t == etag(*version))
+        });
+        (!matches).then(|| (StatusCode::PRECONDITION_FAILED, "If-Match does not match").into_response())
+    }
+
+    /// The response for a stored config: its body and, unless disabled, its ETag.
+    fn tagged(&self, status: StatusCode, (body, version): &Versioned) -> Response {
+        let mut resp = (status, Json(body.clone())).into_response();
+        if !self.no_etags.load(Ordering::SeqCst)
+            && let Ok(v) = axum::http::HeaderValue::from_str(&etag(*version))
+        {
+            resp.headers_mut().insert(axum::http::header::ETAG, v);
+        }
+        resp
+    }
+}
+
+/// A version as a strong entity tag.
+fn etag(version: u64) -> String {
+    format!("\"v{version}\"")
+}
+
 async fn get_config(State(s): State<Arc<Inner>>, Path(id): Path<String>, h: HeaderMap) -> Response {
     if let Some(r) = guard(&s, &h) {
         return r;
     }
-    let configs = s.configs.lock().unwrap_or_else(|e| e.into_inner());
-    match configs.get(&id) {
-        Some(v) => Json(v.clone()).into_response(),
+    match s.configs().get(&id) {
+        Some(v) => s.tagged(StatusCode::OK, v),
         None => (StatusCode::NOT_FOUND, "tenant not found").into_response(),
     }
 }
@@ -115,13 +178,17 @@ async fn post_config(
     if let Some(r) = guard(&s, &h) {
         return r;
     }
-    let mut configs = s.configs.lock().unwrap_or_else(|e| e.into_inner());
+    let mut configs = s.configs();
+    if let Some(r) = s.precondition(&h, configs.get(&id)) {
+        return r;
+    }
     if configs.contains_key(&id) {
         return (StatusCode::CONFLICT, "tenant exists").into_response();
     }
-    configs.insert(id, body.clone());
+    let stored = (body, s.next_version());
+    configs.insert(id, stored.clone());
     s.writes.fetch_add(1, Ordering::SeqCst);
-    (StatusCode::CREATED, Json(body)).into_response()
+    s.tagged(StatusCode::CREATED, &stored)
 }
 
 async fn put_config(
@@ -133,19 +200,31 @@ async fn put_config(
     if let Some(r) = guard(&s, &h) {
         return r;
     }
-    s.configs
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(id, body.clone());
+    let mut configs = s.configs();
+    if let Some(r) = s.precondition(&h, configs.get(&id)) {
+        return r;
+    }
+    let stored = (body, s.next_version());
+    configs.insert(id, stored.clone());
     s.writes.fetch_add(1, Ordering::SeqCst);
-    Json(body).into_response()
+    s.tagged(StatusCode::OK, &stored)
 }
 
 async fn delete_config(State(s): State<Arc<Inner>>, Path(id): Path<String>, h: HeaderMap) -> Response {
     if let Some(r) = guard(&s, &h) {
         return r;
     }
-    match s.configs.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
+    let planted = s.before_delete.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let mut configs = s.configs();
+    if let Some((tenant, body)) = planted {
+        // A client's write that reached the API first.
+        configs.insert(tenant, (body, s.next_version()));
+        s.writes.fetch_add(1, Ordering::SeqCst);
+    }
+    if let Some(r) = s.precondition(&h, configs.get(&id)) {
+        return r;
+    }
+    match configs.remove(&id) {
         Some(_) => {
             s.writes.fetch_add(1, Ordering::SeqCst);
             StatusCode::NO_CONTENT.into_response()
@@ -181,25 +260,34 @@ impl ConfigApi {
     }
 
     pub fn insert(&self, tenant: &str, config: Value) {
-        self.inner
-            .configs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(tenant.to_owned(), config);
+        let version = self.inner.next_version();
+        self.inner.configs().insert(tenant.to_owned(), (config, version));
     }
 
     pub fn get(&self, tenant: &str) -> Option<Value> {
-        self.inner
-            .configs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(tenant)
-            .cloned()
+        self.inner.configs().get(tenant).map(|(body, _)| body.clone())
     }
 
     /// Every config, for before/after comparisons.
     pub fn all(&self) -> BTreeMap<String, Value> {
-        self.inner.configs.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.inner
+            .configs()
+            .iter()
+            .map(|(tenant, (body, _))| (tenant.clone(), body.clone()))
+            .collect()
+    }
+
+    /// From now on no ETag is sent and `If-Match` is ignored, like an API that has
+    /// no conditional requests.
+    pub fn without_etags(&self) {
+        self.inner.no_etags.store(true, Ordering::SeqCst);
+    }
+
+    /// Just before the next DELETE is handled, `tenant`'s config becomes `body`: a
+    /// client's write that lands after a migration compared the config and before
+    /// its delete arrives.
+    pub fn write_before_next_delete(&self, tenant: &str, body: Value) {
+        *self.inner.before_delete.lock().unwrap_or_else(|e| e.into_inner()) = Some((tenant.to_owned(), body));
     }
 
     /// Successful writes (POST, PUT, DELETE) served so far.
