@@ -749,3 +749,162 @@ async fn a_copied_relationship_changed_behind_the_runs_back_is_copied_again() {
     assert!(out.status.success(), "{}", text(&out));
     assert_same(&snapshot(src, tgt).await, &expected(&before, src, tgt, false));
 }
+
+/// The stage a run's state file shows for the Memgraph phase ("" before it has one).
+fn memgraph_stage(state: &Path, src: &str, tgt: &str) -> String {
+    std::fs::read_to_string(state.join(format!("{src}--{tgt}.json")))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| {
+            v["phases"]["memgraph"]["checkpoint"]["stage"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .unwrap_or_default()
+}
+
+/// Every node of `labels` as (label, entity_id) → descriptions (more than one: a duplicate).
+async fn descriptions(g: &neo4rs::Graph, labels: &[&str]) -> std::collections::BTreeMap<(String, String), Vec<String>> {
+    let mut out: std::collections::BTreeMap<(String, String), Vec<String>> = Default::default();
+    for l in labels {
+        let mut rows = g
+            .execute(neo4rs::query(&format!(
+                "MATCH (n:`{l}`) RETURN n.entity_id AS id, coalesce(n.description, '') AS d"
+            )))
+            .await
+            .expect("query");
+        while let Some(row) = rows.next().await.expect("row") {
+            out.entry(((*l).to_owned(), row.get("id").expect("id")))
+                .or_default()
+                .push(row.get("d").expect("description"));
+        }
+    }
+    out
+}
+
+/// A client keeps upserting, creating and deleting the source tenant's entities the way
+/// LightRAG's Memgraph storage does (`MERGE (n:`ws` {entity_id}) SET n += …`, `MATCH …
+/// DETACH DELETE n`) while a Move runs without quiesce, logging each acknowledged write.
+/// With that log as the oracle: a successful run leaves every entity's last value under
+/// the target label, once (an upsert after its entity moved made a twin under the source
+/// label: merged, not duplicated), and nothing under the source; a run that stopped has
+/// each last value under one of the two labels, and its re-run, after the client stopped,
+/// moves it. Writes acknowledged once the run was past its last comparison are only
+/// required to exist; a delete of an entity that had already moved cannot reach its
+/// target node (counted and printed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_writing_entities_during_a_move_loses_no_acknowledged_write() {
+    let (src, tgt) = ("writer_siraya", "writer_target");
+    loaded(src).await;
+    let g = server().graph().await.expect("connect");
+    let existing: Vec<String> = descriptions(&g, &[src]).await.into_keys().map(|(_, id)| id).collect();
+    assert!(existing.len() > 100, "{} source entities", existing.len());
+    let upstream = std::net::ToSocketAddrs::to_socket_addrs(&(server().host(), server().port()))
+        .ok()
+        .and_then(|mut a| a.next())
+        .expect("resolve the graph server");
+    let proxy = DelayProxy::start(upstream, Duration::from_millis(1)).expect("proxy");
+    let state = state_dir("mg-writer");
+    let mut child = migrate(src, tgt, proxy.port(), &state, &["--batch-size", "10"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    tokio::task::block_in_place(|| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while memgraph_stage(&state, src, tgt) != "Copy" && child.try_wait().expect("wait").is_none() {
+            assert!(std::time::Instant::now() < deadline, "the run never started copying");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    // (entity_id, description or None for a delete, stage seen right after the ack)
+    let mut log: Vec<(String, Option<String>, String)> = Vec::new();
+    let mut created = Vec::new();
+    for i in 0..300usize {
+        let (id, value) = match i % 10 {
+            0..=5 => (existing[(i * 7) % existing.len()].clone(), Some(format!("v{i}"))),
+            6 | 7 => {
+                let id = format!("{src} written {i}");
+                created.push(id.clone());
+                (id, Some(format!("v{i}")))
+            }
+            8 => (existing[(i * 13 + 1) % existing.len()].clone(), None),
+            _ => (created[i % created.len()].clone(), None),
+        };
+        let q = match &value {
+            Some(v) => neo4rs::query(&format!(
+                "MERGE (n:`{src}` {{entity_id: $id}}) SET n += {{description: $d, entity_type: 'written'}}"
+            ))
+            .param("id", id.clone())
+            .param("d", v.clone()),
+            None => {
+                neo4rs::query(&format!("MATCH (n:`{src}` {{entity_id: $id}}) DETACH DELETE n")).param("id", id.clone())
+            }
+        };
+        g.run(q).await.expect("client write");
+        log.push((id, value, memgraph_stage(&state, src, tgt)));
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let out = tokio::task::block_in_place(|| child.wait_with_output().expect("wait"));
+    let succeeded = out.status.success();
+    // Past its last comparison: a write then is the client's after the move.
+    let after_run = |seen: &str| matches!(seen, "RemoveSource" | "VerifyRemoved" | "Done");
+    let lost = |now: &std::collections::BTreeMap<(String, String), Vec<String>>, succeeded: bool| {
+        let mut last: std::collections::BTreeMap<&str, (&Option<String>, &str)> = Default::default();
+        for (id, v, seen) in &log {
+            last.insert(id, (v, seen));
+        }
+        let (mut lost, mut late_deletes) = (Vec::new(), 0);
+        for (id, (value, seen)) in last {
+            let at = |l: &str| now.get(&(l.to_owned(), id.to_owned())).cloned().unwrap_or_default();
+            let (s, t) = (at(src), at(tgt));
+            let one = |v: &str, side: &Vec<String>| side.len() == 1 && side[0] == v;
+            let ok = match value {
+                Some(v) if succeeded && !after_run(seen) => one(v, &t) && s.is_empty(),
+                Some(v) => (one(v, &s) && t.len() <= 1) || (s.is_empty() && one(v, &t)),
+                None if s.is_empty() && t.is_empty() => true,
+                None if s.is_empty() && t.len() == 1 => {
+                    late_deletes += 1;
+                    true
+                }
+                None => false,
+            };
+            if !ok {
+                lost.push(format!("{id}: wrote {value:?} ({seen}), source {s:?}, target {t:?}"));
+            }
+        }
+        (lost, late_deletes)
+    };
+    let now = descriptions(&g, &[src, tgt]).await;
+    let (missing, late) = lost(&now, succeeded);
+    assert!(
+        missing.is_empty(),
+        "{} writes lost: {missing:#?}\n{}",
+        missing.len(),
+        text(&out)
+    );
+    let duplicates: Vec<_> = now.iter().filter(|(_, d)| d.len() > 1).collect();
+    assert!(duplicates.is_empty(), "duplicated entities: {duplicates:?}");
+    if !succeeded {
+        assert!(text(&out).contains("still being written"), "{}", text(&out));
+        let again = migrate(src, tgt, proxy.port(), &state, &[]).output().expect("run");
+        assert!(again.status.success(), "{}", text(&again));
+        let now = descriptions(&g, &[src, tgt]).await;
+        let (missing, _) = lost(&now, true);
+        assert!(missing.is_empty(), "re-run: {missing:#?}");
+        assert!(
+            now.keys().all(|(l, _)| l == tgt),
+            "left under the source label after the re-run"
+        );
+    }
+    let stages: std::collections::BTreeSet<&str> = log.iter().map(|(_, _, s)| s.as_str()).collect();
+    eprintln!(
+        "{} writes during {stages:?}; first run {}; {late} deletes of entities that had moved",
+        log.len(),
+        if succeeded {
+            "succeeded"
+        } else {
+            "stopped: source still written"
+        }
+    );
+}

@@ -91,19 +91,32 @@ pub enum MemgraphStoreError {
     Timeout { what: &'static str, seconds: u64 },
     #[error("verification failed: {0}")]
     Mismatch(String),
+    #[error("verification found source nodes left: {0}")]
+    Incomplete(String),
 }
 
 fn neo4j_transient(e: &neo4rs::Error) -> bool {
     match e {
         neo4rs::Error::IOError { .. } | neo4rs::Error::ConnectionError => true,
         // neo4rs 0.8 reports a connection that broke while a query's records were
-        // pulled (the server restarted) as an unexpected PULL response wrapping the I/O
-        // error, flattened to text: the only place the cause is left.
-        neo4rs::Error::UnexpectedMessage(m) => m.contains("IOError") || m.contains("ConnectionError"),
-        neo4rs::Error::Neo4j(n) => matches!(n.kind(), neo4rs::Neo4jErrorKind::Transient),
+        // pulled (the server restarted), and a failure the server sent then, as an
+        // unexpected PULL response flattened to text: the only place the cause is left.
+        neo4rs::Error::UnexpectedMessage(m) => ["IOError", "ConnectionError", ".TransientError.", CONCURRENTLY_DELETED]
+            .iter()
+            .any(|cause| m.contains(cause)),
+        neo4rs::Error::Neo4j(n) => {
+            matches!(n.kind(), neo4rs::Neo4jErrorKind::Transient) || n.code() == CONCURRENTLY_DELETED
+        }
         _ => false,
     }
 }
+
+/// A client deleted a node that a statement had matched, before the statement wrote
+/// it: Neo4j 4.4's form, under read-committed isolation, of the write-write conflict
+/// that Memgraph reports as a TransientError ("Cannot resolve conflicting
+/// transactions"; Memgraph's documentation, help-center/errors/transactions: retry the
+/// transaction). The batch rolled back and is safe to run again.
+const CONCURRENTLY_DELETED: &str = "Neo.ClientError.Statement.EntityNotFound";
 
 impl StoreFailure for MemgraphStoreError {
     fn is_transient(&self) -> bool {
@@ -112,6 +125,10 @@ impl StoreFailure for MemgraphStoreError {
             Self::Timeout { .. } => true,
             _ => false,
         }
+    }
+
+    fn is_incomplete(&self) -> bool {
+        matches!(self, Self::Incomplete(_))
     }
 }
 
@@ -130,6 +147,11 @@ pub struct MemgraphPhase {
     /// Relationships of twins that joined an edge their moved node already had
     /// (see [`MemgraphPhase::merge_twins`]) since the plan.
     merged_relationships: u64,
+    /// Nodes this run relabelled (Move), and whether its catch-up found nodes written
+    /// under the source label since the plan: a source that changed during the run
+    /// makes the plan's counts a guess (see [`MemgraphPhase::check`]).
+    relabelled: u64,
+    source_changed: bool,
 }
 
 /// Counts of the tenant's graph.
@@ -164,6 +186,8 @@ impl MemgraphPhase {
             settings,
             graph: None,
             merged_relationships: 0,
+            relabelled: 0,
+            source_changed: false,
         })
     }
 
@@ -340,13 +364,15 @@ impl MemgraphPhase {
     }
 
     /// Move: relabel up to a batch of source nodes in one transaction.
-    async fn relabel(&self, graph: &Graph) -> Result<StepOutcome, MemgraphStoreError> {
+    async fn relabel(&mut self, graph: &Graph) -> Result<StepOutcome, MemgraphStoreError> {
         let (s, t) = (&self.src, &self.tgt);
+        let unmoved = unmoved(t);
         let q = query(&format!(
-            "MATCH (n:{s}) WITH n LIMIT $batch SET n:{t} REMOVE n:{s} RETURN count(n) AS c"
+            "MATCH (n:{s}) {unmoved} WITH n LIMIT $batch SET n:{t} REMOVE n:{s} RETURN count(n) AS c"
         ))
         .param("batch", self.settings.batch_size as i64);
         let (c, _) = self.one(graph, "relabel batch", q).await?;
+        self.relabelled += c;
         Ok(StepOutcome {
             next: (c as usize >= self.settings.batch_size).then(|| "relabel".to_owned()),
             done: c,
@@ -442,18 +468,21 @@ impl MemgraphPhase {
     async fn catch_up_moved(&mut self, graph: &Graph) -> Result<StepOutcome, MemgraphStoreError> {
         let merged = self.merge_twins(graph).await?;
         let (s, t) = (&self.src, &self.tgt);
+        let unmoved = unmoved(t);
         let moved = self
             .list(
                 graph,
                 "relabel of nodes written since",
                 query(&format!(
-                    "MATCH (n:{s}) WITH n ORDER BY n.entity_id LIMIT $batch SET n:{t} REMOVE n:{s} \
+                    "MATCH (n:{s}) {unmoved} WITH n ORDER BY n.entity_id LIMIT $batch SET n:{t} REMOVE n:{s} \
                      RETURN collect(n.entity_id) AS ids"
                 ))
                 .param("batch", self.settings.batch_size as i64),
                 "ids",
             )
             .await?;
+        self.relabelled += moved.len() as u64;
+        self.source_changed |= !moved.is_empty() || !merged.is_empty();
         let more = moved.len() >= self.settings.batch_size || !merged.is_empty();
         let recopied = merged
             .into_iter()
@@ -725,6 +754,8 @@ impl Phase for MemgraphPhase {
 impl MemgraphPhase {
     async fn preflight(&mut self, resuming: bool) -> Result<PhasePlan, MemgraphStoreError> {
         self.merged_relationships = 0;
+        self.relabelled = 0;
+        self.source_changed = false;
         let graph = self.graph().await?;
         let (s, t) = (self.src.clone(), self.tgt.clone());
         let c = self.counts(&graph).await?;
@@ -875,6 +906,13 @@ impl MemgraphPhase {
         }
     }
 
+    /// Counts the graph against the plan. A Move whose source changed during the run
+    /// (its catch-up moved or merged nodes written since the plan, or it relabelled
+    /// another number of nodes than the plan counted) cannot be held to the plan's
+    /// counts — a client created, deleted and re-linked entities meanwhile — and what
+    /// it must show instead is what no client write can explain away: nothing left
+    /// under the source label (else: another pass) and no entity twice under the
+    /// target label. The difference from the plan is logged.
     async fn check(&mut self, plan: &PhasePlan, removed: bool) -> Result<Verified, MemgraphStoreError> {
         let graph = self.graph().await?;
         let c = self.counts(&graph).await?;
@@ -884,33 +922,69 @@ impl MemgraphPhase {
         let expected_rels = (rels.source + rels.extra).saturating_sub(self.merged_relationships);
         let mut problems = Vec::new();
         let moved = self.settings.mode == Mode::Move;
-        let expected_source = if moved { 0 } else { nodes.source };
-        if c.source_nodes != expected_source {
-            problems.push(format!(
-                "source has {} nodes, expected {expected_source}",
+        let when = if removed { "after removal" } else { "after copy" };
+        if moved && c.source_nodes > 0 {
+            return Err(MemgraphStoreError::Incomplete(format!(
+                "{when}: {} nodes under the source label, written since the last pass",
                 c.source_nodes
-            ));
+            )));
         }
-        if c.target_nodes != expected_nodes {
-            problems.push(format!(
-                "target has {} nodes, expected {expected_nodes}",
-                c.target_nodes
-            ));
+        let changed = moved && (self.source_changed || self.relabelled != nodes.source);
+        if moved {
+            let (twice, example) = self
+                .one(
+                    &graph,
+                    "check of duplicate entity ids",
+                    query(&format!(
+                        "MATCH (m:{}) WITH m.entity_id AS id, count(m) AS c WHERE c > 1 \
+                         RETURN count(id) AS c, min(id) AS last",
+                        self.tgt
+                    )),
+                )
+                .await?;
+            if twice > 0 {
+                problems.push(format!(
+                    "{twice} entity ids are held by more than one node under the target label (e.g. {:?})",
+                    example.unwrap_or_default()
+                ));
+            }
         }
-        if c.target_rels != expected_rels {
-            problems.push(format!(
-                "target has {} DIRECTED relationships, expected {expected_rels}",
-                c.target_rels
-            ));
-        }
-        if !moved && c.source_rels != rels.source {
-            problems.push(format!(
-                "source has {} DIRECTED relationships, expected {}",
-                c.source_rels, rels.source
-            ));
+        if changed {
+            tracing::warn!(
+                nodes = c.target_nodes,
+                planned_nodes = expected_nodes,
+                relationships = c.target_rels,
+                planned_relationships = expected_rels,
+                "the source was written during the move: the target differs from the plan's counts by those writes"
+            );
+        } else {
+            let expected_source = if moved { 0 } else { nodes.source };
+            if c.source_nodes != expected_source {
+                problems.push(format!(
+                    "source has {} nodes, expected {expected_source}",
+                    c.source_nodes
+                ));
+            }
+            if c.target_nodes != expected_nodes {
+                problems.push(format!(
+                    "target has {} nodes, expected {expected_nodes}",
+                    c.target_nodes
+                ));
+            }
+            if c.target_rels != expected_rels {
+                problems.push(format!(
+                    "target has {} DIRECTED relationships, expected {expected_rels}",
+                    c.target_rels
+                ));
+            }
+            if !moved && c.source_rels != rels.source {
+                problems.push(format!(
+                    "source has {} DIRECTED relationships, expected {}",
+                    c.source_rels, rels.source
+                ));
+            }
         }
         if !problems.is_empty() {
-            let when = if removed { "after removal" } else { "after copy" };
             return Err(MemgraphStoreError::Mismatch(format!("{when}: {}", problems.join("; "))));
         }
         Ok(Verified {
@@ -918,6 +992,15 @@ impl MemgraphPhase {
             target: c.target_nodes,
         })
     }
+}
+
+/// The filter, after `MATCH (n:source)`, that keeps the nodes a Move may relabel: those
+/// whose entity_id no node under the target label `t` holds. One that is held is a
+/// twin — a client upserted the entity under the source label after it moved — and
+/// relabelling it would put the entity twice under the target label: twins are merged
+/// ([`MemgraphPhase::merge_twins`]), never relabelled.
+fn unmoved(t: &str) -> String {
+    format!("OPTIONAL MATCH (m:{t} {{entity_id: n.entity_id}}) WITH n, m WHERE m IS NULL")
 }
 
 #[cfg(test)]
