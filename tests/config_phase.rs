@@ -338,3 +338,31 @@ async fn a_config_rewritten_between_its_comparison_and_its_delete_is_copied_agai
     assert_eq!(plain.get("tenant_b"), Some(renamed_config("siraya", "tenant_b")));
     assert_eq!(plain.get("siraya"), None);
 }
+
+/// A target config that differs from its source after every copy — here an API that
+/// stamps each stored config with a field of its own; another writer of the target
+/// tenant looks the same — is copied again once, then, differing again from unchanged
+/// source content, fails the run naming it, and the source config is never deleted.
+#[tokio::test]
+async fn a_target_that_keeps_changing_behind_the_runs_back_fails_the_run_by_name() {
+    let api = api().await;
+    api.stamp_writes_of("tenant_b", "updated_by", json!("the API"));
+    let out = migrate(&api.url(), Some(TOKEN), &[]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("1 target configs changed behind the run's back")
+            && text(&out).contains("/tenants/tenant_b/config"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        api.get("siraya"),
+        Some(sample_config("siraya")),
+        "the source config was touched"
+    );
+    assert!(
+        api.received().iter().all(|r| r.method != "DELETE"),
+        "{:?}",
+        api.received()
+    );
+}

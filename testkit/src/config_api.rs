@@ -39,6 +39,9 @@ struct Inner {
     no_etags: AtomicBool,
     /// A write (tenant, body) to apply just before the next DELETE is handled.
     before_delete: Mutex<Option<(String, Value)>>,
+    /// (tenant, field, value): every write of that tenant's config is stored with
+    /// the field set, as an API that stamps what it stores.
+    stamp: Mutex<Option<(String, String, Value)>>,
     token: Option<String>,
     /// Requests to let through before `fail_next` applies.
     pass_first: AtomicU32,
@@ -126,6 +129,17 @@ impl Inner {
         self.version.fetch_add(1, Ordering::SeqCst) + 1
     }
 
+    /// `body` as stored for `tenant`: stamped if so told.
+    fn stored(&self, tenant: &str, mut body: Value) -> Versioned {
+        if let Some((t, field, value)) = &*self.stamp.lock().unwrap_or_else(|e| e.into_inner())
+            && t == tenant
+            && let Some(map) = body.as_object_mut()
+        {
+            map.insert(field.clone(), value.clone());
+        }
+        (body, self.next_version())
+    }
+
     /// Refuses a write whose `If-Match` names no tag of `current` (RFC 9110 §13.1.1:
     /// strong comparison; `*` matches any existing config; a weak tag never matches).
     fn precondition(&self, headers: &HeaderMap, current: Option<&Versioned>) -> Option<Response> {
@@ -185,7 +199,7 @@ async fn post_config(
     if configs.contains_key(&id) {
         return (StatusCode::CONFLICT, "tenant exists").into_response();
     }
-    let stored = (body, s.next_version());
+    let stored = s.stored(&id, body);
     configs.insert(id, stored.clone());
     s.writes.fetch_add(1, Ordering::SeqCst);
     s.tagged(StatusCode::CREATED, &stored)
@@ -204,7 +218,7 @@ async fn put_config(
     if let Some(r) = s.precondition(&h, configs.get(&id)) {
         return r;
     }
-    let stored = (body, s.next_version());
+    let stored = s.stored(&id, body);
     configs.insert(id, stored.clone());
     s.writes.fetch_add(1, Ordering::SeqCst);
     s.tagged(StatusCode::OK, &stored)
@@ -281,6 +295,13 @@ impl ConfigApi {
     /// no conditional requests.
     pub fn without_etags(&self) {
         self.inner.no_etags.store(true, Ordering::SeqCst);
+    }
+
+    /// From now on every write of `tenant`'s config is stored with `field` set to
+    /// `value` (an API that stamps what it stores, or another writer of that tenant).
+    pub fn stamp_writes_of(&self, tenant: &str, field: &str, value: Value) {
+        *self.inner.stamp.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((tenant.to_owned(), field.to_owned(), value));
     }
 
     /// Just before the next DELETE is handled, `tenant`'s config becomes `body`: a
