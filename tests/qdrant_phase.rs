@@ -999,7 +999,12 @@ async fn writer_round(from: &str) {
             };
             let (src, tgt) = (content(SOURCE), content(TARGET));
             let ok = match (value, succeeded) {
-                (Some(v), true) => tgt == Some(ws(v)) && src.is_none(),
+                // Written once the last removal pass had ended: at the source, like any
+                // later write to the old tenant.
+                (Some(v), true) => {
+                    (tgt == Some(ws(v)) && src.is_none())
+                        || (matches!(seen, "VerifyRemoved" | "Done") && src == Some(ws(v)))
+                }
                 (Some(v), false) => src == Some(ws(v)) || (src.is_none() && tgt == Some(ws(v))),
                 (None, _) if src.is_none() && tgt.is_none() => true,
                 // A run that stopped unsettled removed no copy of a deleted source
