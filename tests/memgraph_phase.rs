@@ -849,6 +849,11 @@ async fn a_client_writing_entities_during_a_move_loses_no_acknowledged_write() {
     let succeeded = out.status.success();
     // Past its last comparison: a write then is the client's after the move.
     let after_run = |seen: &str| matches!(seen, "RemoveSource" | "VerifyRemoved" | "Done");
+    assert!(
+        log.iter().any(|(_, _, seen)| !after_run(seen)),
+        "no write landed while the run was moving nodes: {}",
+        text(&out)
+    );
     let lost = |now: &std::collections::BTreeMap<(String, String), Vec<String>>, succeeded: bool| {
         let mut last: std::collections::BTreeMap<&str, (&Option<String>, &str)> = Default::default();
         for (id, v, seen) in &log {
@@ -906,5 +911,63 @@ async fn a_client_writing_entities_during_a_move_loses_no_acknowledged_write() {
         } else {
             "stopped: source still written"
         }
+    );
+}
+
+/// A Move killed in its removal (its `DROP INDEX` sent, never answered), after which a
+/// client writes a new entity and an entity that had moved under the source label: the
+/// resumed run starts in RemoveSource, and catches both up there — the new one moved,
+/// the twin merged — instead of spending its passes on nodes no stage would move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_resumed_in_its_removal_moves_what_was_written_since() {
+    let (src, tgt) = ("rm_siraya", "rm_target");
+    loaded(src).await;
+    let recorder = tenant_migrator_testkit::BoltRecorder::start(upstream()).expect("recorder");
+    recorder.freeze_after(Some(("DROP INDEX", 1)));
+    let state = state_dir("mg-resumed-removal");
+    std::fs::create_dir_all(&state).expect("dir");
+    let log = state.join("first.log");
+    let out = std::fs::File::create(&log).expect("log");
+    let mut child = migrate(src, tgt, recorder.port(), &state, &["--batch-size", "20"])
+        .stdout(out.try_clone().expect("log"))
+        .stderr(out)
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !(recorder.froze() && memgraph_stage(&state, src, tgt) == "RemoveSource") {
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "the run ended before its removal hung: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        assert!(std::time::Instant::now() < deadline, "the removal never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let g = server().graph().await.expect("connect");
+    let moved = format!("{src} entity 3");
+    for (id, d) in [("written during removal", "new"), (moved.as_str(), "again")] {
+        g.run(
+            neo4rs::query(&format!(
+                "MERGE (n:`{src}` {{entity_id: $id}}) SET n += {{description: $d}}"
+            ))
+            .param("id", id)
+            .param("d", d),
+        )
+        .await
+        .expect("client write");
+    }
+    // Through the same proxy (the state file records the URL); its freeze is spent.
+    let out = migrate(src, tgt, recorder.port(), &state, &[]).output().expect("run");
+    assert!(out.status.success(), "{}", text(&out));
+    let now = descriptions(&g, &[src, tgt]).await;
+    assert!(now.keys().all(|(l, _)| l == tgt), "left under the source label");
+    let at = |id: &str| now.get(&(tgt.to_owned(), id.to_owned())).cloned().unwrap_or_default();
+    assert_eq!(at("written during removal"), vec!["new".to_owned()]);
+    assert_eq!(
+        at(&moved),
+        vec!["again".to_owned()],
+        "the twin is not merged into its entity"
     );
 }

@@ -152,6 +152,8 @@ pub struct MemgraphPhase {
     /// makes the plan's counts a guess (see [`MemgraphPhase::check`]).
     relabelled: u64,
     source_changed: bool,
+    /// Entity ids held by more than one of the tenant's nodes when the plan was made.
+    duplicates_at_plan: u64,
 }
 
 /// Counts of the tenant's graph.
@@ -188,6 +190,7 @@ impl MemgraphPhase {
             merged_relationships: 0,
             relabelled: 0,
             source_changed: false,
+            duplicates_at_plan: 0,
         })
     }
 
@@ -798,6 +801,26 @@ impl MemgraphPhase {
                 example: example.unwrap_or_default(),
             });
         }
+        if self.settings.mode == Mode::Move {
+            let (twice, example) = self
+                .one(
+                    &graph,
+                    "check of duplicate entity ids",
+                    query(&format!(
+                        "MATCH (n) WHERE n:{s} OR n:{t} WITH n.entity_id AS id, count(n) AS c WHERE c > 1 \
+                         RETURN count(id) AS c, min(id) AS last"
+                    )),
+                )
+                .await?;
+            self.duplicates_at_plan = twice;
+            if twice > 0 {
+                plan.notes.push(format!(
+                    "{twice} entity ids are held by more than one of the tenant's nodes (e.g. {:?}); each is moved \
+                     as it is, or merged into the first of them to move, as LightRAG's upserts would",
+                    example.unwrap_or_default()
+                ));
+            }
+        }
         if self.settings.mode == Mode::Copy {
             let missing = self
                 .count(
@@ -893,26 +916,42 @@ impl MemgraphPhase {
                 },
             },
             Stage::RemoveSource => {
-                // The nodes left the source label batch by batch; only its index remains.
+                // The nodes left the source label batch by batch; what a client wrote
+                // there since the last pass is caught up first (a Move has no other
+                // stage that would move it: a resumed run starts here), then only the
+                // index remains.
+                let caught = match self.settings.mode {
+                    Mode::Move => self.catch_up_moved(&graph).await?,
+                    Mode::Copy => StepOutcome::default(),
+                };
+                if caught.next.is_some() {
+                    return Ok(caught);
+                }
                 self.schema(
                     &graph,
                     "drop index on the source label",
                     format!("DROP INDEX ON :{}(entity_id)", self.src),
                 )
                 .await?;
-                Ok(StepOutcome::default())
+                Ok(StepOutcome {
+                    recopied: caught.recopied,
+                    ..StepOutcome::default()
+                })
             }
             other => Err(MemgraphStoreError::Settings(format!("stage {other:?} has no batches"))),
         }
     }
 
-    /// Counts the graph against the plan. A Move whose source changed during the run
-    /// (its catch-up moved or merged nodes written since the plan, or it relabelled
-    /// another number of nodes than the plan counted) cannot be held to the plan's
-    /// counts — a client created, deleted and re-linked entities meanwhile — and what
-    /// it must show instead is what no client write can explain away: nothing left
-    /// under the source label (else: another pass) and no entity twice under the
-    /// target label. The difference from the plan is logged.
+    /// Counts the graph against the plan. A Copy must match it exactly. A Move
+    /// relabels in place, so what it must show is where the nodes are: nothing left
+    /// under the source label (a node there was written since the last pass: another
+    /// pass) and no entity id under the target label twice that was not so in the plan
+    /// already. Its node count must equal the plan's too, unless the source changed
+    /// during the run (the catch-up moved or merged nodes, or the copy relabelled another
+    /// number of nodes than planned): then clients created and deleted entities
+    /// meanwhile, and the difference is logged. A Move's relationships are logged, not
+    /// held to the plan: a relabel never touches one, and a client that linked two
+    /// unmoved entities changes their count without moving anything.
     async fn check(&mut self, plan: &PhasePlan, removed: bool) -> Result<Verified, MemgraphStoreError> {
         let graph = self.graph().await?;
         let c = self.counts(&graph).await?;
@@ -920,17 +959,15 @@ impl MemgraphPhase {
         let rels = &plan.groups[1];
         let expected_nodes = nodes.source + nodes.extra;
         let expected_rels = (rels.source + rels.extra).saturating_sub(self.merged_relationships);
-        let mut problems = Vec::new();
-        let moved = self.settings.mode == Mode::Move;
         let when = if removed { "after removal" } else { "after copy" };
-        if moved && c.source_nodes > 0 {
-            return Err(MemgraphStoreError::Incomplete(format!(
-                "{when}: {} nodes under the source label, written since the last pass",
-                c.source_nodes
-            )));
-        }
-        let changed = moved && (self.source_changed || self.relabelled != nodes.source);
-        if moved {
+        let mut problems = Vec::new();
+        if self.settings.mode == Mode::Move {
+            if c.source_nodes > 0 {
+                return Err(MemgraphStoreError::Incomplete(format!(
+                    "{when}: {} nodes under the source label, written since the last pass",
+                    c.source_nodes
+                )));
+            }
             let (twice, example) = self
                 .one(
                     &graph,
@@ -942,27 +979,35 @@ impl MemgraphPhase {
                     )),
                 )
                 .await?;
-            if twice > 0 {
+            if twice > self.duplicates_at_plan {
                 problems.push(format!(
-                    "{twice} entity ids are held by more than one node under the target label (e.g. {:?})",
-                    example.unwrap_or_default()
+                    "{twice} entity ids are held by more than one node under the target label (e.g. {:?}; the \
+                     plan found {})",
+                    example.unwrap_or_default(),
+                    self.duplicates_at_plan
                 ));
             }
-        }
-        if changed {
-            tracing::warn!(
-                nodes = c.target_nodes,
-                planned_nodes = expected_nodes,
-                relationships = c.target_rels,
-                planned_relationships = expected_rels,
-                "the source was written during the move: the target differs from the plan's counts by those writes"
-            );
-        } else {
-            let expected_source = if moved { 0 } else { nodes.source };
-            if c.source_nodes != expected_source {
+            let changed = self.source_changed || self.relabelled != nodes.source;
+            if !changed && c.target_nodes != expected_nodes {
                 problems.push(format!(
-                    "source has {} nodes, expected {expected_source}",
-                    c.source_nodes
+                    "target has {} nodes, expected {expected_nodes}",
+                    c.target_nodes
+                ));
+            }
+            if changed || c.target_rels != expected_rels {
+                tracing::warn!(
+                    nodes = c.target_nodes,
+                    planned_nodes = expected_nodes,
+                    relationships = c.target_rels,
+                    planned_relationships = expected_rels,
+                    "the source was written during the move: the target differs from the plan's counts by those writes"
+                );
+            }
+        } else {
+            if c.source_nodes != nodes.source {
+                problems.push(format!(
+                    "source has {} nodes, expected {}",
+                    c.source_nodes, nodes.source
                 ));
             }
             if c.target_nodes != expected_nodes {
@@ -977,7 +1022,7 @@ impl MemgraphPhase {
                     c.target_rels
                 ));
             }
-            if !moved && c.source_rels != rels.source {
+            if c.source_rels != rels.source {
                 problems.push(format!(
                     "source has {} DIRECTED relationships, expected {}",
                     c.source_rels, rels.source

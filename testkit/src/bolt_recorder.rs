@@ -386,9 +386,15 @@ fn record(
             break;
         }
     }
-    if !frozen.load(Ordering::SeqCst) {
-        let _ = to.shutdown(Shutdown::Write);
-    }
+    // The client is gone. A frozen connection closes too (as the client's socket would
+    // have): else the server keeps the transaction of the unanswered statement open,
+    // with its locks (a hung DROP INDEX holds the schema lock every later MERGE needs).
+    let how = if frozen.load(Ordering::SeqCst) {
+        Shutdown::Both
+    } else {
+        Shutdown::Write
+    };
+    let _ = to.shutdown(how);
 }
 
 #[cfg(test)]
