@@ -971,3 +971,33 @@ async fn a_move_resumed_in_its_removal_moves_what_was_written_since() {
         "the twin is not merged into its entity"
     );
 }
+
+/// A tenant whose graph already holds an entity_id twice (two concurrent upserts of
+/// one entity can leave that, with no uniqueness constraint) moves: the plan names it,
+/// the run ends with nothing under the source label and no more duplicates than it
+/// started with — each moved as it is, or merged into the first of them to move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_already_holds_an_entity_twice_moves() {
+    let (src, tgt) = ("dup_siraya", "dup_target");
+    loaded(src).await;
+    let g = server().graph().await.expect("connect");
+    let id = format!("{src} entity 1");
+    g.run(
+        neo4rs::query(&format!("CREATE (:`{src}` {{entity_id: $id, description: 'twice'}})")).param("id", id.as_str()),
+    )
+    .await
+    .expect("duplicate");
+    let state = state_dir("mg-dup");
+    let out = migrate(src, tgt, server().port(), &state, &[]).output().expect("run");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("1 entity ids are held by more than one of the tenant's nodes"),
+        "{}",
+        text(&out)
+    );
+    let now = descriptions(&g, &[src, tgt]).await;
+    assert!(now.keys().all(|(l, _)| l == tgt), "left under the source label");
+    let held = now.get(&(tgt.to_owned(), id.clone())).map_or(0, Vec::len);
+    assert!((1..=2).contains(&held), "{id} held {held} times");
+    assert!(now.iter().filter(|(_, d)| d.len() > 1).count() <= 1, "{now:?}");
+}

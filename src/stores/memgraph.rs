@@ -316,6 +316,14 @@ impl MemgraphPhase {
         .await
     }
 
+    /// Entity ids held by more than one node under `label`, and the first of them.
+    async fn duplicates(&self, graph: &Graph, label: &str) -> Result<(u64, Option<String>), MemgraphStoreError> {
+        let q = query(&format!(
+            "MATCH (n:{label}) WITH n.entity_id AS id, count(n) AS c WHERE c > 1 RETURN count(id) AS c, min(id) AS last"
+        ));
+        self.one(graph, "check of duplicate entity ids", q).await
+    }
+
     /// Runs `q` and reads string-list column `column` of its last row.
     async fn list(
         &self,
@@ -802,16 +810,10 @@ impl MemgraphPhase {
             });
         }
         if self.settings.mode == Mode::Move {
-            let (twice, example) = self
-                .one(
-                    &graph,
-                    "check of duplicate entity ids",
-                    query(&format!(
-                        "MATCH (n) WHERE n:{s} OR n:{t} WITH n.entity_id AS id, count(n) AS c WHERE c > 1 \
-                         RETURN count(id) AS c, min(id) AS last"
-                    )),
-                )
-                .await?;
+            // Per label, each scan by its label: an id held under both is a twin, merged.
+            let (in_source, example) = self.duplicates(&graph, &s).await?;
+            let (in_target, _) = self.duplicates(&graph, &t).await?;
+            let twice = in_source + in_target;
             self.duplicates_at_plan = twice;
             if twice > 0 {
                 plan.notes.push(format!(
@@ -968,17 +970,7 @@ impl MemgraphPhase {
                     c.source_nodes
                 )));
             }
-            let (twice, example) = self
-                .one(
-                    &graph,
-                    "check of duplicate entity ids",
-                    query(&format!(
-                        "MATCH (m:{}) WITH m.entity_id AS id, count(m) AS c WHERE c > 1 \
-                         RETURN count(id) AS c, min(id) AS last",
-                        self.tgt
-                    )),
-                )
-                .await?;
+            let (twice, example) = self.duplicates(&graph, &self.tgt).await?;
             if twice > self.duplicates_at_plan {
                 problems.push(format!(
                     "{twice} entity ids are held by more than one node under the target label (e.g. {:?}; the \
