@@ -54,12 +54,11 @@ fn slow(redis: &RedisServer) -> DelayProxy {
 }
 
 /// The Redis phase's stage in the state file of a run in `state` (what a writer sees).
+/// Before the run has a state file, "Copy": a delete then counts as one made before
+/// any copy (no copy of it may be left).
 fn stage_in(state: &Path) -> String {
-    std::fs::read_to_string(state.join(format!("{SOURCE}--{TARGET}.json")))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["phases"]["redis"]["checkpoint"]["stage"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| "Copy".into())
+    let stage = common::stage_of(state, (SOURCE, TARGET), "redis");
+    if stage.is_empty() { "Copy".into() } else { stage }
 }
 
 /// Killed in the middle of removal; then a client updates a source key not removed

@@ -752,15 +752,7 @@ async fn a_copied_relationship_changed_behind_the_runs_back_is_copied_again() {
 
 /// The stage a run's state file shows for the Memgraph phase ("" before it has one).
 fn memgraph_stage(state: &Path, src: &str, tgt: &str) -> String {
-    std::fs::read_to_string(state.join(format!("{src}--{tgt}.json")))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| {
-            v["phases"]["memgraph"]["checkpoint"]["stage"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .unwrap_or_default()
+    common::stage_of(state, (src, tgt), "memgraph")
 }
 
 /// Every node of `labels` as (label, entity_id) → descriptions (more than one: a duplicate).
@@ -805,18 +797,8 @@ async fn a_client_writing_entities_during_a_move_loses_no_acknowledged_write() {
         .expect("resolve the graph server");
     let proxy = DelayProxy::start(upstream, Duration::from_millis(1)).expect("proxy");
     let state = state_dir("mg-writer");
-    let mut child = migrate(src, tgt, proxy.port(), &state, &["--batch-size", "10"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    tokio::task::block_in_place(|| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while memgraph_stage(&state, src, tgt) != "Copy" && child.try_wait().expect("wait").is_none() {
-            assert!(std::time::Instant::now() < deadline, "the run never started copying");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    });
+    let cmd = migrate(src, tgt, proxy.port(), &state, &["--batch-size", "10"]);
+    let child = tokio::task::block_in_place(|| common::spawn_until_stage(cmd, &state, (src, tgt), "memgraph", "Copy"));
     // (entity_id, description or None for a delete, stage seen right after the ack)
     let mut log: Vec<(String, Option<String>, String)> = Vec::new();
     let mut created = Vec::new();

@@ -892,11 +892,7 @@ async fn a_run_killed_in_its_first_write_resumes_instead_of_refusing_its_own_poi
 
 /// The stage a run's state file shows for the Qdrant phase ("" before it has one).
 fn qdrant_stage(state: &Path) -> String {
-    std::fs::read_to_string(state.join(format!("{SOURCE}--{TARGET}.json")))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["phases"]["qdrant"]["checkpoint"]["stage"].as_str().map(str::to_owned))
-        .unwrap_or_default()
+    common::stage_of(state, (SOURCE, TARGET), "qdrant")
 }
 
 /// A client keeps writing the source tenant's points — updates, creates and deletes
@@ -929,18 +925,9 @@ async fn writer_round(from: &str) {
     assert!(existing.len() > 100, "{} source points", existing.len());
     let proxy = DelayProxy::start(server.address(), Duration::from_millis(1)).expect("proxy");
     let state = state_dir(&format!("q-writer-{from}"));
-    let mut child = migrate(&proxied(&proxy), &state, &["--batch-size", "10"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    tokio::task::block_in_place(|| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while qdrant_stage(&state) != from && child.try_wait().expect("wait").is_none() {
-            assert!(std::time::Instant::now() < deadline, "the run never reached {from}");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    });
+    let cmd = migrate(&proxied(&proxy), &state, &["--batch-size", "10"]);
+    let child =
+        tokio::task::block_in_place(|| common::spawn_until_stage(cmd, &state, (SOURCE, TARGET), "qdrant", from));
     // (payload id, content or None for a delete, stage seen right after the ack)
     let mut log: Vec<(String, Option<String>, String)> = Vec::new();
     let mut created = Vec::new();

@@ -167,6 +167,38 @@ pub fn digest_outside(snap: &Snapshot) -> String {
     fixture::digest(&outside)
 }
 
+/// The stage `store`'s phase shows in the state file of a run of `pair` in `state`
+/// ("" before it has one): what a writer running beside the run sees.
+pub fn stage_of(state: &Path, pair: (&str, &str), store: &str) -> String {
+    std::fs::read_to_string(state.join(format!("{}--{}.json", pair.0, pair.1)))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["phases"][store]["checkpoint"]["stage"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// Spawns `cmd` with its output piped and returns it once the state file shows
+/// `store`'s phase in `stage`, or the run has ended.
+pub fn spawn_until_stage(
+    mut cmd: std::process::Command,
+    state: &Path,
+    pair: (&str, &str),
+    store: &str,
+    stage: &str,
+) -> std::process::Child {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    while stage_of(state, pair, store) != stage && child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "the run never reached {stage}");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child
+}
+
 /// Runs `cmd` and SIGKILLs it once the state file `{state}/{source}--{target}.json`
 /// shows `store`'s phase in `stage` with at least `min_batch` batches done. Returns
 /// whether it was killed there (false: it finished first, and its output is printed).
