@@ -585,13 +585,7 @@ fn a_scan_cursor_is_not_trusted_after_the_server_restarts() {
 fn a_streamed_key_keeps_its_sources_expiry_however_long_the_copy_takes() {
     let (redis, _) = loaded_redis(0.01);
     let mut c = redis.conn().expect("connect");
-    redis::cmd("SET")
-        .arg(format!("{SOURCE}_full_docs:streamed"))
-        .arg(filler(7, 40 << 20))
-        .arg("EX")
-        .arg(7_200)
-        .query::<()>(&mut c)
-        .expect("SET");
+    common::set_streamed(&mut c, 7);
     let before = snapshot(&redis);
     // 25 ms each way: the 40 pages of the string take seconds more than the TTL slack.
     let slow = tenant_migrator_testkit::DelayProxy::start(

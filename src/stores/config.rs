@@ -271,6 +271,44 @@ impl ConfigPhase {
         }
     }
 
+    /// After the API refused to delete the source config (412: rewritten since it was
+    /// read with `etag` and compared as `compared`): copies what it holds now, compared
+    /// (and removed) in the next pass; rewritten with the same content, only its ETag
+    /// moved on, and the next pass deletes with the new one.
+    async fn after_refused_delete(
+        &self,
+        compared: &Value,
+        etag: Option<String>,
+        recopied: &mut Vec<Recopied>,
+    ) -> Result<(), ConfigStoreError> {
+        let Some(now) = self.get_tagged(&self.source_url).await? else {
+            return Ok(()); // deleted meanwhile: the next pass finds it gone
+        };
+        if now.etag == etag {
+            // Not a change: an API whose DELETE disagrees with its GET.
+            return Err(ConfigStoreError::Status {
+                method: Method::DELETE,
+                url: self.source_url.clone(),
+                status: StatusCode::PRECONDITION_FAILED,
+                body: format!(
+                    "refused If-Match: {} although GET still answers that ETag",
+                    etag.unwrap_or_default()
+                ),
+            });
+        }
+        let body = self.expected(&now.body)?.0;
+        if &body == compared {
+            let tag = now.etag.unwrap_or_default();
+            recopied.push(Recopied {
+                item: self.source_url.clone(),
+                digest: digest(&[body.to_string().as_bytes(), tag.as_bytes()]),
+            });
+            Ok(())
+        } else {
+            self.copy_again(&body, recopied).await
+        }
+    }
+
     /// Copies the source config to the target again (it changed since it was copied),
     /// noting it for the engine's next pass.
     async fn copy_again(&self, body: &Value, recopied: &mut Vec<Recopied>) -> Result<(), ConfigStoreError> {
@@ -435,34 +473,7 @@ impl Phase for ConfigPhase {
                 if self.remove_source(etag.as_deref()).await? {
                     (1, 0)
                 } else {
-                    // Rewritten since it was read: copy what it holds now; the next
-                    // pass compares (and removes) it.
-                    if let Some(now) = self.get_tagged(&self.source_url).await? {
-                        if now.etag == etag {
-                            // Not a change: an API whose DELETE disagrees with its GET.
-                            return Err(ConfigStoreError::Status {
-                                method: Method::DELETE,
-                                url: self.source_url.clone(),
-                                status: StatusCode::PRECONDITION_FAILED,
-                                body: format!(
-                                    "refused If-Match: {} although GET still answers that ETag",
-                                    etag.unwrap_or_default()
-                                ),
-                            });
-                        }
-                        let body = self.expected(&now.body)?.0;
-                        if body == s {
-                            // Rewritten with the same content: only the ETag moved on, and
-                            // the next pass deletes with the new one.
-                            let tag = now.etag.unwrap_or_default();
-                            recopied.push(Recopied {
-                                item: self.source_url.clone(),
-                                digest: digest(&[body.to_string().as_bytes(), tag.as_bytes()]),
-                            });
-                        } else {
-                            self.copy_again(&body, &mut recopied).await?;
-                        }
-                    }
+                    self.after_refused_delete(&s, etag, &mut recopied).await?;
                     (0, 0)
                 }
             }

@@ -547,12 +547,18 @@ pub fn load_large_values(redis: &RedisServer) {
         }
         p.query::<()>(&mut c).expect("list, set, zset");
     }
+    set_streamed(&mut c, 99);
+}
+
+/// A 40 MB string with a two-hour TTL at `{SOURCE}_full_docs:streamed`: above the 32 MiB
+/// that makes the Redis phase stream a key page by page.
+pub fn set_streamed(c: &mut redis::Connection, seed: usize) {
     redis::cmd("SET")
         .arg(format!("{SOURCE}_full_docs:streamed"))
-        .arg(filler(99, 40 << 20))
+        .arg(filler(seed, 40 << 20))
         .arg("EX")
         .arg(7_200)
-        .query::<()>(&mut c)
+        .query::<()>(c)
         .expect("SET");
 }
 
