@@ -687,6 +687,53 @@ async fn a_point_written_between_copy_and_removal_is_copied_again() {
     );
 }
 
+/// Killed in removal after its Verify marked every source point; then a copy of a
+/// point not removed yet is changed behind the run's back (the source is not touched,
+/// so it still carries the killed run's removal mark). The resumed run does not take
+/// that mark for its own comparison: it compares the point with its copy before it
+/// deletes it, writes the copy again from the source, and ends with the source's
+/// content at the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_move_compares_again_what_an_earlier_run_marked() {
+    let (server, _) = loaded().await;
+    let state = state_dir("q-old-mark");
+    let cmd = migrate(&server.url, &state, &["--batch-size", "10"]);
+    let killed =
+        tokio::task::block_in_place(|| common::kill_at(cmd, &state, (SOURCE, TARGET), "qdrant", "RemoveSource", 2));
+    assert!(killed, "finished before removal");
+    let client = server.client();
+    let rel = qdrant_fixture::RELATIONSHIPS;
+    let left = qdrant_fixture::snapshot(&client, rel).await.expect("snapshot");
+    let (_, kept) = left
+        .iter()
+        .find(|(_, p)| tenant_of(p) == Some(ws(SOURCE)))
+        .expect("a source point not removed yet");
+    assert!(
+        kept.payload.contains_key(tenant_migrator::stores::qdrant::REMOVAL_MARK),
+        "the killed run's Verify left no mark on {kept:?}"
+    );
+    let id = kept.payload["id"].split('"').nth(1).unwrap_or_default().to_owned();
+    let content = kept.payload["content"].clone();
+    client
+        .upsert_points(
+            qdrant_client::qdrant::UpsertPointsBuilder::new(rel, vec![point_of(TARGET, &id, "changed behind the run")])
+                .wait(true),
+        )
+        .await
+        .expect("upsert");
+    let out = migrate(&server.url, &state, &[]).output().expect("run");
+    assert!(out.status.success(), "{}", text(&out));
+    let after = qdrant_fixture::snapshot(&client, rel).await.expect("snapshot");
+    let copy = after
+        .get(&lightrag_id(TARGET, &id))
+        .unwrap_or_else(|| panic!("{id} has no copy"));
+    assert_eq!(copy.payload["content"], content, "{id}: {}", text(&out));
+    assert!(
+        !after.values().any(|p| tenant_of(p) == Some(ws(SOURCE))),
+        "source points left"
+    );
+}
+
 /// A client rewrites every source point still there while the run's first delete of
 /// RemoveSource waits in the server — after the run compared those points with their
 /// copies and found them equal. Deleting them by id would lose the rewrite (Qdrant has

@@ -161,11 +161,11 @@ fn now_nanos() -> String {
     format!("{:?}", std::time::SystemTime::now())
 }
 
-/// Payload key set on a source point, with the target tenant as its value, just before
-/// RemoveSource compares it with its copy ([`QdrantPhase::check_page`]): only points
-/// still carrying it are deleted. A Move stopped in RemoveSource leaves it on the source
-/// points not yet removed (LightRAG ignores payload keys it does not know); copies never
-/// carry it.
+/// Payload key set on a source point of a Move, with the target tenant and the run as
+/// its value, just before Verify compares it with its copy ([`QdrantPhase::check_page`]):
+/// only points still carrying this run's mark are deleted. A Move stopped after its
+/// Verify leaves it on the source points not yet removed (LightRAG ignores payload keys
+/// it does not know); copies never carry it.
 pub const REMOVAL_MARK: &str = "tenant_migrator_removing_to";
 
 /// Writes every replica applies in one order with the others (the removal mark and the
@@ -394,6 +394,9 @@ pub struct QdrantPhase {
     /// Collections in the plan, in order; cursors index into this.
     collections: Vec<String>,
     prefetch: Option<Prefetch>,
+    /// The value of [`REMOVAL_MARK`] this run sets: the target and an instant of this
+    /// run's start, so that no other run's mark is taken for this run's comparison.
+    mark: String,
 }
 
 impl QdrantPhase {
@@ -410,6 +413,10 @@ impl QdrantPhase {
             return Err(QdrantStoreError::Settings("tenantField is empty".into()));
         }
         let (url, url_note) = grpc_url(&settings.url);
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let mark = format!("{}@{}.{started}", settings.target.as_str(), std::process::id());
         Ok(Self {
             settings,
             url,
@@ -417,6 +424,7 @@ impl QdrantPhase {
             client: None,
             collections: Vec::new(),
             prefetch: None,
+            mark,
         })
     }
 
@@ -634,16 +642,21 @@ impl QdrantPhase {
     /// Verify (`remove` false) or RemoveSource (`remove` true) of one page of source
     /// points from `offset`: each is compared with its re-keyed copy — payload except
     /// the tenant field, and every vector. Equal: counted, and with `remove` deleted by
-    /// id (never by filter: only points compared equal in this very page go). Missing
-    /// or different: the copy is written again from the source as it is now, and the
-    /// source point stays for the next pass.
+    /// id (never by filter: only points compared equal go). Missing or different: the
+    /// copy is written again from the source as it is now, and the source point stays
+    /// for the next pass.
     ///
     /// Qdrant has no transactions: a client's upsert landing between the comparison and
-    /// the delete would be deleted unseen. So RemoveSource first marks the page's source
-    /// points ([`REMOVAL_MARK`], set by filter: a point deleted meanwhile is simply not
-    /// matched), then reads and compares them, and deletes only points still marked —
-    /// an upsert replaces a point's whole payload, mark included, so a point written
-    /// after its mark stays for the next pass, which copies it again.
+    /// the delete would be deleted unseen. So a Move marks the page's source points
+    /// ([`REMOVAL_MARK`], this run's [`QdrantPhase::mark`], set by id: a point deleted
+    /// meanwhile is simply not matched) before it reads and compares them, and deletes
+    /// only points still carrying this run's mark — an upsert replaces a point's whole
+    /// payload, mark included, so a point written after its mark stays for the next
+    /// pass, which copies it again. The mark is set in Verify: RemoveSource deletes a
+    /// point that still carries it (compared with its copy, or copied again from the
+    /// very version that carries it) without reading its vectors again, and compares
+    /// only the others — written since, or marked by an earlier run, whose comparison
+    /// this run does not trust. A Copy never marks.
     async fn check_page(
         &mut self,
         client: &Qdrant,
@@ -651,17 +664,25 @@ impl QdrantPhase {
         offset: Option<PointId>,
         remove: bool,
     ) -> Result<(u64, Vec<Recopied>, Option<PointId>), QdrantStoreError> {
-        let (mut points, next) = self.page(client, collection, offset, !remove).await?;
-        if remove {
-            let ids: Vec<PointId> = points.into_iter().filter_map(|p| p.id).collect();
+        let (points, mut checked, next) = if self.settings.mode == Mode::Move {
+            let filter = tenant_filter(&self.settings.tenant_field, &self.settings.source);
+            let limit = self.settings.batch_size as u32;
+            // The payload (its mark) when removing; never the vectors.
+            let (page, next) = scroll(client, collection, filter, limit, offset, (remove, false)).await?;
+            let (checked, unchecked): (Vec<_>, Vec<_>) = page.into_iter().partition(|p| remove && self.marked(p));
+            let ids: Vec<PointId> = unchecked.into_iter().filter_map(|p| p.id).collect();
             self.mark_for_removal(client, collection, &ids).await?;
-            points = self
+            let points = self
                 .points_at(client, collection, ids, true)
                 .await?
                 .into_values()
                 .filter(|p| self.belongs_to(&p.payload, &self.settings.source))
                 .collect();
-        }
+            (points, checked.into_iter().filter_map(|p| p.id).collect(), next)
+        } else {
+            let (points, next) = self.page(client, collection, offset, true).await?;
+            (points, Vec::new(), next)
+        };
         let mut sources = Vec::with_capacity(points.len());
         for p in points {
             let source_id = p.id.clone();
@@ -671,10 +692,10 @@ impl QdrantPhase {
         let copies = self.points_at(client, collection, ids, true).await?;
         let wanted: Vec<PointStruct> = sources.iter().map(|(_, c)| c.clone()).collect();
         self.refuse_foreign(collection, self.foreign_owned(&wanted, &copies))?;
-        let (mut equal, mut again, mut recopied) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut again, mut recopied) = (Vec::new(), Vec::new());
         for (source_id, copy) in sources {
             match copies.get(&show_id(&copy.id)) {
-                Some(found) if same_point(&copy, found) => equal.extend(source_id),
+                Some(found) if same_point(&copy, found) => checked.extend(source_id),
                 _ => {
                     recopied.push(Recopied {
                         item: format!("{collection}/{}", show_id(&source_id)),
@@ -691,11 +712,11 @@ impl QdrantPhase {
                 .await
                 .map_err(Self::call(format!("upsert again of {n} points into {collection}")))?;
         }
-        let mut n = equal.len() as u64;
+        let mut n = checked.len() as u64;
         if remove && n > 0 {
             let marked = Filter::must([
-                Condition::has_id(equal.clone()),
-                Condition::matches(REMOVAL_MARK, self.settings.target.as_str().to_owned()),
+                Condition::has_id(checked.clone()),
+                Condition::matches(REMOVAL_MARK, self.mark.clone()),
             ]);
             client
                 .delete_points(
@@ -710,7 +731,7 @@ impl QdrantPhase {
             let kept = client
                 .count(
                     CountPointsBuilder::new(collection)
-                        .filter(Filter::must([Condition::has_id(equal)]))
+                        .filter(Filter::must([Condition::has_id(checked)]))
                         .exact(true),
                 )
                 .await
@@ -720,6 +741,11 @@ impl QdrantPhase {
             n -= kept.min(n);
         }
         Ok((n, recopied, next))
+    }
+
+    /// Whether a source point carries this run's removal mark.
+    fn marked(&self, p: &RetrievedPoint) -> bool {
+        matches!(p.payload.get(REMOVAL_MARK).and_then(|v| v.kind.as_ref()), Some(Kind::StringValue(m)) if *m == self.mark)
     }
 
     /// Sets [`REMOVAL_MARK`] on those of `ids` that still exist.
@@ -732,10 +758,7 @@ impl QdrantPhase {
         if ids.is_empty() {
             return Ok(());
         }
-        let mark = HashMap::from([(
-            REMOVAL_MARK.to_owned(),
-            Value::from(self.settings.target.as_str().to_owned()),
-        )]);
+        let mark = HashMap::from([(REMOVAL_MARK.to_owned(), Value::from(self.mark.clone()))]);
         client
             .set_payload(
                 SetPayloadPointsBuilder::new(collection, mark)
