@@ -580,9 +580,9 @@ impl MemgraphPhase {
     /// ends by every property; a clone that is missing or differs is written again.
     /// Counted as compared, not as items: the phase's items are nodes. Each end's clone
     /// is looked up on its own (an index seek by `entity_id`) before the two are joined:
-    /// given the whole target pattern in one `OPTIONAL MATCH`, Neo4j 4.4 once planned it
-    /// as a scan of the target label per row (over 60 s a batch after a wiped and
-    /// reloaded graph).
+    /// given the whole target pattern in one `OPTIONAL MATCH`, Neo4j 4.4 was free to plan
+    /// a scan of the target label per row, and a batch took over 60 s after a wiped and
+    /// reloaded graph (the bench, 2 ms RTT).
     async fn compare_relationships(&self, graph: &Graph, after: &str) -> Result<StepOutcome, MemgraphStoreError> {
         let (s, t) = (&self.src, &self.tgt);
         let Some((c, last)) = self.node_window(graph, "relationship comparison window", after).await? else {
