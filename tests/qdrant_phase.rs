@@ -636,6 +636,24 @@ fn point_of(tenant: &str, id: &str, content: &str) -> qdrant_client::qdrant::Poi
     qdrant_client::qdrant::PointStruct::new(lightrag_id(tenant, id), vec![0.5_f32; DIM as usize], payload)
 }
 
+/// A Move killed in its removal (batch 2 of RemoveSource, pages of 10 points): its
+/// state directory, and a source point of the relationships not removed yet.
+async fn killed_in_removal(server: &Endpoint, name: &str) -> (std::path::PathBuf, StoredPoint) {
+    let state = state_dir(name);
+    let cmd = migrate(&server.url, &state, &["--batch-size", "10"]);
+    let killed =
+        tokio::task::block_in_place(|| common::kill_at(cmd, &state, (SOURCE, TARGET), "qdrant", "RemoveSource", 2));
+    assert!(killed, "finished before removal");
+    let left = qdrant_fixture::snapshot(&server.client(), qdrant_fixture::RELATIONSHIPS)
+        .await
+        .expect("snapshot");
+    let kept = left
+        .into_values()
+        .find(|p| tenant_of(p) == Some(ws(SOURCE)))
+        .expect("a source point not removed yet");
+    (state, kept)
+}
+
 /// Killed in the middle of removal; then a client updates a source point not removed
 /// yet and adds one: the resumed run compares each point with its copy before it
 /// deletes it (by id, never by filter), copies the update and the new point again,
@@ -643,18 +661,9 @@ fn point_of(tenant: &str, id: &str, content: &str) -> qdrant_client::qdrant::Poi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_point_written_between_copy_and_removal_is_copied_again() {
     let (server, _) = loaded().await;
-    let state = state_dir("q-catchup");
-    let cmd = migrate(&server.url, &state, &["--batch-size", "10"]);
-    let killed =
-        tokio::task::block_in_place(|| common::kill_at(cmd, &state, (SOURCE, TARGET), "qdrant", "RemoveSource", 2));
-    assert!(killed, "finished before removal");
+    let (state, kept) = killed_in_removal(&server, "q-catchup").await;
     let client = server.client();
     let rel = qdrant_fixture::RELATIONSHIPS;
-    let left = qdrant_fixture::snapshot(&client, rel).await.expect("snapshot");
-    let (_, kept) = left
-        .iter()
-        .find(|(_, p)| tenant_of(p) == Some(ws(SOURCE)))
-        .expect("a source point not removed yet");
     let id = kept.payload["id"].split('"').nth(1).unwrap_or_default().to_owned();
     let fresh = [
         point_of(SOURCE, &id, "updated after verification"),
@@ -696,18 +705,9 @@ async fn a_point_written_between_copy_and_removal_is_copied_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_move_compares_again_what_an_earlier_run_marked() {
     let (server, _) = loaded().await;
-    let state = state_dir("q-old-mark");
-    let cmd = migrate(&server.url, &state, &["--batch-size", "10"]);
-    let killed =
-        tokio::task::block_in_place(|| common::kill_at(cmd, &state, (SOURCE, TARGET), "qdrant", "RemoveSource", 2));
-    assert!(killed, "finished before removal");
+    let (state, kept) = killed_in_removal(&server, "q-old-mark").await;
     let client = server.client();
     let rel = qdrant_fixture::RELATIONSHIPS;
-    let left = qdrant_fixture::snapshot(&client, rel).await.expect("snapshot");
-    let (_, kept) = left
-        .iter()
-        .find(|(_, p)| tenant_of(p) == Some(ws(SOURCE)))
-        .expect("a source point not removed yet");
     assert!(
         kept.payload.contains_key(tenant_migrator::stores::qdrant::REMOVAL_MARK),
         "the killed run's Verify left no mark on {kept:?}"
