@@ -176,6 +176,14 @@ fn strong_ordering() -> WriteOrdering {
     }
 }
 
+/// The string held by payload field `key`, if it holds one.
+fn text_field<'a>(payload: &'a HashMap<String, Value>, key: &str) -> Option<&'a str> {
+    match payload.get(key).and_then(|v| v.kind.as_ref()) {
+        Some(Kind::StringValue(s)) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
 fn tenant_filter(field: &str, tenant: &TenantId) -> Filter {
     Filter::must([Condition::matches(field, tenant.as_str().to_owned())])
 }
@@ -394,8 +402,9 @@ pub struct QdrantPhase {
     /// Collections in the plan, in order; cursors index into this.
     collections: Vec<String>,
     prefetch: Option<Prefetch>,
-    /// The value of [`REMOVAL_MARK`] this run sets: the target and an instant of this
-    /// run's start, so that no other run's mark is taken for this run's comparison.
+    /// The value of [`REMOVAL_MARK`] this run sets: the target, the process and an
+    /// instant of this run's start, so that no other run's mark is taken for this run's
+    /// comparison.
     mark: String,
 }
 
@@ -597,8 +606,7 @@ impl QdrantPhase {
 
     /// Whether a point's payload names `tenant` in the tenant field.
     fn belongs_to(&self, payload: &HashMap<String, Value>, tenant: &TenantId) -> bool {
-        let owner = payload.get(&self.settings.tenant_field).and_then(|v| v.kind.as_ref());
-        matches!(owner, Some(Kind::StringValue(t)) if t == tenant.as_str())
+        text_field(payload, &self.settings.tenant_field) == Some(tenant.as_str())
     }
 
     fn refuse_foreign(&self, collection: &str, foreign: Vec<String>) -> Result<(), QdrantStoreError> {
@@ -745,7 +753,7 @@ impl QdrantPhase {
 
     /// Whether a source point carries this run's removal mark.
     fn marked(&self, p: &RetrievedPoint) -> bool {
-        matches!(p.payload.get(REMOVAL_MARK).and_then(|v| v.kind.as_ref()), Some(Kind::StringValue(m)) if *m == self.mark)
+        text_field(&p.payload, REMOVAL_MARK) == Some(self.mark.as_str())
     }
 
     /// Sets [`REMOVAL_MARK`] on those of `ids` that still exist.
