@@ -634,3 +634,87 @@ fn large_values_and_a_200_mb_hash_move_exactly_within_the_pods_memory_limit() {
     assert_migrated(&before, &after, true);
     assert_eq!(digest_outside(&before), digest_outside(&after));
 }
+
+/// Calls of each command since the server started (`INFO commandstats`).
+fn calls(redis: &RedisServer, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut redis.conn().expect("connect"))
+        .expect("INFO commandstats");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn strings_of_every_size_move_exactly_by_value_or_by_dump() {
+    // Small strings are read by value (GETRANGE, SET); an empty one (which reads like
+    // a missing key) and one longer than any chunk's read limit go by DUMP/RESTORE.
+    let redis = RedisServer::start().expect("redis-server");
+    let mut c = redis.conn().expect("connect");
+    let values: Vec<(String, Vec<u8>, Option<u64>)> = vec![
+        ("empty".into(), Vec::new(), None),
+        ("one".into(), b"x".to_vec(), None),
+        ("int".into(), b"12345".to_vec(), Some(3_600)),
+        ("binary".into(), (0..=255u8).collect(), None),
+        ("8k".into(), vec![b'a'; 8 << 10], Some(7_200)),
+        ("8k+1".into(), vec![b'b'; (8 << 10) + 1], None),
+        ("5m".into(), vec![b'c'; 5 << 20], Some(86_400)),
+    ];
+    for (name, value, ttl) in &values {
+        let key = format!("{SOURCE}_full_docs:{name}");
+        redis::cmd("SET")
+            .arg(&key)
+            .arg(value.as_slice())
+            .query::<()>(&mut c)
+            .expect("SET");
+        if let Some(t) = ttl {
+            redis::cmd("EXPIRE")
+                .arg(&key)
+                .arg(*t)
+                .query::<()>(&mut c)
+                .expect("EXPIRE");
+        }
+    }
+    redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query::<()>(&mut c)
+        .expect("CONFIG RESETSTAT");
+    let out = run(migrate_cmd(redis.port(), &state_dir("strings"), &[]));
+    assert!(out.status.success(), "{}", text(&out));
+    for (name, value, ttl) in &values {
+        let (source, target) = (
+            format!("{SOURCE}_full_docs:{name}"),
+            format!("{TARGET}_full_docs:{name}"),
+        );
+        let exists: bool = redis::cmd("EXISTS").arg(&source).query(&mut c).expect("EXISTS");
+        assert!(!exists, "{source} left after the move");
+        let (kind, got, pttl): (String, Vec<u8>, i64) = redis::pipe()
+            .cmd("TYPE")
+            .arg(&target)
+            .cmd("GET")
+            .arg(&target)
+            .cmd("PTTL")
+            .arg(&target)
+            .query(&mut c)
+            .expect("read target");
+        assert_eq!(kind, "string", "{target}");
+        assert!(got == *value, "{target}: {} bytes, expected {}", got.len(), value.len());
+        match ttl {
+            Some(t) => assert!(
+                pttl > 0 && pttl <= (*t as i64) * 1000 && pttl > (*t as i64) * 1000 - 60_000,
+                "{target}: PTTL {pttl}, source had {t} s"
+            ),
+            None => assert_eq!(pttl, -1, "{target} has a TTL its source did not have"),
+        }
+    }
+    assert!(
+        calls(&redis, "getrange") > 0 && calls(&redis, "set") > 0,
+        "small strings were not read by value"
+    );
+    assert!(
+        calls(&redis, "restore") >= 2,
+        "the empty and the 5 MiB strings were not restored from DUMP"
+    );
+}

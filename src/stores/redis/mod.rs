@@ -16,7 +16,10 @@ use futures::StreamExt;
 use redis::{Cmd, RedisError, RedisResult, Value};
 
 mod large;
+mod snapshot;
 mod topology;
+
+use self::snapshot::{Found, Payload, Reading, Snapshot};
 
 use self::topology::{ScanCursor, Topology};
 use super::{GroupCount, Phase, PhasePlan, Recopied, StepOutcome, StoreFailure, Verified, digest};
@@ -309,26 +312,6 @@ fn same_ttl(source: i64, target: i64) -> bool {
     }
 }
 
-/// A key as read: its DUMP payload and PTTL.
-struct Snapshot<'v> {
-    pttl: i64,
-    dump: &'v [u8],
-}
-
-impl<'v> Snapshot<'v> {
-    /// From the replies to PTTL and DUMP (borrowed: a payload is never copied to be
-    /// compared); `None` when the key does not exist.
-    fn of(pttl: &Value, dump: &'v Value) -> Option<Self> {
-        match (pttl, dump) {
-            (Value::Int(pttl), Value::BulkString(dump)) => Some(Self {
-                pttl: *pttl,
-                dump: dump.as_slice(),
-            }),
-            _ => None,
-        }
-    }
-}
-
 /// What a comparison or removal batch found.
 #[derive(Default)]
 struct Checked {
@@ -345,6 +328,16 @@ impl Checked {
         self.kept += other.kept;
         self.recopied.extend(other.recopied);
     }
+}
+
+/// What a comparison of a source key with its target calls for.
+enum Verdict {
+    /// Equal: done (Verify), or to be removed (RemoveSource).
+    Equal,
+    /// Differs, and kept as it is under `onConflict: Skip` (the source too).
+    Kept,
+    /// Missing or differs: written again from the source.
+    Again,
 }
 
 /// A source key and where it goes.
@@ -537,7 +530,18 @@ impl RedisPhase {
     /// Whether two keys hold the same value. DUMP payloads decide it in the common
     /// case; when they differ, the values are compared by type, since a large set or
     /// hash may serialise its members in a different order after RESTORE.
-    async fn same_value(
+    async fn same_value(conn: &Topology, p: &Pair, a: Payload<'_>, b: Payload<'_>) -> Result<bool, RedisStoreError> {
+        match (a, b) {
+            (Payload::String(a), Payload::String(b)) => Ok(a == b),
+            (Payload::Dump(a_dump), Payload::Dump(b_dump)) => {
+                Self::same_dumped(conn, &p.source, a_dump, &p.target, b_dump).await
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// [`Self::same_value`] of two keys read by `DUMP`.
+    async fn same_dumped(
         conn: &Topology,
         a: &[u8],
         a_dump: &[u8],
@@ -620,59 +624,63 @@ impl RedisPhase {
         self.resuming && self.settings.on_conflict == OnConflict::Fail
     }
 
-    /// Copies `pairs`; returns (done, skipped).
-    async fn copy_pairs(&self, conn: &Topology, pairs: &[&Pair]) -> Result<(u64, u64), RedisStoreError> {
+    /// Copies `pairs` read as `reading`; returns (done, skipped) and the keys this reading
+    /// cannot carry (see [`Reading::Strings`]).
+    async fn copy_pairs<'p>(
+        &self,
+        conn: &Topology,
+        reading: Reading,
+        pairs: &[&'p Pair],
+    ) -> Result<(u64, u64, Vec<&'p Pair>), RedisStoreError> {
+        let mut other = Vec::new();
         if pairs.is_empty() {
-            return Ok((0, 0));
+            return Ok((0, 0, other));
         }
-        let read = pttl_dump(pairs.iter().map(|p| p.source.as_slice()));
-        let values: Vec<Value> = all(conn, read, format!("PTTL/DUMP batch from {}", show(&pairs[0].source))).await?;
+        let read = reading.reads(pairs.iter().map(|p| p.source.as_slice()));
+        let values = replies(conn, read, format!("read batch from {}", show(&pairs[0].source))).await?;
         let replace = self.settings.on_conflict == OnConflict::Overwrite || self.own_targets();
         let mut write: Vec<(&[u8], Cmd)> = Vec::with_capacity(pairs.len());
-        // Each payload is held once as read and once in its RESTORE: not copied again.
-        let mut written: Vec<(&Pair, &[u8])> = Vec::with_capacity(pairs.len());
-        for (p, v) in pairs.iter().zip(values.chunks(2)) {
-            let (Value::Int(pttl), Value::BulkString(payload)) = (&v[0], &v[1]) else {
-                continue; // gone since SCAN (expired or deleted): nothing to copy
-            };
-            let ttl = if *pttl > 0 { *pttl } else { 0 };
-            let mut cmd = keyed("RESTORE", &p.target);
-            cmd.arg(ttl).arg(payload.as_slice());
-            if replace {
-                cmd.arg("REPLACE");
+        // Each value is held once as read and once in its write: not copied again.
+        let mut written: Vec<(&Pair, Snapshot<'_>)> = Vec::with_capacity(pairs.len());
+        for (&p, v) in pairs.iter().zip(values.chunks(2)) {
+            match reading.found(&v[0], &v[1]) {
+                Found::Value(s) => {
+                    write.push((p.target.as_slice(), s.write(&p.target, replace)));
+                    written.push((p, s));
+                }
+                Found::Other => other.push(p),
+                Found::Gone => {} // expired or deleted since SCAN: nothing to copy
             }
-            write.push((p.target.as_slice(), cmd));
-            written.push((p, payload.as_slice()));
         }
         if written.is_empty() {
-            return Ok((0, 0));
+            return Ok((0, 0, other));
         }
         let results = conn.keyed(write).await.map_err(RedisStoreError::command(format!(
-            "RESTORE batch to {}",
+            "write batch to {}",
             show(&written[0].0.target)
         )))?;
         let mut done = 0;
         let mut busy = Vec::new();
-        for ((p, payload), r) in written.iter().zip(results) {
-            match r {
-                Ok(_) => done += 1,
-                Err(e) if e.code() == Some("BUSYKEY") => busy.push((*p, payload)),
-                Err(source) => {
-                    return Err(RedisStoreError::Command {
-                        op: format!("RESTORE {}", show(&p.target)),
-                        source,
-                    });
-                }
+        for ((p, s), r) in written.into_iter().zip(results) {
+            if snapshot::target_existed(&r) {
+                busy.push((p, s));
+            } else if let Err(source) = r {
+                return Err(RedisStoreError::Command {
+                    op: format!("write of {}", show(&p.target)),
+                    source,
+                });
+            } else {
+                done += 1;
             }
         }
         let mut skipped = 0;
         if !busy.is_empty() {
-            let targets: Vec<&[u8]> = busy.iter().map(|(p, _)| p.target.as_slice()).collect();
-            let existing = Self::dumps(conn, &targets).await?;
-            for ((p, payload), t) in busy.into_iter().zip(existing) {
-                let same = match &t {
-                    Some(t) => Self::same_value(conn, &p.source, payload, &p.target, t).await?,
-                    None => false,
+            let targets = reading.reads(busy.iter().map(|(p, _)| p.target.as_slice()));
+            let existing = replies(conn, targets, "read of existing target keys".into()).await?;
+            for ((p, s), t) in busy.into_iter().zip(existing.chunks(2)) {
+                let same = match reading.found(&t[0], &t[1]) {
+                    Found::Value(t) => Self::same_value(conn, p, s.value, t.value).await?,
+                    Found::Gone | Found::Other => false,
                 };
                 if same {
                     done += 1; // this migration's own earlier work, or a duplicate from SCAN
@@ -686,38 +694,60 @@ impl RedisPhase {
                 }
             }
         }
-        Ok((done, skipped))
+        Ok((done, skipped, other))
     }
 
     /// Verify: compares each source key of `pairs` with its target by type, value and
     /// TTL. Equal ones count as done; a target that is missing or differs is written
     /// again from the source as it is now (catch-up) — except under `onConflict: Skip`,
-    /// where a differing target keeps its own value (and the source is kept too).
-    async fn compare_pairs(&self, conn: &Topology, pairs: &[&Pair]) -> Result<Checked, RedisStoreError> {
+    /// where a differing target keeps its own value (and the source is kept too). Source
+    /// keys that `reading` cannot carry are handed back.
+    async fn compare_pairs<'p>(
+        &self,
+        conn: &Topology,
+        reading: Reading,
+        pairs: &[&'p Pair],
+    ) -> Result<(Checked, Vec<&'p Pair>), RedisStoreError> {
         let mut checked = Checked::default();
+        let mut other = Vec::new();
         if pairs.is_empty() {
-            return Ok(checked);
+            return Ok((checked, other));
         }
-        let reads = pttl_dump(pairs.iter().flat_map(|p| [p.source.as_slice(), p.target.as_slice()]));
-        let values: Vec<Value> = all(
-            conn,
-            reads,
-            format!("PTTL/DUMP comparison from {}", show(&pairs[0].source)),
-        )
-        .await?;
+        let reads = reading.reads(pairs.iter().flat_map(|p| [p.source.as_slice(), p.target.as_slice()]));
+        let values = replies(conn, reads, format!("comparison from {}", show(&pairs[0].source))).await?;
         let mut again = Vec::new();
         for (&p, v) in pairs.iter().zip(values.chunks(4)) {
-            let (Some(s), t) = (Snapshot::of(&v[0], &v[1]), Snapshot::of(&v[2], &v[3])) else {
-                continue; // gone from the source since SCAN: nothing to compare
+            let s = match reading.found(&v[0], &v[1]) {
+                Found::Value(s) => s,
+                Found::Other => {
+                    other.push(p);
+                    continue;
+                }
+                Found::Gone => continue, // gone from the source since SCAN: nothing to compare
             };
-            match t {
-                Some(t) if self.same(conn, p, &s, &t).await? => checked.equal += 1,
-                Some(_) if self.settings.on_conflict == OnConflict::Skip => checked.kept += 1,
-                _ => again.push((p, s)),
+            match self.judge(conn, p, &s, &reading.found(&v[2], &v[3])).await? {
+                Verdict::Equal => checked.equal += 1,
+                Verdict::Kept => checked.kept += 1,
+                Verdict::Again => again.push((p, s)),
             }
         }
         checked.recopied = self.write_again(conn, again).await?;
-        Ok(checked)
+        Ok((checked, other))
+    }
+
+    /// What a source key as read (`s`) and its target as found (`t`) call for.
+    async fn judge(
+        &self,
+        conn: &Topology,
+        p: &Pair,
+        s: &Snapshot<'_>,
+        t: &Found<'_>,
+    ) -> Result<Verdict, RedisStoreError> {
+        Ok(match t {
+            Found::Value(t) if self.same(conn, p, s, t).await? => Verdict::Equal,
+            Found::Value(_) | Found::Other if self.settings.on_conflict == OnConflict::Skip => Verdict::Kept,
+            _ => Verdict::Again,
+        })
     }
 
     /// Whether target `t` holds what source `s` holds: value (by DUMP payload, or by
@@ -729,7 +759,7 @@ impl RedisPhase {
         s: &Snapshot<'_>,
         t: &Snapshot<'_>,
     ) -> Result<bool, RedisStoreError> {
-        Ok(same_ttl(s.pttl, t.pttl) && Self::same_value(conn, &p.source, s.dump, &p.target, t.dump).await?)
+        Ok(same_ttl(s.pttl, t.pttl) && Self::same_value(conn, p, s.value, t.value).await?)
     }
 
     /// Copy of one key too large for a batch ([`large`]); (done, skipped) as for a batch.
@@ -838,7 +868,7 @@ impl RedisPhase {
         })
     }
 
-    /// Writes targets again from these source snapshots (RESTORE … REPLACE).
+    /// Writes targets again from these source snapshots (RESTORE … REPLACE, or SET).
     async fn write_again(
         &self,
         conn: &Topology,
@@ -849,18 +879,14 @@ impl RedisPhase {
         }
         let writes = items
             .iter()
-            .map(|(p, s)| {
-                let mut cmd = keyed("RESTORE", &p.target);
-                cmd.arg(s.pttl.max(0)).arg(s.dump).arg("REPLACE");
-                (p.target.as_slice(), cmd)
-            })
+            .map(|(p, s)| (p.target.as_slice(), s.write(&p.target, true)))
             .collect();
-        let _: Vec<Value> = all(conn, writes, format!("RESTORE again of {}", show(&items[0].0.target))).await?;
+        let _: Vec<Value> = all(conn, writes, format!("write again of {}", show(&items[0].0.target))).await?;
         Ok(items
             .into_iter()
             .map(|(p, s)| Recopied {
                 item: show(&p.source),
-                digest: digest(&[s.dump]),
+                digest: digest(&[s.value.bytes()]),
             })
             .collect())
     }
@@ -872,29 +898,43 @@ impl RedisPhase {
     /// when a watched key changed after the WATCH, so a write to the source between
     /// comparison and removal is never lost. Differing targets are written again from
     /// the source (removed in a later pass); under Skip they are kept, with the source.
-    /// Only WATCH, MULTI, EXEC, UNWATCH, PTTL, DUMP, RESTORE and UNLINK: no Lua, and
-    /// nothing DragonflyDB lacks. A cluster's slots are independent transactions:
-    /// [`TRANSACTIONS_IN_FLIGHT`] of them run at once.
-    async fn remove_pairs(&self, conn: &Topology, pairs: &[&Pair]) -> Result<Checked, RedisStoreError> {
+    /// Only WATCH, MULTI, EXEC, UNWATCH, the reads and writes of [`Reading`] and UNLINK:
+    /// no Lua, and nothing DragonflyDB lacks. A cluster's slots are independent
+    /// transactions: [`TRANSACTIONS_IN_FLIGHT`] of them run at once. Source keys that
+    /// `reading` cannot carry are left in place and handed back.
+    async fn remove_pairs<'p>(
+        &self,
+        conn: &Topology,
+        reading: Reading,
+        pairs: &[&'p Pair],
+    ) -> Result<(Checked, Vec<&'p Pair>), RedisStoreError> {
         let sources: Vec<&[u8]> = pairs.iter().map(|p| p.source.as_slice()).collect();
         let work: Vec<_> = conn
             .transaction_groups(&sources)
             .into_iter()
-            .map(|group| self.remove_group(conn, group.iter().map(|i| pairs[*i]).collect()))
+            .map(|group| self.remove_group(conn, reading, group.iter().map(|i| pairs[*i]).collect()))
             .collect();
         let mut rounds = futures::stream::iter(work).buffer_unordered(TRANSACTIONS_IN_FLIGHT);
         let mut checked = Checked::default();
+        let mut other = Vec::new();
         while let Some(c) = rounds.next().await {
-            checked.add(c?);
+            let (c, o) = c?;
+            checked.add(c);
+            other.extend(o);
         }
-        Ok(checked)
+        Ok((checked, other))
     }
 
     /// One transaction group of [`Self::remove_pairs`], compared again while EXEC is
     /// aborted by a write to a watched key.
-    async fn remove_group(&self, conn: &Topology, members: Vec<&Pair>) -> Result<Checked, RedisStoreError> {
+    async fn remove_group<'p>(
+        &self,
+        conn: &Topology,
+        reading: Reading,
+        members: Vec<&'p Pair>,
+    ) -> Result<(Checked, Vec<&'p Pair>), RedisStoreError> {
         let Some(first) = members.first() else {
-            return Ok(Checked::default());
+            return Ok((Checked::default(), Vec::new()));
         };
         for _ in 0..=10 {
             let (server, tx) = self
@@ -905,7 +945,7 @@ impl RedisPhase {
                     "connection for WATCH of {}",
                     show(&first.source)
                 )))?;
-            let (tx, done) = self.remove_round(conn, tx, &members).await?;
+            let (tx, done) = self.remove_round(conn, tx, reading, &members).await?;
             self.exclusive.give_back(server, tx);
             if let Some(checked) = done {
                 return Ok(checked);
@@ -919,18 +959,22 @@ impl RedisPhase {
 
     /// One WATCH … EXEC round of [`Self::remove_group`]; `None` when EXEC was aborted
     /// (nothing was removed: compare again).
-    async fn remove_round(
+    async fn remove_round<'p>(
         &self,
         conn: &Topology,
         mut tx: redis::aio::MultiplexedConnection,
-        pairs: &[&Pair],
-    ) -> Result<(redis::aio::MultiplexedConnection, Option<Checked>), RedisStoreError> {
+        reading: Reading,
+        pairs: &[&'p Pair],
+    ) -> Result<(redis::aio::MultiplexedConnection, Option<(Checked, Vec<&'p Pair>)>), RedisStoreError> {
         let mut checked = Checked::default();
+        let mut other = Vec::new();
         let Some(first) = pairs.first() else {
-            return Ok((tx, Some(checked)));
+            return Ok((tx, Some((checked, other))));
         };
         let err = |what: &str| RedisStoreError::command(format!("{what} from {}", show(&first.source)));
         let mut read = redis::pipe();
+        // Errors are replies (a WRONGTYPE says "not a string"), checked by `replies_of`.
+        read.ignore_errors();
         // One WATCH of every key: a command per key cost Redis more than its DUMP.
         let watch = read.cmd("WATCH");
         for p in pairs {
@@ -938,26 +982,29 @@ impl RedisPhase {
         }
         watch.ignore();
         for p in pairs {
-            read.cmd("PTTL").arg(&p.source).cmd("DUMP").arg(&p.source);
+            for c in reading.commands(&p.source) {
+                read.add_command(c);
+            }
         }
-        let sources: Vec<Value> = read.query_async(&mut tx).await.map_err(err("WATCH/PTTL/DUMP batch"))?;
-        let reads = pttl_dump(pairs.iter().map(|p| p.target.as_slice()));
-        let targets: Vec<Value> = all(
-            conn,
-            reads,
-            format!("PTTL/DUMP of targets from {}", show(&first.target)),
-        )
-        .await?;
+        let sources: Vec<Value> = read.query_async(&mut tx).await.map_err(err("WATCH and read batch"))?;
+        let sources = replies_of(sources).map_err(err("WATCH and read batch"))?;
+        let reads = reading.reads(pairs.iter().map(|p| p.target.as_slice()));
+        let targets = replies(conn, reads, format!("read of targets from {}", show(&first.target))).await?;
         let mut equal = Vec::new();
         let mut again = Vec::new();
-        for ((p, s), t) in pairs.iter().zip(sources.chunks(2)).zip(targets.chunks(2)) {
-            let Some(s) = Snapshot::of(&s[0], &s[1]) else {
-                continue; // already removed (a resumed or repeated batch)
+        for ((&p, s), t) in pairs.iter().zip(sources.chunks(2)).zip(targets.chunks(2)) {
+            let s = match reading.found(&s[0], &s[1]) {
+                Found::Value(s) => s,
+                Found::Other => {
+                    other.push(p);
+                    continue;
+                }
+                Found::Gone => continue, // already removed (a resumed or repeated batch)
             };
-            match Snapshot::of(&t[0], &t[1]) {
-                Some(t) if self.same(conn, p, &s, &t).await? => equal.push(*p),
-                Some(_) if self.settings.on_conflict == OnConflict::Skip => checked.kept += 1,
-                _ => again.push((*p, s)),
+            match self.judge(conn, p, &s, &reading.found(&t[0], &t[1])).await? {
+                Verdict::Equal => equal.push(p),
+                Verdict::Kept => checked.kept += 1,
+                Verdict::Again => again.push((p, s)),
             }
         }
         if equal.is_empty() {
@@ -978,45 +1025,55 @@ impl RedisPhase {
         }
         checked.equal += equal.len() as u64;
         checked.recopied.extend(self.write_again(conn, again).await?);
-        Ok((tx, Some(checked)))
+        Ok((tx, Some((checked, other))))
     }
 
-    /// One chunk of a page: sized (`MEMORY USAGE`), then its sub-batches of at most
-    /// `BATCH_BYTES / CHUNKS_IN_FLIGHT` one after the other, so that the chunks in flight
-    /// together hold no more than one batch did. Keys above that are handed back.
+    /// One chunk of a page: its small strings first, by value ([`Reading::Strings`]);
+    /// then the other keys sized (`MEMORY USAGE`) and read by `DUMP`, in sub-batches of
+    /// at most `BATCH_BYTES / CHUNKS_IN_FLIGHT` one after the other, so that the chunks
+    /// in flight together hold no more than one batch did. Keys above that are handed
+    /// back.
     async fn step_chunk<'p>(
         &self,
         conn: &Topology,
         stage: Stage,
         chunk: &'p [Pair],
     ) -> Result<(Checked, large::Split<&'p Pair>), RedisStoreError> {
-        let sources: Vec<&[u8]> = chunk.iter().map(|p| p.source.as_slice()).collect();
+        let budget = large::BATCH_BYTES / CHUNKS_IN_FLIGHT as u64;
+        let all: Vec<&Pair> = chunk.iter().collect();
+        let (mut total, rest) = self
+            .step_batch(conn, stage, Reading::strings(budget, all.len()), &all)
+            .await?;
+        let sources: Vec<&[u8]> = rest.iter().map(|p| p.source.as_slice()).collect();
         let sizes = large::sizes(conn, &sources).await?;
-        let mut split = large::split(
-            chunk.iter().collect(),
-            &sizes,
-            large::BATCH_BYTES / CHUNKS_IN_FLIGHT as u64,
-        );
-        let mut total = Checked::default();
+        let mut split = large::split(rest, &sizes, budget);
         for batch in std::mem::take(&mut split.batches) {
-            total.add(self.step_batch(conn, stage, &batch).await?);
+            total.add(self.step_batch(conn, stage, Reading::Dumps, &batch).await?.0);
         }
         Ok((total, split))
     }
 
-    /// Copy, Verify or RemoveSource of one sub-batch.
-    async fn step_batch(&self, conn: &Topology, stage: Stage, batch: &[&Pair]) -> Result<Checked, RedisStoreError> {
+    /// Copy, Verify or RemoveSource of one sub-batch, read as `reading`; the keys that
+    /// reading cannot carry are handed back untouched.
+    async fn step_batch<'p>(
+        &self,
+        conn: &Topology,
+        stage: Stage,
+        reading: Reading,
+        batch: &[&'p Pair],
+    ) -> Result<(Checked, Vec<&'p Pair>), RedisStoreError> {
         Ok(match stage {
             Stage::Copy => {
-                let (equal, kept) = self.copy_pairs(conn, batch).await?;
-                Checked {
+                let (equal, kept, other) = self.copy_pairs(conn, reading, batch).await?;
+                let checked = Checked {
                     equal,
                     kept,
                     recopied: Vec::new(),
-                }
+                };
+                (checked, other)
             }
-            Stage::Verify => self.compare_pairs(conn, batch).await?,
-            _ => self.remove_pairs(conn, batch).await?,
+            Stage::Verify => self.compare_pairs(conn, reading, batch).await?,
+            _ => self.remove_pairs(conn, reading, batch).await?,
         })
     }
 
@@ -1139,9 +1196,33 @@ fn keyed(name: &str, key: &[u8]) -> Cmd {
     c
 }
 
-/// `PTTL` and `DUMP` of each key, in order: what a [`Snapshot`] is read from.
-fn pttl_dump<'a>(keys: impl Iterator<Item = &'a [u8]>) -> Vec<(&'a [u8], Cmd)> {
-    keys.flat_map(|k| [(k, keyed("PTTL", k)), (k, keyed("DUMP", k))])
+/// The replies to `commands` as they are, for [`Reading::found`]: a `WRONGTYPE` error
+/// (a reading that does not fit the key's type) is a `Nil` reply; any other error fails
+/// them all, named by `op`.
+async fn replies(conn: &Topology, commands: Vec<(&[u8], Cmd)>, op: String) -> Result<Vec<Value>, RedisStoreError> {
+    let replies = conn
+        .keyed(commands)
+        .await
+        .map_err(RedisStoreError::command(op.clone()))?;
+    replies
+        .into_iter()
+        .map(|r| match r {
+            Err(e) if e.code() == Some("WRONGTYPE") => Ok(Value::Nil),
+            r => r,
+        })
+        .collect::<RedisResult<Vec<Value>>>()
+        .map_err(RedisStoreError::command(op))
+}
+
+/// [`replies`] of a pipeline run with `ignore_errors`, whose errors are values.
+fn replies_of(values: Vec<Value>) -> RedisResult<Vec<Value>> {
+    values
+        .into_iter()
+        .map(|v| match v {
+            Value::ServerError(e) if e.code() == "WRONGTYPE" => Ok(Value::Nil),
+            Value::ServerError(e) => Err(e.into()),
+            v => Ok(v),
+        })
         .collect()
 }
 
@@ -1250,7 +1331,7 @@ impl Phase for RedisPhase {
                         let (Some(s), Some(t)) = (&d[0], &d[1]) else {
                             continue;
                         };
-                        outcomes.push((p, Self::same_value(&conn, &p.source, s, &p.target, t).await?));
+                        outcomes.push((p, Self::same_dumped(&conn, &p.source, s, &p.target, t).await?));
                     }
                 }
                 for p in streamed {
@@ -1353,7 +1434,7 @@ impl Phase for RedisPhase {
         drop(chunks);
         // Keys too large to share the memory budget: one at a time.
         for p in solo {
-            total.add(self.step_batch(&conn, stage, &[p]).await?);
+            total.add(self.step_batch(&conn, stage, Reading::Dumps, &[p]).await?.0);
         }
         for p in streamed {
             let c = match stage {
