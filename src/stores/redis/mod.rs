@@ -3,10 +3,12 @@
 //! A key belongs to the tenant when it starts with one of the tenant's exact key
 //! prefixes (LightRAG's `{tenant}_{namespace}:` by default); only that prefix is
 //! rewritten. Keys are found with one SCAN per page (never all keys in memory) and
-//! copied with DUMP/PTTL + RESTORE, pipelined, which keeps type, value and TTL for
-//! every type including streams. Commands used: PING, SCAN, DUMP, PTTL, RESTORE,
-//! EXISTS, UNLINK, TYPE and the type's read command (only to compare two values
-//! whose DUMP payloads differ). All of them exist on Redis ≥ 6 and DragonflyDB.
+//! copied pipelined: small strings by value (PTTL + GETRANGE, SET; see [`snapshot`]),
+//! every other key with PTTL + DUMP and RESTORE, which keeps type, value and TTL for
+//! every type including streams. Commands used: PING, SCAN, PTTL, GETRANGE, SET, DUMP,
+//! RESTORE, EXISTS, MEMORY USAGE, UNLINK, WATCH, MULTI, EXEC, TYPE and the type's read
+//! command (only to compare two values whose DUMP payloads differ). All of them exist
+//! on Redis ≥ 6 and DragonflyDB.
 //! On a Redis Cluster, [`topology`] scans every primary and routes each keyed command
 //! to the primary owning its slot.
 //!
