@@ -1029,9 +1029,10 @@ impl RedisPhase {
                 .map_err(err("UNWATCH"))?;
         } else {
             let mut unlink = redis::pipe();
-            unlink.atomic();
+            // One UNLINK of every equal key (a transaction group is one slot of a cluster).
+            let keys = unlink.atomic().cmd("UNLINK");
             for p in &equal {
-                unlink.cmd("UNLINK").arg(&p.source);
+                keys.arg(&p.source);
             }
             let done: Value = unlink.query_async(&mut tx).await.map_err(err("MULTI/UNLINK/EXEC"))?;
             if matches!(done, Value::Nil) {

@@ -98,6 +98,13 @@ fn run_measured(mut cmd: Command) -> std::io::Result<(bool, f64, i64, String)> {
             tail.into_iter().rev().collect::<Vec<_>>().join("\n  ")
         );
     }
+    if std::env::var_os("RUST_LOG").is_some() {
+        // `RUST_LOG=info testkit bench`: where each run spent its time, stage by stage.
+        let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+        for line in stderr.lines().filter(|l| l.contains(" finished")) {
+            eprintln!("  {}", line.trim());
+        }
+    }
     let _ = std::fs::remove_file(&out_path);
     let _ = std::fs::remove_file(&err_path);
     Ok((ok, seconds, peak as i64, stdout))
