@@ -342,6 +342,9 @@ enum Verdict {
     Again,
 }
 
+/// What a batch did, and the keys its [`Reading`] could not carry (handed back).
+type Handled<'p> = (Checked, Vec<&'p Pair>);
+
 /// A source key and where it goes.
 struct Pair {
     group: usize,
@@ -709,7 +712,7 @@ impl RedisPhase {
         conn: &Topology,
         reading: Reading,
         pairs: &[&'p Pair],
-    ) -> Result<(Checked, Vec<&'p Pair>), RedisStoreError> {
+    ) -> Result<Handled<'p>, RedisStoreError> {
         let mut checked = Checked::default();
         let mut other = Vec::new();
         if pairs.is_empty() {
@@ -737,7 +740,9 @@ impl RedisPhase {
         Ok((checked, other))
     }
 
-    /// What a source key as read (`s`) and its target as found (`t`) call for.
+    /// What a source key as read (`s`) and its target as found (`t`) call for: equal
+    /// when the value is (by string, by DUMP payload, or by type when the payloads
+    /// differ) and so is the TTL (both none, or within [`TTL_SLACK_MS`]).
     async fn judge(
         &self,
         conn: &Topology,
@@ -745,23 +750,15 @@ impl RedisPhase {
         s: &Snapshot<'_>,
         t: &Found<'_>,
     ) -> Result<Verdict, RedisStoreError> {
+        let equal = match t {
+            Found::Value(t) => same_ttl(s.pttl, t.pttl) && Self::same_value(conn, p, s.value, t.value).await?,
+            Found::Gone | Found::Other => false,
+        };
         Ok(match t {
-            Found::Value(t) if self.same(conn, p, s, t).await? => Verdict::Equal,
+            _ if equal => Verdict::Equal,
             Found::Value(_) | Found::Other if self.settings.on_conflict == OnConflict::Skip => Verdict::Kept,
             _ => Verdict::Again,
         })
-    }
-
-    /// Whether target `t` holds what source `s` holds: value (by DUMP payload, or by
-    /// type when the payloads differ) and TTL (both none, or within [`TTL_SLACK_MS`]).
-    async fn same(
-        &self,
-        conn: &Topology,
-        p: &Pair,
-        s: &Snapshot<'_>,
-        t: &Snapshot<'_>,
-    ) -> Result<bool, RedisStoreError> {
-        Ok(same_ttl(s.pttl, t.pttl) && Self::same_value(conn, p, s.value, t.value).await?)
     }
 
     /// Copy of one key too large for a batch ([`large`]); (done, skipped) as for a batch.
@@ -909,7 +906,7 @@ impl RedisPhase {
         conn: &Topology,
         reading: Reading,
         pairs: &[&'p Pair],
-    ) -> Result<(Checked, Vec<&'p Pair>), RedisStoreError> {
+    ) -> Result<Handled<'p>, RedisStoreError> {
         let sources: Vec<&[u8]> = pairs.iter().map(|p| p.source.as_slice()).collect();
         let work: Vec<_> = conn
             .transaction_groups(&sources)
@@ -934,7 +931,7 @@ impl RedisPhase {
         conn: &Topology,
         reading: Reading,
         members: Vec<&'p Pair>,
-    ) -> Result<(Checked, Vec<&'p Pair>), RedisStoreError> {
+    ) -> Result<Handled<'p>, RedisStoreError> {
         let Some(first) = members.first() else {
             return Ok((Checked::default(), Vec::new()));
         };
@@ -1077,7 +1074,7 @@ impl RedisPhase {
         stage: Stage,
         reading: Reading,
         batch: &[&'p Pair],
-    ) -> Result<(Checked, Vec<&'p Pair>), RedisStoreError> {
+    ) -> Result<Handled<'p>, RedisStoreError> {
         Ok(match stage {
             Stage::Copy => {
                 let (equal, kept, other) = self.copy_pairs(conn, reading, batch).await?;
