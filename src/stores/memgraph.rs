@@ -507,8 +507,12 @@ impl MemgraphPhase {
         } else {
             // Nodes only: the relationship counts of `counts` cost a scan of every edge.
             let t = &self.tgt;
-            self.count(graph, "count of target nodes", &format!("MATCH (m:{t}) RETURN count(m) AS c"))
-                .await?
+            self.count(
+                graph,
+                "count of target nodes",
+                &format!("MATCH (m:{t}) RETURN count(m) AS c"),
+            )
+            .await?
         };
         Ok(StepOutcome {
             next: more.then(|| "v:".to_owned()),
