@@ -98,6 +98,73 @@ fn a_source_key_changed_between_copy_and_removal_is_copied_again() {
     );
 }
 
+/// As above, but the changes move keys between the two ways a batch reads them: a
+/// small string becomes a hash, another a string too long to read by value, another
+/// empty (all three leave the by-value reading for DUMP), and a key that was dumped
+/// becomes a small string. Each copy must end as its source's last value, type included.
+#[test]
+fn a_source_key_that_changed_type_or_size_before_its_removal_is_copied_again() {
+    let (redis, _) = loaded_redis(SCALE);
+    let proxy = slow(&redis);
+    let state = state_dir("catchup-kinds");
+    let cmd = migrate_cmd(proxy.port(), &state, &["--batch-size", "20"]);
+    assert!(kill_at(cmd, &state, (SOURCE, TARGET), "redis", "RemoveSource", 2));
+    let left = source_docs(&redis);
+    assert!(left.len() >= 3, "too few source keys left to change: {left:?}");
+    let mut c = redis.conn().expect("connect");
+    let (hashed, long, emptied) = (&left[0], &left[1], &left[2]);
+    let long_value = "x".repeat(3 << 20);
+    redis::pipe()
+        .cmd("DEL")
+        .arg(format!("{SOURCE}_{hashed}"))
+        .cmd("HSET")
+        .arg(format!("{SOURCE}_{hashed}"))
+        .arg("now")
+        .arg("a hash")
+        .cmd("SET")
+        .arg(format!("{SOURCE}_{long}"))
+        .arg(&long_value)
+        .cmd("SET")
+        .arg(format!("{SOURCE}_{emptied}"))
+        .arg("")
+        .exec(&mut c)
+        .expect("change source keys");
+    // The fixture's small hashes (read by DUMP; the run was killed in its second batch of 20) become strings.
+    let hashes: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{SOURCE}_llm_response_cache:stats:*"))
+        .query(&mut c)
+        .expect("KEYS");
+    assert!(!hashes.is_empty(), "no fixture hash left in the source to change");
+    for h in &hashes {
+        redis::pipe()
+            .cmd("DEL")
+            .arg(h)
+            .cmd("SET")
+            .arg(h)
+            .arg("a string now")
+            .exec(&mut c)
+            .expect("change a hash");
+    }
+    let out = run(migrate_cmd(proxy.port(), &state, &[]));
+    assert!(out.status.success(), "{}", text(&out));
+    let target = |k: &str| format!("{TARGET}_{k}");
+    let hash: BTreeMap<String, String> = redis::cmd("HGETALL")
+        .arg(target(hashed))
+        .query(&mut c)
+        .expect("HGETALL");
+    assert_eq!(hash.get("now").map(String::as_str), Some("a hash"), "{}", text(&out));
+    assert!(
+        get(&redis, &target(long)) == Some(long_value),
+        "the long string was lost"
+    );
+    assert_eq!(get(&redis, &target(emptied)).as_deref(), Some(""), "the emptied string");
+    for h in &hashes {
+        let t = h.replacen(SOURCE, TARGET, 1);
+        assert_eq!(get(&redis, &t).as_deref(), Some("a string now"), "{t}");
+    }
+    assert!(source_docs(&redis).is_empty(), "source keys left");
+}
+
 /// Killed after copying; then a client updates, creates and deletes source keys: the
 /// resumed run's verification finds each of them and carries it to the target — the
 /// delete too — before anything is removed.
