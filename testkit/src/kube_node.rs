@@ -112,7 +112,7 @@ impl KubeNode {
 
         let kubeconfig = dir.join("admin.kubeconfig");
         api.write_kubeconfig(&kubeconfig, "default")?;
-        let (kubelet_port, healthz_port) = (crate::free_port()?, crate::free_port()?);
+        let [kubelet_port, healthz_port] = crate::free_ports()?;
         std::fs::write(
             dir.join("kubelet.yaml"),
             kubelet_config(&socket, &cgroup_root, kubelet_port, healthz_port, &dir),

@@ -43,12 +43,14 @@ impl KubeApiServer {
 
     fn launch(service_accounts: bool) -> Result<Self, ServerError> {
         let bin = bin_dir();
-        let (etcd_port, peer_port, port) = (crate::free_port()?, crate::free_port()?, crate::free_port()?);
+        let [etcd_port, peer_port, port] = crate::free_ports()?;
         let dir = std::env::temp_dir().join(format!("tm-kube-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
+        // Each server's output goes to `{program}.log` in `dir`, quoted when it does not start.
         let spawn = |program: &str, cmd: &mut Command| {
+            let log = std::fs::File::create(dir.join(format!("{program}.log")))?;
             cmd.stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(log)
                 .spawn()
                 .map_err(|source| ServerError::Spawn {
                     program: format!("{} (run tools/setup.sh)", bin.join(program).display()),
@@ -117,13 +119,16 @@ impl KubeApiServer {
                     vec!["--disable-admission-plugins", "ServiceAccount"]
                 }),
         )?;
-        let server = Self {
+        let mut server = Self {
             etcd,
             apiserver,
             port,
             dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(120);
+        // A deadline for a server that never comes up; a loaded 2-core machine can take
+        // minutes. One that exits is reported at once, with the end of its log.
+        const READY_SECS: u64 = 300;
+        let deadline = Instant::now() + Duration::from_secs(READY_SECS);
         loop {
             let ready = server
                 .kubectl(&["get", "--raw", "/readyz"])
@@ -131,11 +136,22 @@ impl KubeApiServer {
             if ready {
                 return Ok(server);
             }
+            for (program, child) in [("etcd", &mut server.etcd), ("kube-apiserver", &mut server.apiserver)] {
+                if let Some(status) = child.try_wait()? {
+                    let log = std::fs::read_to_string(server.dir.join(format!("{program}.log"))).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(8).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    return Err(ServerError::Io(std::io::Error::other(format!(
+                        "{program} exited ({status}) before kube-apiserver was ready:\n{}",
+                        tail.join("\n")
+                    ))));
+                }
+            }
             if Instant::now() > deadline {
                 return Err(ServerError::NotReady {
                     program: "kube-apiserver".into(),
                     port,
-                    secs: 120,
+                    secs: READY_SECS,
                 });
             }
             std::thread::sleep(Duration::from_millis(200));

@@ -46,6 +46,19 @@ pub fn free_port() -> std::io::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// `N` free ports, all different: each is held until every one is chosen (ports picked
+/// one after the other may come back the same once the first is released).
+pub fn free_ports<const N: usize>() -> std::io::Result<[u16; N]> {
+    let held = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let mut ports = [0u16; N];
+    for (p, l) in ports.iter_mut().zip(&held) {
+        *p = l.local_addr()?.port();
+    }
+    Ok(ports)
+}
+
 /// Spawns `cmd` (stdin and stdout piped) and waits until it prints a line starting
 /// with `READY`. The returned stdin must be kept: the servers exit when it closes, so
 /// they die with the test process even when no destructor runs.
