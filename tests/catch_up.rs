@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
@@ -61,19 +61,26 @@ fn stage_in(state: &Path) -> String {
     if stage.is_empty() { "Copy".into() } else { stage }
 }
 
+/// A Move of the fixture through a slow link, killed in the second batch (of 20 keys) of
+/// its removal: the server, the link, the state and the source full_docs keys left.
+fn killed_in_removal(name: &str) -> (RedisServer, DelayProxy, PathBuf, Vec<String>) {
+    let (redis, _) = loaded_redis(SCALE);
+    let proxy = slow(&redis);
+    let state = state_dir(name);
+    let cmd = migrate_cmd(proxy.port(), &state, &["--batch-size", "20"]);
+    assert!(kill_at(cmd, &state, (SOURCE, TARGET), "redis", "RemoveSource", 2));
+    let left = source_docs(&redis);
+    assert!(left.len() >= 3, "too few source keys left to change: {left:?}");
+    (redis, proxy, state, left)
+}
+
 /// Killed in the middle of removal; then a client updates a source key not removed
 /// yet, creates one and deletes one: the resumed run copies the update and the new key
 /// again before it removes them (it never trusts the earlier verification), and the
 /// target ends with every last value.
 #[test]
 fn a_source_key_changed_between_copy_and_removal_is_copied_again() {
-    let (redis, _) = loaded_redis(SCALE);
-    let proxy = slow(&redis);
-    let state = state_dir("catchup-removal");
-    let cmd = migrate_cmd(proxy.port(), &state, &["--batch-size", "20"]);
-    assert!(kill_at(cmd, &state, (SOURCE, TARGET), "redis", "RemoveSource", 2));
-    let left = source_docs(&redis);
-    assert!(left.len() >= 3, "too few source keys left to change: {left:?}");
+    let (redis, proxy, state, left) = killed_in_removal("catchup-removal");
     let (updated, deleted) = (&left[0], &left[1]);
     set(&redis, &format!("{SOURCE}_{updated}"), "changed after verification");
     set(&redis, &format!("{SOURCE}_full_docs:new-after-verification"), "new");
@@ -104,13 +111,7 @@ fn a_source_key_changed_between_copy_and_removal_is_copied_again() {
 /// becomes a small string. Each copy must end as its source's last value, type included.
 #[test]
 fn a_source_key_that_changed_type_or_size_before_its_removal_is_copied_again() {
-    let (redis, _) = loaded_redis(SCALE);
-    let proxy = slow(&redis);
-    let state = state_dir("catchup-kinds");
-    let cmd = migrate_cmd(proxy.port(), &state, &["--batch-size", "20"]);
-    assert!(kill_at(cmd, &state, (SOURCE, TARGET), "redis", "RemoveSource", 2));
-    let left = source_docs(&redis);
-    assert!(left.len() >= 3, "too few source keys left to change: {left:?}");
+    let (redis, proxy, state, left) = killed_in_removal("catchup-kinds");
     let mut c = redis.conn().expect("connect");
     let (hashed, long, emptied) = (&left[0], &left[1], &left[2]);
     let long_value = "x".repeat(3 << 20);

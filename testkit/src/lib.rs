@@ -42,8 +42,8 @@ pub fn cached_tool(name: &str) -> std::path::PathBuf {
 
 /// A free TCP port on 127.0.0.1 (the OS picks it; the listener is closed before use).
 pub fn free_port() -> std::io::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+    let [port] = free_ports()?;
+    Ok(port)
 }
 
 /// `N` free ports, all different: each is held until every one is chosen (ports picked

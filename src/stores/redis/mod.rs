@@ -1053,9 +1053,9 @@ impl RedisPhase {
         chunk: &'p [Pair],
     ) -> Result<(Checked, large::Split<&'p Pair>), RedisStoreError> {
         let budget = large::BATCH_BYTES / CHUNKS_IN_FLIGHT as u64;
-        let all: Vec<&Pair> = chunk.iter().collect();
+        let pairs: Vec<&Pair> = chunk.iter().collect();
         let (mut total, rest) = self
-            .step_batch(conn, stage, Reading::strings(budget, all.len()), &all)
+            .step_batch(conn, stage, Reading::strings(budget, pairs.len()), &pairs)
             .await?;
         let sources: Vec<&[u8]> = rest.iter().map(|p| p.source.as_slice()).collect();
         let sizes = large::sizes(conn, &sources).await?;
