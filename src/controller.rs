@@ -186,7 +186,7 @@ impl Leadership {
     async fn lead(
         self,
         elected: tokio::sync::oneshot::Sender<Result<(), ControllerError>>,
-        release: tokio::sync::oneshot::Receiver<()>,
+        mut release: tokio::sync::oneshot::Receiver<()>,
     ) {
         let Self {
             namespace,
@@ -251,8 +251,11 @@ impl Leadership {
         // leadership by themselves: this replica proves its own, and stops before the
         // Lease could pass to another.
         let margin = duration / 6;
+        // `release` is polled by reference: were it moved into the select, the branch that
+        // won would drop it first, and the main thread — seeing its sender closed — would
+        // exit at once, before this thread said why and before migrations stopped.
         tokio::select! {
-            _ = release => {}
+            _ = &mut release => {}
             () = async {
                 while leading.changed().await.is_ok() {
                     if !*leading.borrow_and_update() {
