@@ -380,6 +380,7 @@ pub async fn run(
         progress,
         phases: resume.clone(),
         reports: Vec::new(),
+        sole_removal: false,
     };
     let error = match build(spec, creds, opts) {
         Ok(mut phases) => run.execute(&mut phases).await.err(),
@@ -415,6 +416,8 @@ struct Run<'a> {
     progress: &'a mut dyn Progress,
     phases: PhaseStatuses,
     reports: Vec<PhaseReport>,
+    /// A Move of a single store: its removal need verify no other store's first.
+    sole_removal: bool,
 }
 
 /// Whether a phase's earlier run wrote, so the target may hold this migration's
@@ -472,6 +475,7 @@ impl Run<'_> {
         // Every store is copied and verified before any source is removed: a failure
         // anywhere (a store down, a batch out of retries) leaves every source whole.
         let removal = self.spec.mode == Mode::Move && !self.spec.dry_run;
+        self.sole_removal = removal && plans.len() == 1;
         // With the time each spent in the first pass: a store's time is its own work.
         let mut verified_stores: Vec<(Store, PhasePlan, Duration)> = Vec::new();
         for store in Store::ALL {
@@ -669,7 +673,16 @@ impl Run<'_> {
                     Stage::Verify
                 }
                 Stage::Verify | Stage::RemoveSource => {
-                    let recopied = self.batches(store, phase, plan, cp.clone()).await?;
+                    // The one store of a Move whose removal compares every item (see
+                    // `Phase::removal_compares`): its first Verify pass would compare
+                    // what the removal compares again, with no other store waiting on
+                    // it. Straight to the counts: only when they fall short (the source
+                    // was written since its copy) does a Verify pass run, as for any store.
+                    let recopied = if cp.stage == Stage::Verify && cp.pass == 0 && self.folds(phase) {
+                        Recopies::default()
+                    } else {
+                        self.batches(store, phase, plan, cp.clone()).await?
+                    };
                     if !recopied.is_empty() {
                         self.another_pass(store, cp.stage, &mut passes, &recopied, &mut last_pass)?;
                         continue;
@@ -722,12 +735,14 @@ impl Run<'_> {
                 next
             };
             tracing::info!(%store, stage = ?stage_now, seconds = stage_started.elapsed().as_secs_f64(), "stage finished");
+            // Counted afresh by the pass that compares: a Verify pass, or a removal that is one.
+            let counts_afresh = next == Stage::Verify || (next == Stage::RemoveSource && self.folds(phase));
             let st = self.phases.get_mut(store);
             st.checkpoint = Some(Checkpoint {
                 stage: next,
                 ..Checkpoint::default()
             });
-            if next == Stage::Verify {
+            if counts_afresh {
                 st.compared = 0;
             }
             if next == Stage::Done {
@@ -738,6 +753,12 @@ impl Run<'_> {
             self.progress.update(store, self.stage_of(store), &self.phases);
         }
         Ok(verified)
+    }
+
+    /// Whether `phase`'s removal is its comparison too: the one store of a Move, and
+    /// one whose removal compares every item (the Verify arm of [`Run::phase`]).
+    fn folds<P: Phase>(&self, phase: &P) -> bool {
+        self.sole_removal && phase.removal_compares()
     }
 
     /// After a pass of `stage` that copied `recopied` again: fails when the same items
@@ -830,6 +851,9 @@ impl Run<'_> {
         let mut processed = 0u64;
         let mut recopied = Recopies::default();
         let total = self.phases.get(store).total;
+        // A removal that is the comparison counts what it compared (and removed); capped,
+        // since a run resumed in its removal may have had a Verify pass of its own.
+        let removal_compares = cp.stage == Stage::RemoveSource && self.folds(phase);
         loop {
             if self.progress.should_stop() {
                 return Err(EngineError::Stopped { store });
@@ -853,6 +877,7 @@ impl Run<'_> {
                     st.skipped = (st.skipped + outcome.skipped).min(total - st.done);
                 }
                 Stage::Verify => st.compared += outcome.done,
+                Stage::RemoveSource if removal_compares => st.compared = (st.compared + outcome.done).min(total),
                 _ => {}
             }
             cp = Checkpoint {

@@ -129,6 +129,15 @@ pub trait Phase: Send {
         plan: &PhasePlan,
     ) -> impl Future<Output = Result<StepOutcome, Self::Error>> + Send;
 
+    /// Whether RemoveSource compares each source item with its target at the moment of
+    /// its removal and copies again those that differ — all that a Verify pass does.
+    /// When such a store is the only one a Move removes, no other store's removal
+    /// waits on its verification, and the engine skips its first Verify pass: the
+    /// removal is the comparison (see `engine::Run::phase`).
+    fn removal_compares(&self) -> bool {
+        false
+    }
+
     /// Count the result of the stage just finished (Verify's comparison, or
     /// RemoveSource when `removed`) against the plan. A mismatch is an error carrying
     /// the numbers; source items without a target are [`StoreFailure::is_incomplete`].

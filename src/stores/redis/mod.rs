@@ -158,7 +158,6 @@ pub struct KeyPrefix {
 pub struct KeySpace {
     prefixes: Vec<KeyPrefix>,
     source_pattern: String,
-    target_pattern: String,
     /// The literal start of every source key (`source_pattern` without its `*`).
     source_start: String,
     /// Finds the keys of both tenants in one SCAN: the iteration, not the matching, is
@@ -242,10 +241,6 @@ impl KeySpace {
         prefixes.dedup_by(|a, b| a.source == b.source);
         let source_start = common_prefix(prefixes.iter().map(|p| p.source.as_str()));
         let source_pattern = format!("{}*", glob_escape(&source_start));
-        let target_pattern = format!(
-            "{}*",
-            glob_escape(&common_prefix(prefixes.iter().map(|p| p.target.as_str())))
-        );
         let both_pattern = format!(
             "{}*",
             glob_escape(&common_prefix(
@@ -255,7 +250,6 @@ impl KeySpace {
         Ok(Self {
             prefixes,
             source_pattern,
-            target_pattern,
             source_start,
             both_pattern,
         })
@@ -368,6 +362,11 @@ pub struct RedisPhase {
     /// that differs from its source is then this migration's copy of a source key
     /// changed since, not someone else's (the first run's preflight found none).
     resuming: bool,
+    /// Digests of key names ([`KeySet`]), keyed at random per process.
+    names: std::hash::RandomState,
+    /// Per prefix, the [`KeySet`] of the target keys the plan found without a source
+    /// key (the target's own, or a resumed Move's keys already moved).
+    extras: Vec<KeySet>,
 }
 
 /// Transactions of different slots of a Redis Cluster in flight at once during
@@ -410,6 +409,53 @@ impl Exclusive {
     }
 }
 
+/// The names of a prefix's keys (after the prefix) in constant space: how many, and
+/// the wrapping sum of their digests. A source prefix and its target prefix holding the
+/// same names have equal sets; a name missing on one side and another one extra there
+/// (a key created after its page was copied, and the copy of a key deleted since)
+/// balance the count but not the sum — but for a chance in 2^64, the digests being
+/// keyed at random per process.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct KeySet {
+    count: u64,
+    sum: u64,
+}
+
+impl KeySet {
+    fn add(&mut self, digest: u64) {
+        self.count += 1;
+        self.sum = self.sum.wrapping_add(digest);
+    }
+
+    fn with(self, other: Self) -> Self {
+        Self {
+            count: self.count + other.count,
+            sum: self.sum.wrapping_add(other.sum),
+        }
+    }
+
+    fn without(self, other: Self) -> Self {
+        Self {
+            count: self.count.saturating_sub(other.count),
+            sum: self.sum.wrapping_sub(other.sum),
+        }
+    }
+}
+
+/// Keys per prefix of both tenants, as `RedisPhase::count_sides` found them.
+struct Sides {
+    source: Vec<KeySet>,
+    target: Vec<KeySet>,
+    /// Target keys whose source key is gone, when they were looked for.
+    orphans: Option<Vec<u64>>,
+}
+
+impl Sides {
+    fn counts(sets: &[KeySet]) -> Vec<u64> {
+        sets.iter().map(|s| s.count).collect()
+    }
+}
+
 /// A SCAN page and where the next one starts (`None`: every server scanned).
 type Page = (Option<ScanCursor>, Vec<Vec<u8>>);
 
@@ -435,6 +481,8 @@ impl RedisPhase {
             prefetch: None,
             exclusive: Default::default(),
             resuming: false,
+            names: std::hash::RandomState::new(),
+            extras: Vec::new(),
         })
     }
 
@@ -1155,29 +1203,89 @@ impl RedisPhase {
         Ok(())
     }
 
-    /// Counts the keys of both tenants per prefix, (source, target), in one pass.
-    async fn count_sides(&mut self, conn: &Topology) -> Result<(Vec<u64>, Vec<u64>), RedisStoreError> {
+    /// The digest of a key's name after the prefix of group `g` (its `target` prefix,
+    /// or its source one): the same for a source key and its target ([`KeySet`]).
+    fn name(&self, g: usize, key: &[u8], target: bool) -> u64 {
+        let p = &self.keys.prefixes[g];
+        let prefix = if target { p.target.len() } else { p.source.len() };
+        use std::hash::BuildHasher as _;
+        self.names.hash_one(&key[prefix.min(key.len())..])
+    }
+
+    /// Counts source and target keys per prefix in one SCAN of both tenants. With
+    /// `orphans`, also the target keys among them whose source key is gone (an `EXISTS`
+    /// of each target key's source, per page): under `onConflict: Fail` the target held
+    /// nothing of its own at the start, so such a key is a copy of a source key deleted
+    /// since it was copied — it is removed too (the delete is a write like any other)
+    /// and the pass reported [`RedisStoreError::Orphans`].
+    async fn count_sides(&mut self, conn: &Topology, orphans: bool) -> Result<Sides, RedisStoreError> {
         let pattern = self.keys.both_pattern.clone();
         // Counting needs no per-key round trip, so larger pages cost nothing extra.
-        let count = self.settings.batch_size.saturating_mul(5);
-        let mut source = vec![0u64; self.keys.prefixes.len()];
-        let mut target = source.clone();
+        let count = if orphans {
+            self.settings.batch_size
+        } else {
+            self.settings.batch_size.saturating_mul(5)
+        };
+        let groups = self.keys.prefixes.len();
+        let mut sides = Sides {
+            source: vec![KeySet::default(); groups],
+            target: vec![KeySet::default(); groups],
+            orphans: orphans.then(|| vec![0; groups]),
+        };
+        let (mut removed, mut example) = (0u64, String::new());
         let mut at = ScanCursor::default();
         loop {
             let (next, keys) = self.page(conn, at, &pattern, count).await?;
-            for k in keys {
-                if let Some(g) = self.keys.source_group(&k) {
-                    source[g] += 1;
+            let mut owned: Vec<(usize, &[u8], Vec<u8>)> = Vec::new();
+            for k in &keys {
+                if let Some(g) = self.keys.source_group(k) {
+                    sides.source[g].add(self.name(g, k, false));
                 }
-                if let Some(g) = self.keys.target_group(&k) {
-                    target[g] += 1;
+                if let Some(g) = self.keys.target_group(k) {
+                    sides.target[g].add(self.name(g, k, true));
+                    if orphans {
+                        let p = &self.keys.prefixes[g];
+                        let mut source = p.source.as_bytes().to_vec();
+                        source.extend_from_slice(&k[p.target.len()..]);
+                        owned.push((g, k.as_slice(), source));
+                    }
+                }
+            }
+            if let (Some(counts), false) = (sides.orphans.as_mut(), owned.is_empty()) {
+                let commands = owned
+                    .iter()
+                    .map(|(_, _, s)| (s.as_slice(), keyed("EXISTS", s)))
+                    .collect();
+                let found: Vec<bool> = all(conn, commands, "EXISTS batch of source keys".to_owned()).await?;
+                let mut unlink = Vec::new();
+                for ((g, t, _), f) in owned.iter().zip(found) {
+                    if !f {
+                        counts[*g] += 1;
+                        if self.settings.on_conflict == OnConflict::Fail {
+                            unlink.push((*t, keyed("UNLINK", t)));
+                        }
+                    }
+                }
+                if !unlink.is_empty() {
+                    if example.is_empty() {
+                        example = show(unlink[0].0);
+                    }
+                    let n: Vec<u64> = all(conn, unlink, "UNLINK of orphaned target keys".to_owned()).await?;
+                    removed += n.iter().sum::<u64>();
                 }
             }
             match next {
                 Some(n) => at = n,
-                None => return Ok((source, target)),
+                None => break,
             }
         }
+        if removed > 0 {
+            return Err(RedisStoreError::Orphans {
+                count: removed,
+                example,
+            });
+        }
+        Ok(sides)
     }
 }
 
@@ -1268,6 +1376,12 @@ async fn exists_all(conn: &Topology, pairs: impl IntoIterator<Item = &Pair>) -> 
 impl Phase for RedisPhase {
     type Error = RedisStoreError;
 
+    /// Each removal round compares the source (watched) with its target, removes only
+    /// the equal ones and copies the others again ([`Self::remove_pairs`]).
+    fn removal_compares(&self) -> bool {
+        true
+    }
+
     async fn plan(&mut self, resuming: bool) -> Result<PhasePlan, RedisStoreError> {
         self.resuming = resuming;
         let conn = self.connect().await?;
@@ -1289,14 +1403,17 @@ impl Phase for RedisPhase {
         let (mut to_copy, mut sampled, mut sampled_bytes) = (0u64, 0u64, 0u64);
         // One pass finds the source keys and counts the target's (see `both_pattern`).
         let pattern = self.keys.both_pattern.clone();
-        let mut targets = vec![0u64; groups.len()];
+        // The names of the target's keys, and of those among them that have a source key:
+        // the others are the extras that `verify` expects to find on the target side.
+        let mut targets = vec![KeySet::default(); groups.len()];
+        let mut with_source = vec![KeySet::default(); groups.len()];
         let mut at = ScanCursor::default();
         loop {
             let (next, keys) = self.page(&conn, at, &pattern, self.settings.batch_size).await?;
             let mut sources = Vec::with_capacity(keys.len());
             for k in keys {
                 if let Some(g) = self.keys.target_group(&k) {
-                    targets[g] += 1;
+                    targets[g].add(self.name(g, &k, true));
                 }
                 if k.starts_with(self.keys.source_start.as_bytes()) {
                     sources.push(k);
@@ -1352,6 +1469,7 @@ impl Phase for RedisPhase {
                 }
                 for (p, same) in outcomes {
                     paired[p.group] += 1;
+                    with_source[p.group].add(self.name(p.group, &p.source, false));
                     if same {
                         plan.identical += 1;
                     } else if self.own_targets() {
@@ -1373,9 +1491,10 @@ impl Phase for RedisPhase {
             .checked_div(sampled)
             .map_or(0, |per_key| per_key.saturating_mul(to_copy));
         self.check_capacity(&conn, needed, to_copy, &mut plan).await?;
+        self.extras = targets.iter().zip(&with_source).map(|(t, w)| t.without(*w)).collect();
         for ((g, t), paired) in groups.iter_mut().zip(targets).zip(paired) {
-            g.target = t;
-            g.extra = t.saturating_sub(paired);
+            g.target = t.count;
+            g.extra = t.count.saturating_sub(paired);
         }
         plan.total = groups.iter().map(|g| g.source).sum();
         plan.extra = groups.iter().map(|g| g.extra).sum();
@@ -1468,10 +1587,11 @@ impl Phase for RedisPhase {
 
     async fn verify(&mut self, plan: &PhasePlan, removed: bool) -> Result<Verified, RedisStoreError> {
         let conn = self.connect().await?;
-        // The content pass compared every source key with its target; these are counts
-        // of the stores as they are now (clients may have written since the plan).
-        let (source, counted) = self.count_sides(&conn).await?;
-        let source_left: u64 = source.iter().sum();
+        // The stores as they are now (clients may have written since the plan); the
+        // content of each key was compared by the last pass (Verify, or the removal).
+        let sides = self.count_sides(&conn, false).await?;
+        let source_left: u64 = sides.source.iter().map(|s| s.count).sum();
+        let target_now: u64 = sides.target.iter().map(|s| s.count).sum();
         if removed {
             // Only keys kept under Skip may remain; others appeared since the last pass.
             if source_left > plan.conflicts {
@@ -1482,25 +1602,30 @@ impl Phase for RedisPhase {
             }
             return Ok(Verified {
                 source_left,
-                target: counted.iter().sum(),
+                target: target_now,
             });
         }
-        // Every source key has its equal target (the content pass saw to it), so more
-        // target keys than source keys (and, unless under Fail, than the plan's extras,
-        // the target's own keys) means copies of source keys deleted since: only then
-        // is every target key looked at.
-        let fail = self.settings.on_conflict == OnConflict::Fail;
-        let surplus = counted
-            .iter()
-            .zip(&source)
-            .zip(&plan.groups)
-            .any(|((t, s), g)| *t > s + if fail { 0 } else { g.extra });
-        let (target, orphans) = if surplus {
-            self.target_side(&conn).await?
-        } else {
-            let none = vec![0; counted.len()];
-            (counted, none)
-        };
+        // The same names on both sides — each source key's target present, and no
+        // target key beyond the plan's own extras — leave nothing missing and no copy of
+        // a key deleted since, whether or not a content pass ran since the copy (a Move
+        // of Redis alone has none: its removal compares). Otherwise every target key is
+        // looked at, in a pass of its own.
+        let settled = self.extras.len() == sides.source.len()
+            && (sides.source.iter().zip(&sides.target).zip(&self.extras)).all(|((s, t), e)| s.with(*e) == *t);
+        if settled {
+            return Ok(Verified {
+                source_left,
+                target: target_now,
+            });
+        }
+        let Sides {
+            source,
+            target,
+            orphans,
+        } = self.count_sides(&conn, true).await?;
+        let (source, target) = (Sides::counts(&source), Sides::counts(&target));
+        let orphans = orphans.unwrap_or_else(|| vec![0; target.len()]);
+        let source_left: u64 = source.iter().sum();
         let mut problems = Vec::new();
         let (mut missing, mut example) = (0u64, String::new());
         for ((p, g), (s, (t, o))) in self
@@ -1535,66 +1660,6 @@ impl Phase for RedisPhase {
             source_left,
             target: target.iter().sum(),
         })
-    }
-}
-
-impl RedisPhase {
-    /// Counts target keys per prefix, and those among them whose source key is gone.
-    /// Under `onConflict: Fail` the target held nothing of its own at the start, so such
-    /// a key is a copy of a source key deleted since it was copied: it is removed too
-    /// (the delete is a write like any other) and the pass reported [`RedisStoreError::Orphans`].
-    async fn target_side(&mut self, conn: &Topology) -> Result<(Vec<u64>, Vec<u64>), RedisStoreError> {
-        let pattern = self.keys.target_pattern.clone();
-        let mut counts = vec![0u64; self.keys.prefixes.len()];
-        let mut orphans = vec![0u64; self.keys.prefixes.len()];
-        let mut at = ScanCursor::default();
-        let (mut removed, mut example) = (0u64, String::new());
-        loop {
-            let (next, keys) = self.page(conn, at, &pattern, self.settings.batch_size).await?;
-            let owned: Vec<(usize, Vec<u8>, Vec<u8>)> = keys
-                .into_iter()
-                .filter_map(|k| {
-                    let g = self.keys.target_group(&k)?;
-                    let p = &self.keys.prefixes[g];
-                    let mut source = p.source.as_bytes().to_vec();
-                    source.extend_from_slice(&k[p.target.len()..]);
-                    Some((g, k, source))
-                })
-                .collect();
-            let commands = owned
-                .iter()
-                .map(|(_, _, s)| (s.as_slice(), keyed("EXISTS", s)))
-                .collect();
-            let found: Vec<bool> = all(conn, commands, "EXISTS batch of source keys".to_owned()).await?;
-            let mut unlink = Vec::new();
-            for ((g, t, _), f) in owned.iter().zip(found) {
-                counts[*g] += 1;
-                if !f {
-                    orphans[*g] += 1;
-                    if self.settings.on_conflict == OnConflict::Fail {
-                        unlink.push((t.as_slice(), keyed("UNLINK", t)));
-                    }
-                }
-            }
-            if !unlink.is_empty() {
-                if example.is_empty() {
-                    example = show(unlink[0].0);
-                }
-                let n: Vec<u64> = all(conn, unlink, "UNLINK of orphaned target keys".to_owned()).await?;
-                removed += n.iter().sum::<u64>();
-            }
-            match next {
-                Some(n) => at = n,
-                None => break,
-            }
-        }
-        if removed > 0 {
-            return Err(RedisStoreError::Orphans {
-                count: removed,
-                example,
-            });
-        }
-        Ok((counts, orphans))
     }
 }
 
